@@ -1,0 +1,58 @@
+/* The command line: Python smtpd's flags first (-n -c -s -d -u -V -h, local and remote
+ * host:port), then our own long options. Parsing is pure: it writes a struct config and the
+ * messages it prints go to the streams it is given. It never talks SMTP or opens a socket. */
+#ifndef LUASMTPD_CONFIG_H
+#define LUASMTPD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define LUASMTPD_VERSION "0.1.0"
+#define CONFIG_DEFAULT_SIZE 33554432UL
+#define CONFIG_DEFAULT_MAX_RECIPIENTS 1000
+#define CONFIG_DEFAULT_TIMEOUT 300
+#define CONFIG_DEFAULT_SHUTDOWN_TIMEOUT 30
+
+struct config_setting {
+    char *key;
+    char *value;
+};
+
+struct config {
+    char *local_host; /* without brackets for IPv6 */
+    unsigned short local_port;
+    char *remote_host;
+    unsigned short remote_port;
+    char *handler;      /* as given to -c */
+    char *script_path;  /* the file it resolved to; set by config_resolve_handler() */
+    size_t size_limit;  /* 0: none */
+    bool debug;
+    bool smtputf8;
+    bool nosetuid;
+    char *hostname;     /* for the greeting and EHLO; NULL: ask the system */
+    unsigned max_recipients;
+    unsigned timeout;          /* seconds of client silence before 421 */
+    unsigned shutdown_timeout; /* seconds transactions in flight get after SIGTERM */
+    struct config_setting *settings;
+    size_t n_settings;
+};
+
+enum config_result {
+    CONFIG_RUN = 0,       /* go on and serve */
+    CONFIG_EXIT_OK,       /* --help or --version was printed */
+    CONFIG_EXIT_USAGE,    /* the arguments were wrong; usage was printed */
+};
+
+enum config_result config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err);
+
+/* Splits "host:port" or "[v6]:port". The host is copied into a new string. */
+bool config_parse_hostport(const char *spec, char **host, unsigned short *port);
+
+/* Turns -c's value into a script path: a path to a .lua file as it is, or a bundled handler's
+ * name (Python's class names too) looked up in `lua_dir`. Returns false and prints why. */
+bool config_resolve_handler(struct config *cfg, const char *lua_dir, FILE *err);
+
+void config_free(struct config *cfg);
+
+#endif

@@ -1,0 +1,37 @@
+/* One client connection's SMTP state machine over a bufferevent: framing, command dispatch,
+ * DATA streaming, replies, timeouts. It parses through smtp_parse/smtp_data and runs handlers
+ * through the Lua runtime's plain C interface; it never touches a lua_State. */
+#ifndef LUASMTPD_SESSION_H
+#define LUASMTPD_SESSION_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "luasmtpd/config.h"
+#include "luasmtpd/lua_runtime.h"
+
+struct event_base;
+struct session;
+
+/* All sessions of one process, so a shutdown can reach them and learn when they are gone. */
+struct session_group {
+    struct event_base *base;
+    const struct config *cfg;
+    struct lrt *rt;
+    const char *hostname;
+    struct session *head;
+    unsigned count;
+    unsigned long next_id;
+    bool draining;
+    void (*on_empty)(void *arg); /* called when draining and the last session closed */
+    void *on_empty_arg;
+};
+
+/* Takes the accepted socket: greets, then serves it until it closes. */
+void session_start(struct session_group *g, int fd, const struct sockaddr *addr, int addrlen);
+/* Stop taking new transactions: idle sessions get 421 now, busy ones after their transaction. */
+void session_group_drain(struct session_group *g);
+/* Closes every session at once (the shutdown grace period is over). */
+void session_group_close_all(struct session_group *g);
+
+#endif

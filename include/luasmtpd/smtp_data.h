@@ -1,0 +1,46 @@
+/* The DATA decoder: turns the bytes after "354" into the message as handlers see it, while
+ * they arrive. It removes dot-stuffing (RFC 5321 4.5.2), makes every line end CRLF, enforces the
+ * size limit without storing what is over it, and finds the end of the data. Only CRLF "." CRLF
+ * ends a message, so "\n.\n" or "\r.\r" can never split one in two (SMTP smuggling). Pure. */
+#ifndef LUASMTPD_SMTP_DATA_H
+#define LUASMTPD_SMTP_DATA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "luasmtpd/buf.h"
+
+enum smtp_data_state {
+    SMTP_DATA_BOL_CRLF = 0, /* at a line start after a real CRLF (or at the start) */
+    SMTP_DATA_BOL_BARE,     /* at a line start after a bare CR or LF */
+    SMTP_DATA_LINE,
+    SMTP_DATA_CR,           /* a CR inside a line, waiting to see if LF follows */
+    SMTP_DATA_DOT_CRLF,     /* "." at a line start after CRLF */
+    SMTP_DATA_DOT_BARE,
+    SMTP_DATA_DOT_CR_CRLF,  /* ".\r" at a line start after CRLF: LF ends the message */
+    SMTP_DATA_DOT_CR_BARE,
+    SMTP_DATA_DONE,
+};
+
+struct smtp_data_decoder {
+    enum smtp_data_state state;
+    size_t limit;    /* decoded bytes allowed; 0 for none */
+    size_t size;     /* decoded bytes seen, stored or not */
+    bool overflow;   /* over the limit: the rest is read and dropped, the answer is 552 */
+    bool failed;     /* out of memory while storing: the answer is 451 */
+};
+
+void smtp_data_init(struct smtp_data_decoder *d, size_t limit);
+
+/* Decodes up to `len` bytes into `out`. Returns how many it consumed: all of them unless the
+ * end of the data was among them, in which case the bytes after the final CRLF are left for the
+ * command reader and smtp_data_done() turns true. */
+size_t smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct buf *out);
+
+static inline bool
+smtp_data_done(const struct smtp_data_decoder *d)
+{
+    return d->state == SMTP_DATA_DONE;
+}
+
+#endif

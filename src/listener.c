@@ -1,0 +1,291 @@
+/* The process around the sessions: binds the listening sockets, drops root, loads the handler,
+ * accepts, and turns signals into a graceful stop (SIGTERM, SIGINT). Owns the event loop's
+ * lifetime; never parses SMTP. */
+#include "luasmtpd/listener.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <grp.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "luasmtpd/log.h"
+#include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/session.h"
+
+#define MAX_LISTENERS 8
+
+struct server {
+    struct event_base *base;
+    struct config *cfg;
+    struct evconnlistener *listeners[MAX_LISTENERS];
+    int n_listeners;
+    struct session_group sessions;
+    struct event *signals[3];
+    struct event *shutdown_timer;
+    bool stopping;
+};
+
+static void
+format_addr(const struct sockaddr *sa, char *out, size_t len)
+{
+    char host[NI_MAXHOST], port[NI_MAXSERV];
+    if (getnameinfo(sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                  : sizeof(struct sockaddr_in),
+                    host, sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        snprintf(out, len, "?");
+        return;
+    }
+    snprintf(out, len, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+}
+
+static void
+set_port(struct sockaddr *sa, unsigned short port)
+{
+    if (sa->sa_family == AF_INET6)
+        ((struct sockaddr_in6 *)sa)->sin6_port = htons(port);
+    else
+        ((struct sockaddr_in *)sa)->sin_port = htons(port);
+}
+
+/* Binds every address the local host name resolves to (localhost may be both 127.0.0.1 and
+ * ::1). With port 0, the first bind picks the port and the others share it. Returns the number
+ * of sockets bound, or -1 when the first could not be (the reason is printed). */
+static int
+bind_all(struct config *cfg, int *fds, int max)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE};
+    struct addrinfo *res;
+    char port_text[8];
+    snprintf(port_text, sizeof(port_text), "%u", cfg->local_port);
+    int rc = getaddrinfo(cfg->local_host, port_text, &hints, &res);
+    if (rc != 0) {
+        fprintf(stderr, "luasmtpd: cannot resolve %s: %s\n", cfg->local_host, gai_strerror(rc));
+        return -1;
+    }
+    int n = 0;
+    unsigned short port = cfg->local_port;
+    for (struct addrinfo *ai = res; ai != NULL && n < max; ai = ai->ai_next) {
+        bool duplicate = false;
+        for (struct addrinfo *prev = res; prev != ai; prev = prev->ai_next)
+            if (prev->ai_addrlen == ai->ai_addrlen &&
+                memcmp(prev->ai_addr, ai->ai_addr, ai->ai_addrlen) == 0)
+                duplicate = true;
+        if (duplicate)
+            continue;
+        set_port(ai->ai_addr, port);
+        char where[NI_MAXHOST + 16];
+        format_addr(ai->ai_addr, where, sizeof(where));
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (fd >= 0) {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+            if (ai->ai_family == AF_INET6)
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        }
+        if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+            int err = errno;
+            if (fd >= 0)
+                close(fd);
+            if (err == EADDRINUSE || n == 0) {
+                fprintf(stderr, "luasmtpd: cannot listen on %s: %s%s\n", where, strerror(err),
+                        err == EADDRINUSE ? " (the port is in use)" : "");
+                for (int i = 0; i < n; i++)
+                    close(fds[i]);
+                freeaddrinfo(res);
+                return -1;
+            }
+            /* A second family the machine lacks (no IPv6 loopback, say) is no reason to stop. */
+            log_warn("not listening on %s: %s", where, strerror(err));
+            continue;
+        }
+        struct sockaddr_storage bound;
+        socklen_t len = sizeof(bound);
+        getsockname(fd, (struct sockaddr *)&bound, &len);
+        port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                 : ((struct sockaddr_in *)&bound)->sin_port);
+        format_addr((struct sockaddr *)&bound, where, sizeof(where));
+        log_info("listening on %s", where);
+        fds[n++] = fd;
+    }
+    freeaddrinfo(res);
+    return n;
+}
+
+/* As Python's smtpd: started as root without -n, become nobody once the port is bound. */
+static bool
+drop_privileges(const struct config *cfg)
+{
+    if (cfg->nosetuid || geteuid() != 0)
+        return true;
+    struct passwd *pw = getpwnam("nobody");
+    if (pw == NULL || setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 ||
+        setuid(pw->pw_uid) != 0) {
+        fprintf(stderr, "Cannot setuid \"nobody\"; try running with -n option.\n");
+        return false;
+    }
+    log_info("running as nobody (uid %u)", (unsigned)pw->pw_uid);
+    return true;
+}
+
+static void
+on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr, int len,
+          void *arg)
+{
+    (void)listener;
+    struct server *srv = arg;
+    session_start(&srv->sessions, fd, addr, len);
+}
+
+static void
+on_accept_error(struct evconnlistener *listener, void *arg)
+{
+    (void)listener;
+    (void)arg;
+    log_warn("accept failed: %s", strerror(errno));
+}
+
+static void
+on_sessions_gone(void *arg)
+{
+    struct server *srv = arg;
+    event_base_loopexit(srv->base, NULL);
+}
+
+static void
+on_shutdown_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct server *srv = arg;
+    log_warn("shutdown grace period over: closing %u connection(s)", srv->sessions.count);
+    session_group_close_all(&srv->sessions);
+    event_base_loopexit(srv->base, NULL);
+}
+
+static void
+on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct server *srv = arg;
+    if (srv->stopping) {
+        log_warn("second stop signal: closing now");
+        on_shutdown_timer(-1, 0, srv);
+        return;
+    }
+    srv->stopping = true;
+    log_info("%s: no new connections; %u open", sig == SIGINT ? "SIGINT" : "SIGTERM",
+             srv->sessions.count);
+    for (int i = 0; i < srv->n_listeners; i++) {
+        evconnlistener_free(srv->listeners[i]);
+        srv->listeners[i] = NULL;
+    }
+    session_group_drain(&srv->sessions);
+    if (srv->sessions.count == 0) {
+        event_base_loopexit(srv->base, NULL);
+        return;
+    }
+    struct timeval grace = {.tv_sec = srv->cfg->shutdown_timeout};
+    srv->shutdown_timer = evtimer_new(srv->base, on_shutdown_timer, srv);
+    evtimer_add(srv->shutdown_timer, &grace);
+}
+
+static void
+on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct server *srv = arg;
+    log_info("SIGHUP: reloading %s", srv->cfg->script_path);
+    if (!lrt_load(srv->sessions.rt))
+        log_error("reload failed: generation %u goes on serving",
+                  lrt_generation_id(srv->sessions.rt));
+}
+
+/* This host's name for the greeting, as Python's socket.getfqdn(): the canonical name of
+ * gethostname(), or the plain name when it does not resolve. */
+static char *
+fqdn(void)
+{
+    char name[256] = "localhost";
+    gethostname(name, sizeof(name) - 1);
+    struct addrinfo hints = {.ai_flags = AI_CANONNAME}, *res;
+    if (getaddrinfo(name, NULL, &hints, &res) == 0) {
+        if (res->ai_canonname != NULL)
+            snprintf(name, sizeof(name), "%s", res->ai_canonname);
+        freeaddrinfo(res);
+    }
+    return strdup(name);
+}
+
+int
+listener_run(struct config *cfg, const char *lua_dir)
+{
+    signal(SIGPIPE, SIG_IGN);
+    int fds[MAX_LISTENERS];
+    int n = bind_all(cfg, fds, MAX_LISTENERS);
+    if (n <= 0)
+        return 1;
+    if (!drop_privileges(cfg)) {
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        return 1;
+    }
+
+    char *hostname = cfg->hostname ? strdup(cfg->hostname) : fqdn();
+    struct server srv = {.cfg = cfg};
+    srv.base = event_base_new();
+    struct lrt_options opts = {.cfg = cfg, .lua_dir = lua_dir, .hostname = hostname};
+    struct lrt *rt = lrt_new(srv.base, &opts);
+    int status = 1;
+    if (srv.base == NULL || rt == NULL || !lrt_load(rt)) {
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        goto out;
+    }
+
+    srv.sessions = (struct session_group){.base = srv.base, .cfg = cfg, .rt = rt,
+                                          .hostname = hostname, .on_empty = on_sessions_gone,
+                                          .on_empty_arg = &srv};
+    for (int i = 0; i < n; i++) {
+        srv.listeners[i] = evconnlistener_new(srv.base, on_accept, &srv,
+                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
+                                              fds[i]);
+        evconnlistener_set_error_cb(srv.listeners[i], on_accept_error);
+    }
+    srv.n_listeners = n;
+    srv.signals[0] = evsignal_new(srv.base, SIGTERM, on_stop_signal, &srv);
+    srv.signals[1] = evsignal_new(srv.base, SIGINT, on_stop_signal, &srv);
+    srv.signals[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
+    for (int i = 0; i < 3; i++)
+        evsignal_add(srv.signals[i], NULL);
+
+    event_base_dispatch(srv.base);
+    log_info("stopped");
+    status = 0;
+
+    session_group_close_all(&srv.sessions);
+    for (int i = 0; i < srv.n_listeners; i++)
+        if (srv.listeners[i])
+            evconnlistener_free(srv.listeners[i]);
+    for (int i = 0; i < 3; i++)
+        event_free(srv.signals[i]);
+    if (srv.shutdown_timer)
+        event_free(srv.shutdown_timer);
+out:
+    lrt_free(rt);
+    if (srv.base)
+        event_base_free(srv.base);
+    free(hostname);
+    return status;
+}

@@ -1,0 +1,751 @@
+/* One SMTP connection: the state machine of RFC 5321 with Python smtpd's replies (plus RFC 3463
+ * enhanced codes), over a bufferevent. Commands are framed by lines with a length cap while
+ * buffering; DATA is decoded as it arrives; the message goes to the handler through the Lua
+ * runtime's C interface, and no command is read while the handler decides.
+ * Only session_enter() changes s->state; only event callbacks free a session, never
+ * session_pump(), so nothing below the pump ever touches a freed session. */
+#include "luasmtpd/session.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "luasmtpd/log.h"
+#include "luasmtpd/smtp_data.h"
+#include "luasmtpd/smtp_parse.h"
+#include "luasmtpd/smtp_reply.h"
+
+/* Past this much unsent output we stop reading commands until the client reads its replies:
+ * a pipelining client that never reads cannot make us buffer without bound. */
+#define OUTPUT_PAUSE (64 * 1024)
+/* Input buffered while a handler decides, or a command is dispatched, is capped here. */
+#define INPUT_HIGH_WATERMARK (256 * 1024)
+#define MAX_SINGLE_READ (256 * 1024)
+#define LINE_MAX_BYTES (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
+
+enum session_state {
+    SESSION_COMMAND,
+    SESSION_DATA,
+    SESSION_HANDLER, /* process_message is deciding; input waits */
+    SESSION_CLOSING, /* the last reply is being flushed */
+};
+
+struct session {
+    struct session_group *g;
+    struct session *prev, *next;
+    unsigned long id;
+    struct bufferevent *bev;
+    enum session_state state;
+    char peer_addr[NI_MAXHOST];
+    int peer_port;
+    char *helo;
+    bool esmtp;
+    bool discarding; /* inside a command line that is over the limit */
+    bool pumping;
+    struct envelope env;
+    struct smtp_data_decoder decoder;
+    struct buf message;
+    struct lrt_call *call;
+    unsigned long messages;
+};
+
+static void session_pump(struct session *s);
+
+static void
+reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* One reply, one write into the output buffer: libevent sends what pipelined commands
+ * produced in one go. */
+static void
+reply(struct session *s, const char *fmt, ...)
+{
+    char line[SMTP_REPLY_LINE_MAX + 64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof(line) - 3)
+        n = (int)sizeof(line) - 3;
+    log_debug("session %lu: > %.*s", s->id, n, line);
+    line[n++] = '\r';
+    line[n++] = '\n';
+    bufferevent_write(s->bev, line, (size_t)n);
+}
+
+static void
+session_enter(struct session *s, enum session_state state)
+{
+    s->state = state;
+    if (state == SESSION_HANDLER) {
+        /* The client waits for our answer; its silence now is no timeout. */
+        bufferevent_set_timeouts(s->bev, NULL, NULL);
+    } else if (state == SESSION_COMMAND || state == SESSION_DATA) {
+        struct timeval tv = {.tv_sec = s->g->cfg->timeout};
+        bufferevent_set_timeouts(s->bev, &tv, &tv);
+    } else if (state == SESSION_CLOSING) {
+        bufferevent_disable(s->bev, EV_READ);
+    }
+}
+
+static void
+session_free(struct session *s)
+{
+    struct session_group *g = s->g;
+    if (s->call != NULL)
+        lrt_call_cancel(s->call);
+    bufferevent_free(s->bev);
+    envelope_reset(&s->env);
+    buf_free(&s->message);
+    free(s->helo);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        g->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    log_debug("session %lu: closed", s->id);
+    free(s);
+    g->count--;
+    if (g->draining && g->count == 0 && g->on_empty)
+        g->on_empty(g->on_empty_arg);
+}
+
+/* Sends nothing more after what is queued; the write callback frees the session once it is
+ * flushed. The trigger is deferred so the session outlives the pump that asked for this. */
+static void
+close_after_flush(struct session *s)
+{
+    session_enter(s, SESSION_CLOSING);
+    bufferevent_trigger(s->bev, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+static bool
+in_transaction(const struct session *s)
+{
+    return s->env.has_sender || s->state == SESSION_DATA || s->state == SESSION_HANDLER;
+}
+
+static void
+shut_down_if_idle(struct session *s)
+{
+    if (s->g->draining && s->state == SESSION_COMMAND && !in_transaction(s)) {
+        reply(s, "421 4.3.2 %s Service shutting down, closing connection", s->g->hostname);
+        close_after_flush(s);
+    }
+}
+
+static void
+reset_transaction(struct session *s)
+{
+    envelope_reset(&s->env);
+    buf_free(&s->message);
+}
+
+/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8. */
+static size_t
+line_limit(const struct session *s, enum smtp_verb verb)
+{
+    size_t limit = SMTP_COMMAND_LINE_LIMIT;
+    if (s->esmtp && verb == SMTP_VERB_MAIL) {
+        limit += SMTP_SIZE_EXTRA; /* we always advertise SIZE */
+        if (s->g->cfg->smtputf8)
+            limit += SMTP_SMTPUTF8_EXTRA;
+    }
+    return limit;
+}
+
+static void
+cmd_greeting(struct session *s, const char *arg, bool extended)
+{
+    const char *verb = extended ? "EHLO" : "HELO";
+    if (*arg == '\0') {
+        reply(s, "501 5.5.4 Syntax: %s hostname", verb);
+        return;
+    }
+    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
+     * do we, so scripts see one helo name per connection. */
+    if (s->helo != NULL) {
+        reply(s, "503 5.5.1 Duplicate HELO/EHLO");
+        return;
+    }
+    reset_transaction(s);
+    s->helo = strdup(arg);
+    s->esmtp = extended;
+    if (!extended) {
+        reply(s, "250 %s", s->g->hostname);
+        return;
+    }
+    const struct config *cfg = s->g->cfg;
+    struct buf b = {0};
+    buf_printf(&b, "250-%s\r\n", s->g->hostname);
+    if (cfg->size_limit)
+        buf_printf(&b, "250-SIZE %zu\r\n", cfg->size_limit);
+    else
+        buf_append_str(&b, "250-SIZE\r\n");
+    buf_append_str(&b, "250-8BITMIME\r\n");
+    if (cfg->smtputf8)
+        buf_append_str(&b, "250-SMTPUTF8\r\n");
+    buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
+    log_debug("session %lu: > EHLO reply (%zu bytes)", s->id, b.len);
+    bufferevent_write(s->bev, b.data, b.len);
+    buf_free(&b);
+}
+
+static void
+cmd_helo(struct session *s, char *arg)
+{
+    cmd_greeting(s, arg, false);
+}
+
+static void
+cmd_ehlo(struct session *s, char *arg)
+{
+    cmd_greeting(s, arg, true);
+}
+
+static void
+cmd_noop(struct session *s, char *arg)
+{
+    if (*arg)
+        reply(s, "501 5.5.4 Syntax: NOOP");
+    else
+        reply(s, "250 2.0.0 OK");
+}
+
+static void
+cmd_quit(struct session *s, char *arg)
+{
+    (void)arg;
+    reply(s, "221 2.0.0 Bye");
+    close_after_flush(s);
+}
+
+static void
+cmd_rset(struct session *s, char *arg)
+{
+    if (*arg) {
+        reply(s, "501 5.5.4 Syntax: RSET");
+        return;
+    }
+    reset_transaction(s);
+    reply(s, "250 2.0.0 OK");
+}
+
+static void
+cmd_help(struct session *s, char *arg)
+{
+    static const char *const topics[][2] = {
+        {"EHLO", "EHLO hostname"}, {"HELO", "HELO hostname"}, {"MAIL", "MAIL FROM: <address>"},
+        {"RCPT", "RCPT TO: <address>"}, {"DATA", "DATA"}, {"RSET", "RSET"},
+        {"NOOP", "NOOP"}, {"QUIT", "QUIT"}, {"VRFY", "VRFY <address>"},
+    };
+    static const char commands[] = "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
+    if (*arg == '\0') {
+        reply(s, "250 2.0.0 %s", commands);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+        if (strcasecmp(arg, topics[i][0]) == 0) {
+            bool params = s->esmtp && (i == 2 || i == 3);
+            reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1], params ? " [SP <mail-parameters>]" : "");
+            return;
+        }
+    }
+    reply(s, "501 5.5.4 %s", commands);
+}
+
+static void
+cmd_vrfy(struct session *s, char *arg)
+{
+    struct smtp_path path;
+    if (*arg == '\0') {
+        reply(s, "501 5.5.4 Syntax: VRFY <address>");
+        return;
+    }
+    char copy[LINE_MAX_BYTES + 1];
+    snprintf(copy, sizeof(copy), "%s", arg);
+    if (smtp_parse_path(arg, &path) && !path.null_path)
+        reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+    else
+        reply(s, "502 5.5.1 Could not VRFY %s", copy);
+}
+
+static void
+cmd_expn(struct session *s, char *arg)
+{
+    (void)arg;
+    reply(s, "502 5.5.1 EXPN not implemented");
+}
+
+static bool
+all_digits(const char *v)
+{
+    if (v == NULL || *v == '\0')
+        return false;
+    for (; *v; v++)
+        if (*v < '0' || *v > '9')
+            return false;
+    return true;
+}
+
+/* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then anything left)
+ * and records them. Returns false when a reply was sent. */
+static bool
+mail_params(struct session *s, struct smtp_param *params, int n, const char *syntax_error)
+{
+    const struct config *cfg = s->g->cfg;
+    bool known[SMTP_PARAMS_MAX] = {false};
+    for (int i = 0; i < n; i++) {
+        if (strcmp(params[i].keyword, "BODY") != 0)
+            continue;
+        known[i] = true;
+        if (params[i].value == NULL ||
+            (strcmp(params[i].value, "7BIT") != 0 && strcmp(params[i].value, "8BITMIME") != 0)) {
+            reply(s, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME");
+            return false;
+        }
+    }
+    for (int i = 0; cfg->smtputf8 && i < n; i++) {
+        if (strcmp(params[i].keyword, "SMTPUTF8") != 0)
+            continue;
+        known[i] = true;
+        if (params[i].value != NULL) {
+            reply(s, "501 5.5.4 Error: SMTPUTF8 takes no arguments");
+            return false;
+        }
+        s->env.smtputf8 = true;
+    }
+    for (int i = 0; i < n; i++) {
+        if (strcmp(params[i].keyword, "SIZE") != 0)
+            continue;
+        known[i] = true;
+        if (!all_digits(params[i].value)) {
+            reply(s, "%s", syntax_error);
+            return false;
+        }
+        unsigned long long size = strtoull(params[i].value, NULL, 10);
+        if (cfg->size_limit && size > cfg->size_limit) {
+            reply(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
+            return false;
+        }
+        s->env.size_hint = (size_t)size;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!known[i]) {
+            reply(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
+            return false;
+        }
+    }
+    return true;
+}
+
+static int
+push_params(struct strv *v, const struct smtp_param *params, int n)
+{
+    char word[LINE_MAX_BYTES + 1];
+    for (int i = 0; i < n; i++) {
+        snprintf(word, sizeof(word), "%s%s%s", params[i].keyword, params[i].value ? "=" : "",
+                 params[i].value ? params[i].value : "");
+        if (strv_push(v, word) == -1)
+            return -1;
+    }
+    return 0;
+}
+
+static void
+cmd_mail(struct session *s, char *arg)
+{
+    if (s->helo == NULL) {
+        reply(s, "503 5.5.1 Error: send HELO first");
+        return;
+    }
+    char syntax_error[80];
+    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: MAIL FROM: <address>%s",
+             s->esmtp ? " [SP <mail-parameters>]" : "");
+    struct smtp_path path;
+    char *rest = smtp_strip_keyword(arg, "FROM:");
+    if (rest == NULL || !smtp_parse_path(rest, &path) || (!s->esmtp && *path.params)) {
+        reply(s, "%s", syntax_error);
+        return;
+    }
+    if (s->env.has_sender) {
+        reply(s, "503 5.5.1 Error: nested MAIL command");
+        return;
+    }
+    struct smtp_param params[SMTP_PARAMS_MAX];
+    int n = smtp_parse_params(path.params, params, SMTP_PARAMS_MAX);
+    if (n < 0) {
+        reply(s, "%s", syntax_error);
+        return;
+    }
+    if (!mail_params(s, params, n, syntax_error)) {
+        s->env.smtputf8 = false;
+        s->env.size_hint = 0;
+        return;
+    }
+    /* RFC 6531 3.4: a UTF-8 address is only taken in an SMTPUTF8 transaction. */
+    if (path.non_ascii && !s->env.smtputf8) {
+        s->env.smtputf8 = false;
+        reply(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
+        return;
+    }
+    if (envelope_set_sender(&s->env, path.address) == -1 ||
+        push_params(&s->env.mail_options, params, n) == -1) {
+        reset_transaction(s);
+        reply(s, "451 4.3.0 Error: out of memory");
+        return;
+    }
+    log_debug("session %lu: sender <%s>", s->id, path.address);
+    reply(s, "250 2.1.0 OK");
+}
+
+static void
+cmd_rcpt(struct session *s, char *arg)
+{
+    if (s->helo == NULL) {
+        reply(s, "503 5.5.1 Error: send HELO first");
+        return;
+    }
+    if (!s->env.has_sender) {
+        reply(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    char syntax_error[80];
+    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: RCPT TO: <address>%s",
+             s->esmtp ? " [SP <mail-parameters>]" : "");
+    struct smtp_path path;
+    char *rest = smtp_strip_keyword(arg, "TO:");
+    if (rest == NULL || !smtp_parse_path(rest, &path) || path.null_path ||
+        (!s->esmtp && *path.params)) {
+        reply(s, "%s", syntax_error);
+        return;
+    }
+    struct smtp_param params[SMTP_PARAMS_MAX];
+    int n = smtp_parse_params(path.params, params, SMTP_PARAMS_MAX);
+    if (n < 0) {
+        reply(s, "%s", syntax_error);
+        return;
+    }
+    if (n > 0) {
+        reply(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
+        return;
+    }
+    if (path.non_ascii && !s->env.smtputf8) {
+        reply(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
+        return;
+    }
+    if (s->env.rcpts.n >= s->g->cfg->max_recipients) {
+        reply(s, "452 4.5.3 Error: too many recipients");
+        return;
+    }
+    if (strv_push(&s->env.rcpts, path.address) == -1) {
+        reply(s, "451 4.3.0 Error: out of memory");
+        return;
+    }
+    log_debug("session %lu: recipient <%s>", s->id, path.address);
+    reply(s, "250 2.1.5 OK");
+}
+
+static void
+cmd_data(struct session *s, char *arg)
+{
+    if (s->helo == NULL) {
+        reply(s, "503 5.5.1 Error: send HELO first");
+        return;
+    }
+    if (s->env.rcpts.n == 0) {
+        reply(s, "503 5.5.1 Error: need RCPT command");
+        return;
+    }
+    if (*arg) {
+        reply(s, "501 5.5.4 Syntax: DATA");
+        return;
+    }
+    size_t limit = s->g->cfg->size_limit;
+    smtp_data_init(&s->decoder, limit);
+    buf_free(&s->message);
+    /* SIZE= tells us roughly how much is coming: one allocation instead of many. */
+    size_t hint = s->env.size_hint;
+    if (limit && hint > limit)
+        hint = limit;
+    if (hint > 0 && hint <= 64 * 1024 * 1024)
+        buf_reserve(&s->message, hint + hint / 16);
+    session_enter(s, SESSION_DATA);
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+typedef void (*command_fn)(struct session *s, char *arg);
+
+static const command_fn commands[] = {
+    [SMTP_VERB_HELO] = cmd_helo, [SMTP_VERB_EHLO] = cmd_ehlo, [SMTP_VERB_MAIL] = cmd_mail,
+    [SMTP_VERB_RCPT] = cmd_rcpt, [SMTP_VERB_DATA] = cmd_data, [SMTP_VERB_RSET] = cmd_rset,
+    [SMTP_VERB_NOOP] = cmd_noop, [SMTP_VERB_QUIT] = cmd_quit, [SMTP_VERB_VRFY] = cmd_vrfy,
+    [SMTP_VERB_EXPN] = cmd_expn, [SMTP_VERB_HELP] = cmd_help,
+};
+
+static void
+dispatch(struct session *s, char *line, size_t len)
+{
+    struct smtp_command cmd;
+    log_debug("session %lu: < %.*s", s->id, (int)len, line);
+    switch (smtp_parse_command(line, len, &cmd)) {
+    case SMTP_PARSE_EMPTY:
+    case SMTP_PARSE_BAD:
+        reply(s, "500 5.5.2 Error: bad syntax");
+        return;
+    case SMTP_PARSE_OK:
+        break;
+    }
+    if (len > line_limit(s, cmd.verb)) {
+        reply(s, "500 5.5.2 Error: line too long");
+        return;
+    }
+    if (cmd.verb == SMTP_VERB_UNKNOWN) {
+        reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
+        return;
+    }
+    commands[cmd.verb](s, cmd.arg);
+}
+
+/* Reads one command line. Returns false when no complete line is buffered yet. */
+static bool
+read_command(struct session *s, struct evbuffer *in)
+{
+    size_t eol_len = 0;
+    struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+    if (eol.pos < 0) {
+        /* No line end yet: past the limit, what we have is thrown away as it comes. */
+        size_t avail = evbuffer_get_length(in);
+        if (avail > LINE_MAX_BYTES) {
+            evbuffer_drain(in, avail);
+            s->discarding = true;
+        }
+        return false;
+    }
+    size_t len = (size_t)eol.pos;
+    if (s->discarding || len > LINE_MAX_BYTES) {
+        evbuffer_drain(in, len + eol_len);
+        s->discarding = false;
+        reply(s, "500 5.5.2 Error: line too long");
+        return true;
+    }
+    char line[LINE_MAX_BYTES + 1];
+    evbuffer_remove(in, line, len);
+    evbuffer_drain(in, eol_len);
+    dispatch(s, line, len);
+    return true;
+}
+
+static void
+on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
+{
+    struct session *s = arg;
+    s->call = NULL;
+    struct buf wire = {0};
+    int code = 250;
+    switch (outcome) {
+    case LRT_DEFAULT:
+        buf_append_str(&wire, "250 2.0.0 OK\r\n");
+        break;
+    case LRT_REPLY:
+        code = smtp_reply_format(text, len, &wire);
+        if (code != -1)
+            break;
+        log_error("session %lu: process_message returned an invalid reply: %.80s", s->id, text);
+        /* fall through */
+    case LRT_FAILED:
+        code = 451;
+        buf_reset(&wire);
+        buf_append_str(&wire, "451 4.3.0 Error: the message handler failed; try again later\r\n");
+        break;
+    }
+    log_info("session %lu: message %lu from <%s> for %zu recipient(s), %zu bytes: %d "
+             "(generation %u)",
+             s->id, ++s->messages, s->env.mailfrom ? s->env.mailfrom : "", s->env.rcpts.n,
+             s->decoder.size, code, lrt_generation_id(s->g->rt));
+    bufferevent_write(s->bev, wire.data, wire.len);
+    buf_free(&wire);
+    reset_transaction(s);
+    session_enter(s, SESSION_COMMAND);
+    shut_down_if_idle(s);
+    session_pump(s);
+}
+
+static void
+finish_data(struct session *s)
+{
+    if (s->decoder.overflow || s->decoder.failed) {
+        if (s->decoder.overflow)
+            reply(s, "552 5.3.4 Error: Too much mail data");
+        else
+            reply(s, "451 4.3.0 Error: out of memory");
+        log_info("session %lu: message from <%s> refused: %zu bytes%s", s->id, s->env.mailfrom,
+                 s->decoder.size, s->decoder.overflow ? " over the size limit" : "");
+        reset_transaction(s);
+        session_enter(s, SESSION_COMMAND);
+        return;
+    }
+    session_enter(s, SESSION_HANDLER);
+    struct lrt_message msg = {
+        .session_id = s->id,
+        .peer_addr = s->peer_addr,
+        .peer_port = s->peer_port,
+        .helo = s->helo,
+        .env = &s->env,
+        .data = &s->message,
+    };
+    /* on_handler_done may run before this returns; it leaves s->call NULL then. */
+    struct lrt_call *call = lrt_process_message(s->g->rt, &msg, on_handler_done, s);
+    if (call != NULL)
+        s->call = call;
+}
+
+/* Feeds buffered DATA bytes to the decoder. Returns false when it needs more input. */
+static bool
+read_data(struct session *s, struct evbuffer *in)
+{
+    struct evbuffer_iovec vec[16];
+    while (!smtp_data_done(&s->decoder)) {
+        int n = evbuffer_peek(in, -1, NULL, vec, 16);
+        if (n <= 0)
+            return false;
+        if (n > 16)
+            n = 16;
+        size_t used = 0;
+        for (int i = 0; i < n && !smtp_data_done(&s->decoder); i++)
+            used += smtp_data_decode(&s->decoder, vec[i].iov_base, vec[i].iov_len, &s->message);
+        evbuffer_drain(in, used);
+    }
+    finish_data(s);
+    return true;
+}
+
+static void
+session_pump(struct session *s)
+{
+    if (s->pumping)
+        return;
+    s->pumping = true;
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    while (s->state == SESSION_COMMAND || s->state == SESSION_DATA) {
+        if (evbuffer_get_length(out) > OUTPUT_PAUSE)
+            break; /* on_write resumes once the client has read its replies */
+        bool progressed = s->state == SESSION_DATA ? read_data(s, in) : read_command(s, in);
+        if (!progressed)
+            break;
+        shut_down_if_idle(s);
+    }
+    s->pumping = false;
+}
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    session_pump(arg);
+}
+
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+    if (s->state == SESSION_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            session_free(s);
+        return;
+    }
+    session_pump(s);
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct session *s = arg;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+        s->state != SESSION_CLOSING) {
+        log_info("session %lu: timeout, closing", s->id);
+        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->g->hostname);
+        close_after_flush(s);
+        return;
+    }
+    if (what & BEV_EVENT_ERROR)
+        log_debug("session %lu: connection error", s->id);
+    if (s->state == SESSION_HANDLER || s->state == SESSION_DATA)
+        log_info("session %lu: client left during %s", s->id,
+                 s->state == SESSION_DATA ? "DATA" : "the handler");
+    session_free(s);
+}
+
+void
+session_start(struct session_group *g, int fd, const struct sockaddr *addr, int addrlen)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        return;
+    }
+    s->bev = bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (s->bev == NULL) {
+        close(fd);
+        free(s);
+        return;
+    }
+    s->g = g;
+    s->id = ++g->next_id;
+    s->next = g->head;
+    if (g->head)
+        g->head->prev = s;
+    g->head = s;
+    g->count++;
+
+    char port[NI_MAXSERV];
+    if (getnameinfo(addr, (socklen_t)addrlen, s->peer_addr, sizeof(s->peer_addr), port,
+                    sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        strcpy(s->peer_addr, "unknown");
+        strcpy(port, "0");
+    }
+    s->peer_port = atoi(port);
+    /* Replies are already batched per read; Nagle would only hold the last one back. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+    bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH_WATERMARK);
+    bufferevent_set_max_single_read(s->bev, MAX_SINGLE_READ);
+    session_enter(s, SESSION_COMMAND);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    log_debug("session %lu: connection from %s port %d", s->id, s->peer_addr, s->peer_port);
+    reply(s, "220 %s luasmtpd %s ESMTP", g->hostname, LUASMTPD_VERSION);
+}
+
+void
+session_group_drain(struct session_group *g)
+{
+    g->draining = true;
+    for (struct session *s = g->head; s != NULL; s = s->next)
+        shut_down_if_idle(s);
+}
+
+void
+session_group_close_all(struct session_group *g)
+{
+    while (g->head != NULL) {
+        struct session *s = g->head;
+        if (s->state == SESSION_HANDLER || s->state == SESSION_DATA)
+            log_warn("session %lu: closed by shutdown during a transaction", s->id);
+        session_free(s);
+    }
+}

@@ -1,0 +1,115 @@
+/* The DATA decoder's state machine (see smtp_data.h). Runs of ordinary bytes are found with
+ * memchr and copied in one piece; only line starts and line ends are looked at byte by byte.
+ * Any CR or LF that is not part of a CRLF pair is stored as CRLF, so handlers and upstreams
+ * only ever see CRLF line ends. */
+#include "luasmtpd/smtp_data.h"
+
+#include <string.h>
+
+void
+smtp_data_init(struct smtp_data_decoder *d, size_t limit)
+{
+    memset(d, 0, sizeof(*d));
+    d->state = SMTP_DATA_BOL_CRLF;
+    d->limit = limit;
+}
+
+static void
+emit(struct smtp_data_decoder *d, struct buf *out, const char *bytes, size_t n)
+{
+    d->size += n;
+    if (d->overflow || d->failed)
+        return;
+    if (d->limit != 0 && d->size > d->limit) {
+        d->overflow = true;
+        return;
+    }
+    if (buf_append(out, bytes, n) == -1)
+        d->failed = true;
+}
+
+static const char crlf[] = "\r\n";
+static const char dot_crlf[] = ".\r\n";
+
+size_t
+smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct buf *out)
+{
+    const char *p = in, *end = in + len;
+
+    while (p < end && d->state != SMTP_DATA_DONE) {
+        char c = *p;
+        switch (d->state) {
+        case SMTP_DATA_BOL_CRLF:
+        case SMTP_DATA_BOL_BARE:
+            if (c == '.') {
+                d->state = d->state == SMTP_DATA_BOL_CRLF ? SMTP_DATA_DOT_CRLF : SMTP_DATA_DOT_BARE;
+                p++;
+            } else {
+                d->state = SMTP_DATA_LINE;
+            }
+            break;
+        case SMTP_DATA_DOT_CRLF:
+        case SMTP_DATA_DOT_BARE:
+            if (c == '\r') {
+                d->state = d->state == SMTP_DATA_DOT_CRLF ? SMTP_DATA_DOT_CR_CRLF
+                                                          : SMTP_DATA_DOT_CR_BARE;
+                p++;
+            } else if (c == '\n') {
+                /* A lone "." ended by a bare LF is not the end, and not stuffing either:
+                 * RFC 5321 4.5.2 only removes a dot when other characters follow it. */
+                emit(d, out, dot_crlf, 3);
+                d->state = SMTP_DATA_BOL_BARE;
+                p++;
+            } else {
+                d->state = SMTP_DATA_LINE; /* the stuffed dot is dropped */
+            }
+            break;
+        case SMTP_DATA_DOT_CR_CRLF:
+        case SMTP_DATA_DOT_CR_BARE:
+            if (c == '\n' && d->state == SMTP_DATA_DOT_CR_CRLF) {
+                d->state = SMTP_DATA_DONE;
+                p++;
+            } else if (c == '\n') {
+                /* "\n.\r\n": the line before ended bare, so this is no terminator. */
+                emit(d, out, dot_crlf, 3);
+                d->state = SMTP_DATA_BOL_CRLF;
+                p++;
+            } else {
+                emit(d, out, dot_crlf, 3); /* ".\r" then a bare CR's worth of line end */
+                d->state = SMTP_DATA_BOL_BARE;
+            }
+            break;
+        case SMTP_DATA_CR:
+            emit(d, out, crlf, 2);
+            if (c == '\n') {
+                d->state = SMTP_DATA_BOL_CRLF;
+                p++;
+            } else {
+                d->state = SMTP_DATA_BOL_BARE;
+            }
+            break;
+        case SMTP_DATA_LINE: {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            const char *limit = nl ? nl : end;
+            const char *cr = memchr(p, '\r', (size_t)(limit - p));
+            const char *stop = cr ? cr : limit;
+            if (stop > p)
+                emit(d, out, p, (size_t)(stop - p));
+            p = stop;
+            if (p == end)
+                break;
+            if (*p == '\r') {
+                d->state = SMTP_DATA_CR;
+            } else {
+                emit(d, out, crlf, 2);
+                d->state = SMTP_DATA_BOL_BARE;
+            }
+            p++;
+            break;
+        }
+        case SMTP_DATA_DONE:
+            break;
+        }
+    }
+    return (size_t)(p - in);
+}

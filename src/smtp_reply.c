@@ -1,0 +1,75 @@
+/* Checks a handler's reply text and writes its wire form. A reply is only sent when every line
+ * carries the same final code and nothing in it could be read as a second reply or command
+ * (no bare CR, no NUL), so a script can never desynchronise the client. */
+#include "luasmtpd/smtp_reply.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+static bool
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Checks one line [s, e) against `code` (the first line sets it) and appends it. */
+static bool
+format_line(const char *s, const char *e, char code[3], bool last, struct buf *out)
+{
+    size_t n = (size_t)(e - s);
+    if (n < 3 || !is_digit(s[0]) || !is_digit(s[1]) || !is_digit(s[2]))
+        return false;
+    if (code[0] == '\0') {
+        if (s[0] != '2' && s[0] != '4' && s[0] != '5')
+            return false;
+        memcpy(code, s, 3);
+    } else if (memcmp(code, s, 3) != 0) {
+        return false;
+    }
+    const char *text = s + 3;
+    if (text < e && *text != ' ' && *text != '-')
+        return false;
+    if (text < e)
+        text++;
+    for (const char *p = text; p < e; p++) {
+        unsigned char c = (unsigned char)*p;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    size_t text_len = (size_t)(e - text);
+    if (3 + 1 + text_len + 2 > SMTP_REPLY_LINE_MAX)
+        return false;
+    char sep = last ? ' ' : '-';
+    if (buf_append(out, code, 3) == -1 || buf_append(out, &sep, 1) == -1 ||
+        buf_append(out, text, text_len) == -1 || buf_append(out, "\r\n", 2) == -1)
+        return false;
+    return true;
+}
+
+int
+smtp_reply_format(const char *text, size_t len, struct buf *out)
+{
+    size_t start_len = out->len;
+    char code[3] = {0};
+    const char *p = text, *end = text + len;
+
+    /* One trailing line end is how people write a reply; it is not an empty last line. */
+    if (end > p && end[-1] == '\n')
+        end--;
+    if (end > p && end[-1] == '\r')
+        end--;
+    if (p == end)
+        return -1;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = nl ? nl : end;
+        if (line_end > p && line_end[-1] == '\r' && nl != NULL)
+            line_end--;
+        if (!format_line(p, line_end, code, nl == NULL, out)) {
+            out->len = start_len;
+            return -1;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    return (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
+}
