@@ -3,32 +3,37 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "luasmtpd/config.h"
 #include "luasmtpd/listener.h"
 #include "luasmtpd/log.h"
 
-/* The bundled scripts: $LUASMTPD_LUA_DIR, else the source tree's when this binary is the one
- * in the build tree (so a developer runs what they edit), else the installed copy. */
+/* The bundled scripts: $LUASMTPD_LUA_DIR; else the source tree's when this binary is the one
+ * in the build tree (a developer runs what they edit); else <prefix>/share/luasmtpd/lua beside
+ * the binary, so an install moved to another prefix still finds its scripts; else the
+ * configured install directory. */
 static const char *
-bundled_lua_dir(void)
+bundled_lua_dir(char *space, size_t size)
 {
     const char *env = getenv("LUASMTPD_LUA_DIR");
     if (env != NULL && *env != '\0')
         return env;
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash != NULL) {
-            *slash = '\0';
-            char build[PATH_MAX];
-            if (realpath(LUASMTPD_BUILD_DIR, build) != NULL && strcmp(exe, build) == 0)
-                return LUASMTPD_SOURCE_LUA_DIR;
-        }
-    }
+    exe[n > 0 ? n : 0] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash == NULL)
+        return LUASMTPD_LUA_DIR;
+    *slash = '\0';
+    char build[PATH_MAX];
+    if (realpath(LUASMTPD_BUILD_DIR, build) != NULL && strcmp(exe, build) == 0)
+        return LUASMTPD_SOURCE_LUA_DIR;
+    struct stat st;
+    if (snprintf(space, size, "%s/../share/luasmtpd/lua", exe) < (int)size &&
+        stat(space, &st) == 0 && S_ISDIR(st.st_mode))
+        return space;
     return LUASMTPD_LUA_DIR;
 }
 
@@ -46,7 +51,8 @@ main(int argc, char **argv)
         config_free(&cfg);
         return 2;
     }
-    const char *lua_dir = bundled_lua_dir();
+    char lua_dir_space[PATH_MAX];
+    const char *lua_dir = bundled_lua_dir(lua_dir_space, sizeof(lua_dir_space));
     if (!config_resolve_handler(&cfg, lua_dir, stderr)) {
         config_free(&cfg);
         return 2;
