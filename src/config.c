@@ -149,7 +149,9 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     cfg->shutdown_timeout = CONFIG_DEFAULT_SHUTDOWN_TIMEOUT;
 
     opterr = 0;
-    optind = 1;
+    /* 0, not 1: glibc and musl then forget all their state, including the pointer into the
+     * argv of an earlier call, so config_parse can run more than once in a process. */
+    optind = 0;
     int c;
     unsigned long n;
     while ((c = getopt_long(argc, argv, ":nc:s:duVh", long_options, NULL)) != -1) {
@@ -214,7 +216,13 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
             fprintf(err, "%s: option requires an argument: %s\n", prog, argv[optind - 1]);
             goto bad;
         default:
-            fprintf(err, "%s: unknown option: %s\n", prog, argv[optind - 1]);
+            /* An unknown letter is named by optopt: inside a group ("-xd") optind has not moved
+             * past it yet, so argv[optind - 1] would be the wrong word. A long option (optopt 0,
+             * or a known letter given "=value") is named by its argv word. */
+            if (optopt != 0 && strchr("ncsduVh", optopt) == NULL)
+                fprintf(err, "%s: unknown option: -%c\n", prog, optopt);
+            else
+                fprintf(err, "%s: unknown option: %s\n", prog, argv[optind - 1]);
             goto bad;
         }
     }

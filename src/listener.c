@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <grp.h>
@@ -245,8 +246,14 @@ listener_run(struct config *cfg, const char *lua_dir)
     char *hostname = cfg->hostname ? strdup(cfg->hostname) : fqdn();
     struct server srv = {.cfg = cfg};
     srv.base = event_base_new();
-    struct lrt_options opts = {.cfg = cfg, .lua_dir = lua_dir, .hostname = hostname};
-    struct lrt *rt = lrt_new(srv.base, &opts);
+    /* Upstream host names are resolved without blocking the loop. */
+    struct evdns_base *dns = srv.base ? evdns_base_new(srv.base, EVDNS_BASE_INITIALIZE_NAMESERVERS)
+                                      : NULL;
+    if (srv.base != NULL && dns == NULL)
+        dns = evdns_base_new(srv.base, 0);
+    struct lrt_options opts = {.cfg = cfg, .lua_dir = lua_dir, .hostname = hostname,
+                               .base = srv.base, .dns = dns};
+    struct lrt *rt = lrt_new(&opts);
     int status = 1;
     if (srv.base == NULL || rt == NULL || !lrt_load(rt)) {
         for (int i = 0; i < n; i++)
@@ -284,6 +291,8 @@ listener_run(struct config *cfg, const char *lua_dir)
         event_free(srv.shutdown_timer);
 out:
     lrt_free(rt);
+    if (dns != NULL)
+        evdns_base_free(dns, 0);
     if (srv.base)
         event_base_free(srv.base);
     free(hostname);

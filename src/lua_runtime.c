@@ -21,7 +21,6 @@ struct lrt_generation {
 };
 
 struct lrt {
-    struct event_base *base;
     struct lrt_options opts;
     struct lrt_generation *current;
     unsigned last_id;
@@ -30,7 +29,6 @@ struct lrt {
 enum lrt_call_state {
     LRT_CALL_RUNNING,   /* inside lua_resume */
     LRT_CALL_WAITING,   /* suspended in a binding until its event arrives */
-    LRT_CALL_CANCELLED, /* the client left while it waited: never resume, never report */
 };
 
 struct lrt_call {
@@ -38,9 +36,22 @@ struct lrt_call {
     lua_State *co;
     int co_ref;
     enum lrt_call_state state;
+    const char *what; /* the function it runs, for the log */
     unsigned long session_id;
     lrt_done_fn done;
     void *arg;
+    lrt_cancel_fn cancel;
+    void *cancel_arg;
+};
+
+struct lrt_session {
+    struct lrt *rt;
+    struct lrt_generation *gen; /* the generation `table_ref` lives in */
+    int table_ref;
+    unsigned long id;
+    char *peer_addr;
+    int peer_port;
+    char *helo;
 };
 
 static void
@@ -102,6 +113,7 @@ gen_load(const struct lrt_options *opts, unsigned id)
         log_error("cannot create a Lua state: out of memory");
         return NULL;
     }
+    *(struct lrt_call **)lua_getextraspace(L) = NULL; /* the main thread runs no handler */
     luaL_openlibs(L);
     set_package_path(L, opts);
     lsmtpd_register(L, opts);
@@ -134,12 +146,11 @@ gen_load(const struct lrt_options *opts, unsigned id)
 }
 
 struct lrt *
-lrt_new(struct event_base *base, const struct lrt_options *opts)
+lrt_new(const struct lrt_options *opts)
 {
     struct lrt *rt = calloc(1, sizeof(*rt));
     if (rt == NULL)
         return NULL;
-    rt->base = base;
     rt->opts = *opts;
     return rt;
 }
@@ -186,7 +197,7 @@ static void
 push_strv(lua_State *L, const struct strv *v)
 {
     lua_createtable(L, (int)v->n, 0);
-    for (size_t i = 0; i < v->n; i++) {
+    for (size_t i = 0; v != NULL && i < v->n; i++) {
         lua_pushstring(L, v->items[i]);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
@@ -203,15 +214,15 @@ call_finish(struct lrt_call *call, int status, int nresults)
 
     if (status == LUA_YIELD) {
         /* Only a binding may suspend a handler; a bare coroutine.yield would never be resumed. */
-        log_error("session %lu: process_message yielded outside an smtpd binding",
-                  call->session_id);
+        log_error("session %lu: %s yielded outside an smtpd binding (generation %u)",
+                  call->session_id, call->what, call->gen->id);
     } else if (status != LUA_OK) {
         const char *msg = lua_tostring(co, -1);
         if (msg == NULL)
             msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
         lua_State *L = call->gen->L;
         luaL_traceback(L, co, msg, 0);
-        log_error("session %lu: process_message failed (generation %u): %s", call->session_id,
+        log_error("session %lu: %s failed (generation %u): %s", call->session_id, call->what,
                   call->gen->id, lua_tostring(L, -1));
         lua_pop(L, 1);
     } else if (nresults == 0 || lua_isnil(co, -nresults) ||
@@ -221,21 +232,22 @@ call_finish(struct lrt_call *call, int status, int nresults)
         outcome = LRT_REPLY;
         reply = lua_tolstring(co, -nresults, &len);
     } else {
-        log_error("session %lu: process_message returned a %s, not nil or a reply string",
-                  call->session_id, luaL_typename(co, -nresults));
+        log_error("session %lu: %s returned a %s, not nil or a reply string (generation %u)",
+                  call->session_id, call->what, luaL_typename(co, -nresults), call->gen->id);
     }
     /* `reply` points into the coroutine's stack: report before the coroutine can be freed. */
     call->done(call->arg, outcome, reply, len);
     call_free(call);
 }
 
-/* Resumes the handler coroutine with `nargs` values on its stack. Returns true when the call
- * is waiting in a binding and lives on. */
+/* Resumes the coroutine with `nargs` values on its stack. Returns true when the call is
+ * waiting in a binding and lives on. */
 static bool
 call_resume(struct lrt_call *call, int nargs)
 {
     int nresults = 0;
     call->state = LRT_CALL_RUNNING;
+    call->cancel = NULL;
     int status = lua_resume(call->co, call->gen->L, nargs, &nresults);
     if (status == LUA_YIELD && call->state == LRT_CALL_WAITING)
         return true;
@@ -243,23 +255,20 @@ call_resume(struct lrt_call *call, int nargs)
     return false;
 }
 
-struct lrt_call *
-lrt_process_message(struct lrt *rt, const struct lrt_message *msg, lrt_done_fn done, void *arg)
+/* A coroutine in `gen` with the function `name` pushed on it; NULL when out of memory. */
+static struct lrt_call *
+call_new(struct lrt_generation *gen, const char *name, unsigned long session_id,
+         lrt_done_fn done, void *arg)
 {
-    struct lrt_generation *gen = rt->current;
     struct lrt_call *call = calloc(1, sizeof(*call));
-    if (call == NULL) {
-        buf_free(msg->data);
-        log_error("session %lu: out of memory starting the handler", msg->session_id);
-        done(arg, LRT_FAILED, NULL, 0);
+    if (call == NULL)
         return NULL;
-    }
     gen->refs++;
     call->gen = gen;
-    call->session_id = msg->session_id;
+    call->what = name;
+    call->session_id = session_id;
     call->done = done;
     call->arg = arg;
-
     lua_State *L = gen->L;
     call->co = lua_newthread(L);
     call->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -267,37 +276,208 @@ lrt_process_message(struct lrt *rt, const struct lrt_message *msg, lrt_done_fn d
      * get the main thread's copy (NULL), so a binding used from one refuses, as it must: its
      * yield would land in the script's coroutine, not ours. */
     *(struct lrt_call **)lua_getextraspace(call->co) = call;
+    lua_getglobal(call->co, name);
+    return call;
+}
 
+static void
+session_table_drop(struct lrt_session *ls)
+{
+    if (ls->gen == NULL)
+        return;
+    luaL_unref(ls->gen->L, LUA_REGISTRYINDEX, ls->table_ref);
+    gen_release(ls->gen);
+    ls->gen = NULL;
+}
+
+/* Puts the session on the current generation, with a fresh table there. */
+static void
+session_table_move(struct lrt_session *ls)
+{
+    struct lrt_generation *gen = ls->rt->current;
+    if (ls->gen == gen)
+        return;
+    session_table_drop(ls);
+    lua_State *L = gen->L;
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, 2, 0);
+    lua_pushstring(L, ls->peer_addr);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, ls->peer_port);
+    lua_rawseti(L, -2, 2);
+    lua_setfield(L, -2, "peer");
+    lua_pushinteger(L, (lua_Integer)ls->id);
+    lua_setfield(L, -2, "id");
+    if (ls->helo != NULL) {
+        lua_pushstring(L, ls->helo);
+        lua_setfield(L, -2, "helo");
+    }
+    ls->table_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ls->gen = gen;
+    gen->refs++;
+}
+
+struct lrt_session *
+lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int peer_port)
+{
+    struct lrt_session *ls = calloc(1, sizeof(*ls));
+    if (ls == NULL || (ls->peer_addr = strdup(peer_addr)) == NULL) {
+        free(ls);
+        return NULL;
+    }
+    ls->rt = rt;
+    ls->id = id;
+    ls->peer_port = peer_port;
+    session_table_move(ls);
+    return ls;
+}
+
+void
+lrt_session_set_helo(struct lrt_session *ls, const char *helo)
+{
+    free(ls->helo);
+    ls->helo = strdup(helo);
+    lua_State *L = ls->gen->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
+    lua_pushstring(L, helo);
+    lua_setfield(L, -2, "helo");
+    lua_pop(L, 1);
+}
+
+void
+lrt_session_end_transaction(struct lrt_session *ls)
+{
+    /* Between transactions is the moment to leave an old generation, so it can close. */
+    session_table_move(ls);
+}
+
+unsigned
+lrt_session_generation(const struct lrt_session *ls)
+{
+    return ls->gen->id;
+}
+
+void
+lrt_session_free(struct lrt_session *ls)
+{
+    if (ls == NULL)
+        return;
+    session_table_drop(ls);
+    free(ls->peer_addr);
+    free(ls->helo);
+    free(ls);
+}
+
+static const char *const hook_names[] = {
+    [LRT_HOOK_CONNECT] = "on_connect",
+    [LRT_HOOK_HELO] = "on_helo",
+    [LRT_HOOK_MAIL] = "on_mail",
+    [LRT_HOOK_RCPT] = "on_rcpt",
+};
+
+struct lrt_call *
+lrt_call_hook(struct lrt_session *ls, enum lrt_hook hook, const char *arg,
+              const struct strv *params, lrt_done_fn done, void *done_arg)
+{
+    if (hook != LRT_HOOK_RCPT)
+        session_table_move(ls); /* a transaction starts at MAIL at the latest */
+    const char *name = hook_names[hook];
+    lua_State *L = ls->gen->L;
+    int type = lua_getglobal(L, name);
+    lua_pop(L, 1);
+    if (type != LUA_TFUNCTION) {
+        done(done_arg, LRT_DEFAULT, NULL, 0);
+        return NULL;
+    }
+    struct lrt_call *call = call_new(ls->gen, name, ls->id, done, done_arg);
+    if (call == NULL) {
+        log_error("session %lu: out of memory starting %s", ls->id, name);
+        done(done_arg, LRT_FAILED, NULL, 0);
+        return NULL;
+    }
     lua_State *co = call->co;
-    lua_getglobal(co, "process_message");
+    lua_rawgeti(co, LUA_REGISTRYINDEX, ls->table_ref);
+    int nargs = 1;
+    if (hook != LRT_HOOK_CONNECT) {
+        lua_pushstring(co, arg);
+        nargs++;
+    }
+    if (hook == LRT_HOOK_MAIL || hook == LRT_HOOK_RCPT) {
+        push_strv(co, params);
+        nargs++;
+    }
+    return call_resume(call, nargs) ? call : NULL;
+}
+
+struct lrt_call *
+lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_done_fn done,
+                    void *done_arg)
+{
+    struct lrt_call *call = call_new(ls->gen, "process_message", ls->id, done, done_arg);
+    if (call == NULL) {
+        buf_free(msg->data);
+        log_error("session %lu: out of memory starting the handler", ls->id);
+        done(done_arg, LRT_FAILED, NULL, 0);
+        return NULL;
+    }
+    lua_State *co = call->co;
     lua_createtable(co, 2, 0);
-    lua_pushstring(co, msg->peer_addr);
+    lua_pushstring(co, ls->peer_addr);
     lua_rawseti(co, -2, 1);
-    lua_pushinteger(co, msg->peer_port);
+    lua_pushinteger(co, ls->peer_port);
     lua_rawseti(co, -2, 2);
     lua_pushstring(co, msg->env->mailfrom ? msg->env->mailfrom : "");
     push_strv(co, &msg->env->rcpts);
     lua_pushlstring(co, msg->data->data ? msg->data->data : "", msg->data->len);
     /* Lua has its copy: the session's goes now, so a big message is held twice only briefly. */
     buf_free(msg->data);
-    lua_createtable(co, 0, 4);
+    lua_createtable(co, 0, 5);
     push_strv(co, &msg->env->mail_options);
     lua_setfield(co, -2, "mail_options");
     push_strv(co, &msg->env->rcpt_options);
     lua_setfield(co, -2, "rcpt_options");
-    lua_pushstring(co, msg->helo ? msg->helo : "");
+    lua_pushstring(co, ls->helo ? ls->helo : "");
     lua_setfield(co, -2, "helo");
     lua_pushboolean(co, msg->env->smtputf8);
     lua_setfield(co, -2, "smtputf8");
-
+    lua_rawgeti(co, LUA_REGISTRYINDEX, ls->table_ref);
+    lua_setfield(co, -2, "session");
     return call_resume(call, 5) ? call : NULL;
 }
 
 void
 lrt_call_cancel(struct lrt_call *call)
 {
-    call->state = LRT_CALL_CANCELLED;
+    if (call->cancel != NULL)
+        call->cancel(call->cancel_arg);
     call_free(call);
+}
+
+struct lrt_call *
+lrt_call_of(lua_State *L)
+{
+    return *(struct lrt_call **)lua_getextraspace(L);
+}
+
+int
+lrt_wait(lua_State *L, struct lrt_call *call, lrt_cancel_fn cancel, void *cancel_arg)
+{
+    call->state = LRT_CALL_WAITING;
+    call->cancel = cancel;
+    call->cancel_arg = cancel_arg;
+    return lua_yield(L, 0);
+}
+
+lua_State *
+lrt_call_thread(struct lrt_call *call)
+{
+    return call->co;
+}
+
+void
+lrt_call_resume(struct lrt_call *call, int nresults)
+{
+    call_resume(call, nresults);
 }
 
 void

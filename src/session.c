@@ -35,6 +35,7 @@
 enum session_state {
     SESSION_COMMAND,
     SESSION_DATA,
+    SESSION_HOOK,    /* a hook (on_connect, on_helo, on_mail, on_rcpt) is deciding */
     SESSION_HANDLER, /* process_message is deciding; input waits */
     SESSION_CLOSING, /* the last reply is being flushed */
 };
@@ -54,8 +55,14 @@ struct session {
     struct envelope env;
     struct smtp_data_decoder decoder;
     struct buf message;
+    struct lrt_session *ls;
     struct lrt_call *call;
     unsigned long messages;
+    /* The command a hook decides on, kept until its answer comes. */
+    enum smtp_verb hook_verb;
+    char *hook_arg;
+    struct strv hook_params;
+    enum session_state hook_resume;
 };
 
 static void session_pump(struct session *s);
@@ -87,7 +94,7 @@ static void
 session_enter(struct session *s, enum session_state state)
 {
     s->state = state;
-    if (state == SESSION_HANDLER) {
+    if (state == SESSION_HANDLER || state == SESSION_HOOK) {
         /* The client waits for our answer; its silence now is no timeout. */
         bufferevent_set_timeouts(s->bev, NULL, NULL);
     } else if (state == SESSION_COMMAND || state == SESSION_DATA) {
@@ -108,6 +115,9 @@ session_free(struct session *s)
     envelope_reset(&s->env);
     buf_free(&s->message);
     free(s->helo);
+    free(s->hook_arg);
+    strv_clear(&s->hook_params);
+    lrt_session_free(s->ls);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -133,7 +143,8 @@ close_after_flush(struct session *s)
 static bool
 in_transaction(const struct session *s)
 {
-    return s->env.has_sender || s->state == SESSION_DATA || s->state == SESSION_HANDLER;
+    return s->env.has_sender || s->state == SESSION_DATA || s->state == SESSION_HANDLER ||
+           s->state == SESSION_HOOK;
 }
 
 static void
@@ -148,8 +159,36 @@ shut_down_if_idle(struct session *s)
 static void
 reset_transaction(struct session *s)
 {
+    bool was_open = s->env.has_sender;
     envelope_reset(&s->env);
     buf_free(&s->message);
+    if (was_open)
+        lrt_session_end_transaction(s->ls);
+}
+
+static void hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len);
+
+/* Asks the script's hook about a command; hook_done carries the command on. */
+static void
+ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, const char *arg,
+         const struct smtp_param *params, int n_params)
+{
+    s->hook_verb = verb;
+    free(s->hook_arg);
+    s->hook_arg = strdup(arg ? arg : "");
+    strv_clear(&s->hook_params);
+    for (int i = 0; i < n_params; i++) {
+        char word[LINE_MAX_BYTES + 1];
+        snprintf(word, sizeof(word), "%s%s%s", params[i].keyword, params[i].value ? "=" : "",
+                 params[i].value ? params[i].value : "");
+        strv_push(&s->hook_params, word);
+    }
+    enum session_state resume = s->state;
+    session_enter(s, SESSION_HOOK);
+    s->hook_resume = resume;
+    struct lrt_call *call = lrt_call_hook(s->ls, hook, s->hook_arg, &s->hook_params, hook_done, s);
+    if (call != NULL)
+        s->call = call;
 }
 
 /* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8. */
@@ -166,22 +205,13 @@ line_limit(const struct session *s, enum smtp_verb verb)
 }
 
 static void
-cmd_greeting(struct session *s, const char *arg, bool extended)
+accept_helo(struct session *s, const char *name, bool extended)
 {
-    const char *verb = extended ? "EHLO" : "HELO";
-    if (*arg == '\0') {
-        reply(s, "501 5.5.4 Syntax: %s hostname", verb);
-        return;
-    }
-    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
-     * do we, so scripts see one helo name per connection. */
-    if (s->helo != NULL) {
-        reply(s, "503 5.5.1 Duplicate HELO/EHLO");
-        return;
-    }
     reset_transaction(s);
-    s->helo = strdup(arg);
+    free(s->helo);
+    s->helo = strdup(name);
     s->esmtp = extended;
+    lrt_session_set_helo(s->ls, name);
     if (!extended) {
         reply(s, "250 %s", s->g->hostname);
         return;
@@ -200,6 +230,23 @@ cmd_greeting(struct session *s, const char *arg, bool extended)
     log_debug("session %lu: > EHLO reply (%zu bytes)", s->id, b.len);
     bufferevent_write(s->bev, b.data, b.len);
     buf_free(&b);
+}
+
+static void
+cmd_greeting(struct session *s, const char *arg, bool extended)
+{
+    const char *verb = extended ? "EHLO" : "HELO";
+    if (*arg == '\0') {
+        reply(s, "501 5.5.4 Syntax: %s hostname", verb);
+        return;
+    }
+    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
+     * do we, so scripts see one helo name per connection. */
+    if (s->helo != NULL) {
+        reply(s, "503 5.5.1 Duplicate HELO/EHLO");
+        return;
+    }
+    ask_hook(s, LRT_HOOK_HELO, extended ? SMTP_VERB_EHLO : SMTP_VERB_HELO, arg, NULL, 0);
 }
 
 static void
@@ -350,19 +397,6 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *syn
     return true;
 }
 
-static int
-push_params(struct strv *v, const struct smtp_param *params, int n)
-{
-    char word[LINE_MAX_BYTES + 1];
-    for (int i = 0; i < n; i++) {
-        snprintf(word, sizeof(word), "%s%s%s", params[i].keyword, params[i].value ? "=" : "",
-                 params[i].value ? params[i].value : "");
-        if (strv_push(v, word) == -1)
-            return -1;
-    }
-    return 0;
-}
-
 static void
 cmd_mail(struct session *s, char *arg)
 {
@@ -400,14 +434,7 @@ cmd_mail(struct session *s, char *arg)
         reply(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
         return;
     }
-    if (envelope_set_sender(&s->env, path.address) == -1 ||
-        push_params(&s->env.mail_options, params, n) == -1) {
-        reset_transaction(s);
-        reply(s, "451 4.3.0 Error: out of memory");
-        return;
-    }
-    log_debug("session %lu: sender <%s>", s->id, path.address);
-    reply(s, "250 2.1.0 OK");
+    ask_hook(s, LRT_HOOK_MAIL, SMTP_VERB_MAIL, path.address, params, n);
 }
 
 static void
@@ -449,12 +476,7 @@ cmd_rcpt(struct session *s, char *arg)
         reply(s, "452 4.5.3 Error: too many recipients");
         return;
     }
-    if (strv_push(&s->env.rcpts, path.address) == -1) {
-        reply(s, "451 4.3.0 Error: out of memory");
-        return;
-    }
-    log_debug("session %lu: recipient <%s>", s->id, path.address);
-    reply(s, "250 2.1.5 OK");
+    ask_hook(s, LRT_HOOK_RCPT, SMTP_VERB_RCPT, path.address, params, n);
 }
 
 static void
@@ -547,6 +569,67 @@ read_command(struct session *s, struct evbuffer *in)
     return true;
 }
 
+/* The hook's answer: a 4xx/5xx reply refuses the command; nil (or a 2xx reply, sent in place
+ * of ours for MAIL and RCPT) lets it go on. A failing hook refuses with 4xx. */
+static void
+hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
+{
+    struct session *s = arg;
+    s->call = NULL;
+    session_enter(s, s->hook_resume);
+    enum smtp_verb verb = s->hook_verb;
+    struct buf wire = {0};
+    int code = 0;
+    if (outcome == LRT_REPLY) {
+        code = smtp_reply_format(text, len, &wire);
+        if (code == -1) {
+            log_error("session %lu: a hook returned an invalid reply: %.80s", s->id, text);
+            outcome = LRT_FAILED;
+        }
+    }
+    if (outcome == LRT_FAILED) {
+        buf_reset(&wire);
+        if (verb == SMTP_VERB_UNKNOWN)
+            buf_printf(&wire, "421 4.3.0 %s Error: the script failed; try again later\r\n",
+                       s->g->hostname);
+        else
+            buf_append_str(&wire, "451 4.3.0 Error: the script failed; try again later\r\n");
+        code = 451;
+    }
+    if (code >= 400) {
+        log_debug("session %lu: > %.*s", s->id, (int)wire.len - 2, wire.data);
+        bufferevent_write(s->bev, wire.data, wire.len);
+        if (verb == SMTP_VERB_MAIL) {
+            s->env.smtputf8 = false;
+            s->env.size_hint = 0;
+        }
+        if (verb == SMTP_VERB_UNKNOWN)
+            close_after_flush(s);
+    } else if (verb == SMTP_VERB_UNKNOWN) {
+        reply(s, "220 %s luasmtpd %s ESMTP", s->g->hostname, LUASMTPD_VERSION);
+    } else if (verb == SMTP_VERB_HELO || verb == SMTP_VERB_EHLO) {
+        accept_helo(s, s->hook_arg, verb == SMTP_VERB_EHLO);
+    } else {
+        bool ok = verb == SMTP_VERB_MAIL ? envelope_set_sender(&s->env, s->hook_arg) == 0
+                                         : strv_push(&s->env.rcpts, s->hook_arg) == 0;
+        for (size_t i = 0; ok && verb == SMTP_VERB_MAIL && i < s->hook_params.n; i++)
+            ok = strv_push(&s->env.mail_options, s->hook_params.items[i]) == 0;
+        if (!ok) {
+            reset_transaction(s);
+            reply(s, "451 4.3.0 Error: out of memory");
+        } else if (code != 0) {
+            bufferevent_write(s->bev, wire.data, wire.len);
+        } else {
+            reply(s, verb == SMTP_VERB_MAIL ? "250 2.1.0 OK" : "250 2.1.5 OK");
+        }
+        log_debug("session %lu: %s <%s>", s->id, verb == SMTP_VERB_MAIL ? "sender" : "recipient",
+                  s->hook_arg);
+    }
+    buf_free(&wire);
+    shut_down_if_idle(s);
+    session_pump(s);
+}
+
 static void
 on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
 {
@@ -573,7 +656,7 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
     log_info("session %lu: message %lu from <%s> for %zu recipient(s), %zu bytes: %d "
              "(generation %u)",
              s->id, ++s->messages, s->env.mailfrom ? s->env.mailfrom : "", s->env.rcpts.n,
-             s->decoder.size, code, lrt_generation_id(s->g->rt));
+             s->decoder.size, code, lrt_session_generation(s->ls));
     bufferevent_write(s->bev, wire.data, wire.len);
     buf_free(&wire);
     reset_transaction(s);
@@ -597,16 +680,9 @@ finish_data(struct session *s)
         return;
     }
     session_enter(s, SESSION_HANDLER);
-    struct lrt_message msg = {
-        .session_id = s->id,
-        .peer_addr = s->peer_addr,
-        .peer_port = s->peer_port,
-        .helo = s->helo,
-        .env = &s->env,
-        .data = &s->message,
-    };
+    struct lrt_message msg = {.env = &s->env, .data = &s->message};
     /* on_handler_done may run before this returns; it leaves s->call NULL then. */
-    struct lrt_call *call = lrt_process_message(s->g->rt, &msg, on_handler_done, s);
+    struct lrt_call *call = lrt_process_message(s->ls, &msg, on_handler_done, s);
     if (call != NULL)
         s->call = call;
 }
@@ -683,7 +759,7 @@ on_event(struct bufferevent *bev, short what, void *arg)
     }
     if (what & BEV_EVENT_ERROR)
         log_debug("session %lu: connection error", s->id);
-    if (s->state == SESSION_HANDLER || s->state == SESSION_DATA)
+    if (s->state == SESSION_HANDLER || s->state == SESSION_DATA || s->state == SESSION_HOOK)
         log_info("session %lu: client left during %s", s->id,
                  s->state == SESSION_DATA ? "DATA" : "the handler");
     session_free(s);
@@ -728,7 +804,13 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     session_enter(s, SESSION_COMMAND);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     log_debug("session %lu: connection from %s port %d", s->id, s->peer_addr, s->peer_port);
-    reply(s, "220 %s luasmtpd %s ESMTP", g->hostname, LUASMTPD_VERSION);
+    s->ls = lrt_session_new(g->rt, s->id, s->peer_addr, s->peer_port);
+    if (s->ls == NULL) {
+        reply(s, "421 4.3.0 %s Error: out of memory, closing connection", g->hostname);
+        close_after_flush(s);
+        return;
+    }
+    ask_hook(s, LRT_HOOK_CONNECT, SMTP_VERB_UNKNOWN, NULL, NULL, 0);
 }
 
 void
@@ -744,7 +826,7 @@ session_group_close_all(struct session_group *g)
 {
     while (g->head != NULL) {
         struct session *s = g->head;
-        if (s->state == SESSION_HANDLER || s->state == SESSION_DATA)
+        if (s->state == SESSION_HANDLER || s->state == SESSION_DATA || s->state == SESSION_HOOK)
             log_warn("session %lu: closed by shutdown during a transaction", s->id);
         session_free(s);
     }

@@ -113,3 +113,66 @@ smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct
     }
     return (size_t)(p - in);
 }
+
+void
+smtp_data_encoder_init(struct smtp_data_encoder *e)
+{
+    e->at_line_start = true;
+    e->pending_cr = false;
+}
+
+int
+smtp_data_encode(struct smtp_data_encoder *e, const char *in, size_t len, struct buf *out)
+{
+    const char *p = in, *end = in + len;
+    /* Worst case every byte is a line end that doubles, or a dot that doubles. */
+    if (buf_reserve(out, len * 2 + 4) == -1)
+        return -1;
+    char *o = out->data + out->len;
+    while (p < end) {
+        if (e->pending_cr) {
+            e->pending_cr = false;
+            *o++ = '\r';
+            *o++ = '\n';
+            e->at_line_start = true;
+            if (*p == '\n') {
+                p++;
+                continue;
+            }
+        }
+        if (e->at_line_start && *p == '.')
+            *o++ = '.';
+        e->at_line_start = false;
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *limit = nl ? nl : end;
+        const char *cr = memchr(p, '\r', (size_t)(limit - p));
+        const char *stop = cr ? cr : limit;
+        memcpy(o, p, (size_t)(stop - p));
+        o += stop - p;
+        p = stop;
+        if (p == end)
+            break;
+        if (*p == '\r') {
+            e->pending_cr = true;
+        } else {
+            *o++ = '\r';
+            *o++ = '\n';
+            e->at_line_start = true;
+        }
+        p++;
+    }
+    out->len = (size_t)(o - out->data);
+    return 0;
+}
+
+int
+smtp_data_encode_end(struct smtp_data_encoder *e, struct buf *out)
+{
+    if (e->pending_cr || !e->at_line_start) {
+        if (buf_append(out, "\r\n", 2) == -1)
+            return -1;
+    }
+    e->pending_cr = false;
+    e->at_line_start = true;
+    return buf_append(out, ".\r\n", 3);
+}

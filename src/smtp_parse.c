@@ -132,8 +132,11 @@ valid_mailbox(const char *s, const char *e, bool *non_ascii)
     if (*p == '[') {
         if (e[-1] != ']' || e - p < 3)
             return false;
+        /* dcontent is printable ASCII only, SMTPUTF8 or not (RFC 5321 4.1.3, RFC 6531 3.3):
+         * an 8-bit byte here would also slip past the non_ascii check. */
         for (const char *q = p + 1; q < e - 1; q++)
-            if ((unsigned char)*q <= 0x20 || *q == '[' || *q == ']' || *q == '\\' || *q == 0x7f)
+            if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f || *q == '[' || *q == ']' ||
+                *q == '\\')
                 return false;
         return true;
     }

@@ -40,7 +40,10 @@ format_line(const char *s, const char *e, char code[3], bool last, struct buf *o
     if (3 + 1 + text_len + 2 > SMTP_REPLY_LINE_MAX)
         return false;
     char sep = last ? ' ' : '-';
-    if (buf_append(out, code, 3) == -1 || buf_append(out, &sep, 1) == -1 ||
+    /* The last line is Reply-code [ SP textstring ] CRLF and textstring is never empty
+     * (RFC 5321 4.2), so a bare code goes out as "250" CRLF, not with a dangling space. */
+    size_t sep_len = last && text_len == 0 ? 0 : 1;
+    if (buf_append(out, code, 3) == -1 || buf_append(out, &sep, sep_len) == -1 ||
         buf_append(out, text, text_len) == -1 || buf_append(out, "\r\n", 2) == -1)
         return false;
     return true;
@@ -60,7 +63,10 @@ smtp_reply_format(const char *text, size_t len, struct buf *out)
         end--;
     if (p == end)
         return -1;
-    while (p < end) {
+    /* Runs until the line with no "\n" after it has been sent as the last one: text ending in
+     * an empty line ("250 a\n\n") fails on that empty line instead of leaving "250-a" as a
+     * reply that never ends. */
+    for (;;) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *line_end = nl ? nl : end;
         if (line_end > p && line_end[-1] == '\r' && nl != NULL)
@@ -69,7 +75,9 @@ smtp_reply_format(const char *text, size_t len, struct buf *out)
             out->len = start_len;
             return -1;
         }
-        p = nl ? nl + 1 : end;
+        if (nl == NULL)
+            break;
+        p = nl + 1;
     }
     return (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
 }

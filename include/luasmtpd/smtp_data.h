@@ -43,4 +43,18 @@ smtp_data_done(const struct smtp_data_decoder *d)
     return d->state == SMTP_DATA_DONE;
 }
 
+/* The other direction, for sending a message upstream: every line end becomes CRLF (a bare CR
+ * or LF too, so nothing a script built can smuggle a terminator), lines starting with "." get
+ * another, and the end adds the final line end if missing and "." CRLF. */
+struct smtp_data_encoder {
+    bool at_line_start;
+    bool pending_cr;
+};
+
+void smtp_data_encoder_init(struct smtp_data_encoder *e);
+/* Appends the encoding of `len` bytes to `out`; -1 when memory ran out. */
+int smtp_data_encode(struct smtp_data_encoder *e, const char *in, size_t len, struct buf *out);
+/* Appends what ends the message: a last CRLF if needed, then ".\r\n". */
+int smtp_data_encode_end(struct smtp_data_encoder *e, struct buf *out);
+
 #endif

@@ -1,0 +1,591 @@
+/* Unit tests for the command line: Python smtpd's flags and positional host:port pair, our long
+ * options, the errors that must end in usage, and how -c's value becomes a script path. Output
+ * goes to memory streams, so what a user would read is asserted too. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "luasmtpd/config.h"
+
+#define MAX_ARGS 32
+
+struct run {
+    struct config cfg;
+    enum config_result result;
+    char *out;
+    size_t out_len;
+    char *err;
+    size_t err_len;
+};
+
+/* Runs config_parse on a NULL-terminated list (program name first), on copies the parser may
+ * permute, then frees the copies: the config must own everything it keeps. */
+static enum config_result
+run_parse(struct run *r, const char *const *args)
+{
+    char *argv[MAX_ARGS + 1];
+    int argc = 0;
+    for (; args[argc] != NULL; argc++) {
+        assert_true(argc < MAX_ARGS);
+        argv[argc] = strdup(args[argc]);
+        assert_non_null(argv[argc]);
+    }
+    argv[argc] = NULL;
+    char *owned[MAX_ARGS];
+    memcpy(owned, argv, sizeof(owned[0]) * (size_t)argc);
+
+    memset(r, 0, sizeof(*r));
+    FILE *out = open_memstream(&r->out, &r->out_len);
+    FILE *err = open_memstream(&r->err, &r->err_len);
+    assert_non_null(out);
+    assert_non_null(err);
+    r->result = config_parse(&r->cfg, argc, argv, out, err);
+    fclose(out);
+    fclose(err);
+    for (int i = 0; i < argc; i++) {
+        memset(owned[i], 'Z', strlen(owned[i])); /* a pointer kept into argv would show */
+        free(owned[i]);
+    }
+    return r->result;
+}
+
+static void
+run_free(struct run *r)
+{
+    config_free(&r->cfg);
+    free(r->out);
+    free(r->err);
+}
+
+static void
+expect_usage(const char *const *args, const char *message)
+{
+    struct run r;
+    if (run_parse(&r, args) != CONFIG_EXIT_USAGE)
+        fail_msg("%s ...: result %d, want usage", args[1], (int)r.result);
+    if (strstr(r.err, message) == NULL)
+        fail_msg("%s ...: stderr lacks \"%s\":\n%s", args[1], message, r.err);
+    if (strstr(r.err, "Usage: luasmtpd") == NULL)
+        fail_msg("%s ...: no usage on stderr:\n%s", args[1], r.err);
+    if (r.out_len != 0)
+        fail_msg("%s ...: stdout not empty:\n%s", args[1], r.out);
+    run_free(&r);
+}
+
+/* ---- config_parse ---------------------------------------------------------------------- */
+
+static void
+test_defaults(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *args[] = {"luasmtpd", NULL};
+    assert_int_equal(run_parse(&r, args), CONFIG_RUN);
+    assert_string_equal(r.cfg.local_host, "localhost");
+    assert_int_equal(r.cfg.local_port, 8025);
+    assert_string_equal(r.cfg.remote_host, "localhost");
+    assert_int_equal(r.cfg.remote_port, 25);
+    assert_string_equal(r.cfg.handler, "debugging");
+    assert_null(r.cfg.script_path);
+    assert_int_equal(r.cfg.size_limit, 33554432);
+    assert_false(r.cfg.debug);
+    assert_false(r.cfg.smtputf8);
+    assert_false(r.cfg.nosetuid);
+    assert_null(r.cfg.hostname);
+    assert_int_equal(r.cfg.max_recipients, CONFIG_DEFAULT_MAX_RECIPIENTS);
+    assert_int_equal(r.cfg.timeout, CONFIG_DEFAULT_TIMEOUT);
+    assert_int_equal(r.cfg.shutdown_timeout, CONFIG_DEFAULT_SHUTDOWN_TIMEOUT);
+    assert_int_equal(r.cfg.n_settings, 0);
+    assert_int_equal(r.out_len, 0);
+    assert_int_equal(r.err_len, 0);
+    run_free(&r);
+}
+
+static void
+test_short_options(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *args[] = {
+        "luasmtpd",         "-n", "-c", "x", "-s", "10", "-d", "-u", "127.0.0.1:2525",
+        "mail.example:587", NULL};
+    assert_int_equal(run_parse(&r, args), CONFIG_RUN);
+    assert_true(r.cfg.nosetuid);
+    assert_string_equal(r.cfg.handler, "x");
+    assert_int_equal(r.cfg.size_limit, 10);
+    assert_true(r.cfg.debug);
+    assert_true(r.cfg.smtputf8);
+    assert_string_equal(r.cfg.local_host, "127.0.0.1");
+    assert_int_equal(r.cfg.local_port, 2525);
+    assert_string_equal(r.cfg.remote_host, "mail.example");
+    assert_int_equal(r.cfg.remote_port, 587);
+    assert_int_equal(r.err_len, 0);
+    run_free(&r);
+
+    /* grouped and attached, as getopt allows */
+    const char *grouped[] = {"luasmtpd", "-ndu", "-cSinkServer", "-s0", NULL};
+    assert_int_equal(run_parse(&r, grouped), CONFIG_RUN);
+    assert_true(r.cfg.nosetuid);
+    assert_true(r.cfg.debug);
+    assert_true(r.cfg.smtputf8);
+    assert_string_equal(r.cfg.handler, "SinkServer");
+    assert_int_equal(r.cfg.size_limit, 0);
+    run_free(&r);
+
+    /* a repeated -c replaces the first (and frees it: ASan would see the leak) */
+    const char *twice[] = {"luasmtpd", "-c", "a", "-c", "b", NULL};
+    assert_int_equal(run_parse(&r, twice), CONFIG_RUN);
+    assert_string_equal(r.cfg.handler, "b");
+    run_free(&r);
+}
+
+static void
+test_long_options(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *args[] = {"luasmtpd",
+                          "--nosetuid",
+                          "--class",
+                          "smtpd.DebuggingServer",
+                          "--size=0",
+                          "--debug",
+                          "--smtputf8",
+                          "--hostname",
+                          "mx.example.org",
+                          "--max-recipients",
+                          "5",
+                          "--timeout=60",
+                          "--shutdown-timeout",
+                          "0",
+                          "--set",
+                          "a=b",
+                          "--set=relay=smtp.example:25",
+                          "--set",
+                          "a=c",
+                          "--set",
+                          "empty=",
+                          "[::1]:8025",
+                          NULL};
+    assert_int_equal(run_parse(&r, args), CONFIG_RUN);
+    assert_true(r.cfg.nosetuid);
+    assert_string_equal(r.cfg.handler, "smtpd.DebuggingServer");
+    assert_int_equal(r.cfg.size_limit, 0);
+    assert_true(r.cfg.debug);
+    assert_true(r.cfg.smtputf8);
+    assert_string_equal(r.cfg.hostname, "mx.example.org");
+    assert_int_equal(r.cfg.max_recipients, 5);
+    assert_int_equal(r.cfg.timeout, 60);
+    assert_int_equal(r.cfg.shutdown_timeout, 0);
+    assert_string_equal(r.cfg.local_host, "::1");
+    assert_int_equal(r.cfg.local_port, 8025);
+    assert_string_equal(r.cfg.remote_host, "localhost");
+    assert_int_equal(r.cfg.remote_port, 25);
+    /* every --set kept, in order, the value split at the first "=" only */
+    assert_int_equal(r.cfg.n_settings, 4);
+    assert_string_equal(r.cfg.settings[0].key, "a");
+    assert_string_equal(r.cfg.settings[0].value, "b");
+    assert_string_equal(r.cfg.settings[1].key, "relay");
+    assert_string_equal(r.cfg.settings[1].value, "smtp.example:25");
+    assert_string_equal(r.cfg.settings[2].key, "a");
+    assert_string_equal(r.cfg.settings[2].value, "c");
+    assert_string_equal(r.cfg.settings[3].key, "empty");
+    assert_string_equal(r.cfg.settings[3].value, "");
+    assert_int_equal(r.err_len, 0);
+    run_free(&r);
+}
+
+static void
+test_size_values(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *big[] = {"luasmtpd", "-s", "18446744073709551615", NULL};
+    assert_int_equal(run_parse(&r, big), CONFIG_RUN);
+    assert_true(r.cfg.size_limit == SIZE_MAX);
+    run_free(&r);
+
+    const char *plain[] = {"luasmtpd", "--size", "1048576", NULL};
+    assert_int_equal(run_parse(&r, plain), CONFIG_RUN);
+    assert_int_equal(r.cfg.size_limit, 1048576);
+    run_free(&r);
+
+    const char *over[] = {"luasmtpd", "-s", "18446744073709551616", NULL};
+    expect_usage(over, "invalid size: 18446744073709551616");
+    const char *neg[] = {"luasmtpd", "-s", "-1", NULL};
+    expect_usage(neg, "invalid size: -1");
+    const char *unit[] = {"luasmtpd", "-s", "10k", NULL};
+    expect_usage(unit, "invalid size: 10k");
+    const char *empty[] = {"luasmtpd", "--size=", NULL};
+    expect_usage(empty, "invalid size");
+    const char *plus[] = {"luasmtpd", "-s", "+5", NULL};
+    expect_usage(plus, "invalid size: +5");
+    const char *space[] = {"luasmtpd", "-s", " 5", NULL};
+    expect_usage(space, "invalid size");
+}
+
+struct hostport_case {
+    const char *spec;
+    bool ok;
+    const char *host;
+    unsigned short port;
+};
+
+static const struct hostport_case hostport_cases[] = {
+    {"localhost:8025", true, "localhost", 8025},
+    {"127.0.0.1:0", true, "127.0.0.1", 0},
+    {"h:65535", true, "h", 65535},
+    {"h:00025", true, "h", 25},
+    {"[::1]:8025", true, "::1", 8025},
+    {"[2001:db8::1]:25", true, "2001:db8::1", 25},
+    {"[::]:1", true, "::", 1},
+    {"foo", false, NULL, 0},
+    {"", false, NULL, 0},
+    {"h:99999", false, NULL, 0},
+    {"h:65536", false, NULL, 0},
+    {"h:", false, NULL, 0},
+    {":25", false, NULL, 0},
+    {"h:x", false, NULL, 0},
+    {"h:25x", false, NULL, 0},
+    {"h:-1", false, NULL, 0},
+    {"h:+1", false, NULL, 0},
+    {"h: 1", false, NULL, 0},
+    {"h:1:2", false, NULL, 0},
+    {"::1:25", false, NULL, 0},
+    {"[::1]", false, NULL, 0},
+    {"[::1]8025", false, NULL, 0},
+    {"[::1:8025", false, NULL, 0},
+    {"[]:25", false, NULL, 0},
+    {"[::1]:", false, NULL, 0},
+    {"h:99999999999999999999999", false, NULL, 0},
+};
+
+static void
+test_hostport(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(hostport_cases) / sizeof(hostport_cases[0]); i++) {
+        const struct hostport_case *tc = &hostport_cases[i];
+        char *host = NULL;
+        unsigned short port = 4242;
+        bool ok = config_parse_hostport(tc->spec, &host, &port);
+        if (ok != tc->ok)
+            fail_msg("\"%s\": returned %d, want %d", tc->spec, ok, tc->ok);
+        if (ok) {
+            if (strcmp(host, tc->host) != 0 || port != tc->port)
+                fail_msg("\"%s\": got %s port %u, want %s port %u", tc->spec, host, port, tc->host,
+                         tc->port);
+        } else if (host != NULL || port != 4242) {
+            fail_msg("\"%s\": failed but wrote its outputs", tc->spec);
+        }
+        free(host);
+    }
+}
+
+static void
+test_bad_specs(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"foo", "h:99999", "h:", ":25", "h:x", "[::1]"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char want[64];
+        const char *local[] = {"luasmtpd", bad[i], NULL};
+        snprintf(want, sizeof(want), "bad local spec: %s\n", bad[i]);
+        expect_usage(local, want);
+        const char *remote[] = {"luasmtpd", "localhost:8025", bad[i], NULL};
+        snprintf(want, sizeof(want), "bad remote spec: %s\n", bad[i]);
+        expect_usage(remote, want);
+    }
+}
+
+static void
+test_usage_errors(void **state)
+{
+    (void)state;
+    const char *three[] = {"luasmtpd", "a:1", "b:2", "c:3", NULL};
+    expect_usage(three, "invalid arguments: c:3");
+    const char *four[] = {"luasmtpd", "a:1", "b:2", "c:3", "d:4", NULL};
+    expect_usage(four, "invalid arguments: c:3 d:4");
+    const char *unknown_short[] = {"luasmtpd", "-x", NULL};
+    expect_usage(unknown_short, "unknown option: -x");
+    const char *unknown_long[] = {"luasmtpd", "--bogus", NULL};
+    expect_usage(unknown_long, "unknown option: --bogus");
+    const char *unknown_grouped[] = {"luasmtpd", "-dx", NULL};
+    expect_usage(unknown_grouped, "unknown option: -x");
+    /* the unknown one first in a group: the message still names it, not another argument */
+    const char *unknown_first[] = {"luasmtpd", "-xd", NULL};
+    expect_usage(unknown_first, "unknown option: -x");
+    const char *missing[] = {"luasmtpd", "-c", NULL};
+    expect_usage(missing, "option requires an argument: -c");
+    const char *missing_long[] = {"luasmtpd", "--size", NULL};
+    expect_usage(missing_long, "option requires an argument: --size");
+    const char *flag_arg[] = {"luasmtpd", "--debug=yes", NULL};
+    expect_usage(flag_arg, "luasmtpd: ");
+    const char *set_no_eq[] = {"luasmtpd", "--set", "a", NULL};
+    expect_usage(set_no_eq, "--set takes KEY=VALUE, got: a");
+    const char *set_no_key[] = {"luasmtpd", "--set", "=b", NULL};
+    expect_usage(set_no_key, "--set takes KEY=VALUE, got: =b");
+    const char *host_space[] = {"luasmtpd", "--hostname", "a b", NULL};
+    expect_usage(host_space, "invalid hostname: a b");
+    const char *host_empty[] = {"luasmtpd", "--hostname=", NULL};
+    expect_usage(host_empty, "invalid hostname");
+    const char *host_crlf[] = {"luasmtpd", "--hostname", "a\r\nb", NULL};
+    expect_usage(host_crlf, "invalid hostname");
+    const char *rcpt_zero[] = {"luasmtpd", "--max-recipients", "0", NULL};
+    expect_usage(rcpt_zero, "invalid number for --max-recipients: 0");
+    const char *timeout_zero[] = {"luasmtpd", "--timeout", "0", NULL};
+    expect_usage(timeout_zero, "invalid number for --timeout: 0");
+    const char *timeout_big[] = {"luasmtpd", "--timeout", "4294967296", NULL};
+    expect_usage(timeout_big, "invalid number for --timeout: 4294967296");
+    const char *shutdown_neg[] = {"luasmtpd", "--shutdown-timeout", "-1", NULL};
+    expect_usage(shutdown_neg, "invalid number for --shutdown-timeout: -1");
+}
+
+static void
+test_version_and_help(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *version[] = {"luasmtpd", "-V", NULL};
+    assert_int_equal(run_parse(&r, version), CONFIG_EXIT_OK);
+    assert_string_equal(r.out, "luasmtpd " LUASMTPD_VERSION "\n");
+    assert_int_equal(r.err_len, 0);
+    run_free(&r);
+
+    const char *version_long[] = {"luasmtpd", "--version", NULL};
+    assert_int_equal(run_parse(&r, version_long), CONFIG_EXIT_OK);
+    assert_string_equal(r.out, "luasmtpd " LUASMTPD_VERSION "\n");
+    run_free(&r);
+
+    const char *help[] = {"luasmtpd", "-h", NULL};
+    assert_int_equal(run_parse(&r, help), CONFIG_EXIT_OK);
+    assert_true(strncmp(r.out, "Usage: luasmtpd [options]", 25) == 0);
+    assert_non_null(strstr(r.out, "--set KEY=VALUE"));
+    assert_non_null(strstr(r.out, "(default 33554432;"));
+    assert_int_equal(r.err_len, 0);
+    run_free(&r);
+
+    const char *help_long[] = {"luasmtpd", "-d", "--help", "ignored:1", NULL};
+    assert_int_equal(run_parse(&r, help_long), CONFIG_EXIT_OK);
+    assert_true(strncmp(r.out, "Usage: luasmtpd", 15) == 0);
+    run_free(&r);
+}
+
+/* config_parse is called more than once in one process (these tests; a future config
+ * reload): a parse that stopped in the middle of "-Vd" or "-xd" must not leak getopt state into
+ * the next one. */
+static void
+test_parse_twice(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *stop_mid_group[] = {"luasmtpd", "-Vd", NULL};
+    assert_int_equal(run_parse(&r, stop_mid_group), CONFIG_EXIT_OK);
+    run_free(&r);
+    const char *next[] = {"luasmtpd", "-n", NULL};
+    assert_int_equal(run_parse(&r, next), CONFIG_RUN);
+    assert_true(r.cfg.nosetuid);
+    assert_false(r.cfg.debug);
+    run_free(&r);
+
+    const char *error_mid_group[] = {"luasmtpd", "-xu", NULL};
+    assert_int_equal(run_parse(&r, error_mid_group), CONFIG_EXIT_USAGE);
+    run_free(&r);
+    const char *after[] = {"luasmtpd", "-s", "7", NULL};
+    assert_int_equal(run_parse(&r, after), CONFIG_RUN);
+    assert_false(r.cfg.smtputf8);
+    assert_int_equal(r.cfg.size_limit, 7);
+    run_free(&r);
+}
+
+/* ---- config_resolve_handler ------------------------------------------------------------ */
+
+struct lua_dir {
+    char path[64];
+};
+
+static void
+touch(const char *dir, const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("return {}\n", f);
+    fclose(f);
+}
+
+static void
+remove_file(const char *dir, const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    unlink(path);
+}
+
+static int
+setup_lua_dir(void **state)
+{
+    struct lua_dir *d = malloc(sizeof(*d));
+    if (d == NULL)
+        return -1;
+    strcpy(d->path, "/tmp/luasmtpd-test-XXXXXX");
+    if (mkdtemp(d->path) == NULL) {
+        free(d);
+        return -1;
+    }
+    touch(d->path, "debugging.lua");
+    touch(d->path, "sink.lua");
+    touch(d->path, "my_handler.lua");
+    *state = d;
+    return 0;
+}
+
+static int
+teardown_lua_dir(void **state)
+{
+    struct lua_dir *d = *state;
+    remove_file(d->path, "debugging.lua");
+    remove_file(d->path, "sink.lua");
+    remove_file(d->path, "my_handler.lua");
+    remove_file(d->path, "pureproxy.lua");
+    rmdir(d->path);
+    free(d);
+    return 0;
+}
+
+/* Parses "-c handler", resolves it against `dir` and returns whether it resolved; the script
+ * path (or NULL) and what went to stderr are copied out. */
+static bool
+resolve(const char *dir, const char *handler, char **script, char **err_text)
+{
+    struct run r;
+    const char *args[] = {"luasmtpd", "-c", handler, NULL};
+    assert_int_equal(run_parse(&r, args), CONFIG_RUN);
+    char *err = NULL;
+    size_t err_len = 0;
+    FILE *ef = open_memstream(&err, &err_len);
+    assert_non_null(ef);
+    bool ok = config_resolve_handler(&r.cfg, dir, ef);
+    fclose(ef);
+    *script = r.cfg.script_path ? strdup(r.cfg.script_path) : NULL;
+    *err_text = err;
+    run_free(&r);
+    return ok;
+}
+
+static void
+expect_resolved(const char *dir, const char *handler, const char *want)
+{
+    char *script, *err;
+    if (!resolve(dir, handler, &script, &err))
+        fail_msg("-c %s: not resolved: %s", handler, err);
+    if (script == NULL || strcmp(script, want) != 0)
+        fail_msg("-c %s: script %s, want %s", handler, script ? script : "(null)", want);
+    if (err[0] != '\0')
+        fail_msg("-c %s: printed \"%s\" on success", handler, err);
+    free(script);
+    free(err);
+}
+
+static void
+expect_unresolved(const char *dir, const char *handler, const char *message)
+{
+    char *script, *err;
+    if (resolve(dir, handler, &script, &err))
+        fail_msg("-c %s: resolved to %s, want a failure", handler, script);
+    if (strstr(err, message) == NULL)
+        fail_msg("-c %s: stderr lacks \"%s\": %s", handler, message, err);
+    free(script);
+    free(err);
+}
+
+static void
+test_resolve_bundled(void **state)
+{
+    struct lua_dir *d = *state;
+    char want[256];
+    snprintf(want, sizeof(want), "%s/debugging.lua", d->path);
+    expect_resolved(d->path, "debugging", want);
+    expect_resolved(d->path, "DebuggingServer", want);
+    expect_resolved(d->path, "debuggingserver", want);
+    expect_resolved(d->path, "smtpd.DebuggingServer", want);
+    snprintf(want, sizeof(want), "%s/sink.lua", d->path);
+    expect_resolved(d->path, "sink", want);
+    expect_resolved(d->path, "SinkServer", want);
+    snprintf(want, sizeof(want), "%s/my_handler.lua", d->path);
+    expect_resolved(d->path, "my_handler", want);
+
+    /* the default, with no -c at all */
+    struct run r;
+    const char *args[] = {"luasmtpd", NULL};
+    assert_int_equal(run_parse(&r, args), CONFIG_RUN);
+    assert_true(config_resolve_handler(&r.cfg, d->path, stderr));
+    snprintf(want, sizeof(want), "%s/debugging.lua", d->path);
+    assert_string_equal(r.cfg.script_path, want);
+    run_free(&r);
+}
+
+static void
+test_resolve_path(void **state)
+{
+    struct lua_dir *d = *state;
+    char path[256];
+    snprintf(path, sizeof(path), "%s/my_handler.lua", d->path);
+    expect_resolved("/nonexistent", path, path);
+    /* a path is taken as it is, not looked up in the bundled directory */
+    expect_unresolved(d->path, "/nonexistent/debugging.lua", "cannot read handler script");
+    expect_unresolved(d->path, "missing_here.lua", "cannot read handler script missing_here.lua");
+    snprintf(path, sizeof(path), "%s/absent.lua", d->path);
+    expect_unresolved(d->path, path, "No such file or directory");
+}
+
+static void
+test_resolve_unavailable(void **state)
+{
+    struct lua_dir *d = *state;
+    expect_unresolved(d->path, "pureproxy", "not available");
+    expect_unresolved(d->path, "PureProxy", "the pureproxy handler is not available");
+    expect_unresolved(d->path, "smtpd.PureProxy", "not available");
+    expect_unresolved(d->path, "mailman", "the mailman handler is not available");
+    expect_unresolved(d->path, "MailmanProxy", "not available");
+    expect_unresolved(d->path, "nosuch", "unknown handler 'nosuch'");
+    expect_unresolved(d->path, "smtpd.", "unknown handler 'smtpd.'");
+    expect_unresolved(d->path, "", "unknown handler ''");
+    expect_unresolved(d->path, "debug ging", "unknown handler");
+    expect_unresolved(d->path, "..", "unknown handler");
+
+    /* once the file is there, the name resolves like any other */
+    touch(d->path, "pureproxy.lua");
+    char want[256];
+    snprintf(want, sizeof(want), "%s/pureproxy.lua", d->path);
+    expect_resolved(d->path, "PureProxy", want);
+    remove_file(d->path, "pureproxy.lua");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_short_options),
+        cmocka_unit_test(test_long_options),
+        cmocka_unit_test(test_size_values),
+        cmocka_unit_test(test_hostport),
+        cmocka_unit_test(test_bad_specs),
+        cmocka_unit_test(test_usage_errors),
+        cmocka_unit_test(test_version_and_help),
+        cmocka_unit_test(test_parse_twice),
+        cmocka_unit_test_setup_teardown(test_resolve_bundled, setup_lua_dir, teardown_lua_dir),
+        cmocka_unit_test_setup_teardown(test_resolve_path, setup_lua_dir, teardown_lua_dir),
+        cmocka_unit_test_setup_teardown(test_resolve_unavailable, setup_lua_dir, teardown_lua_dir),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
