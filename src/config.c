@@ -262,8 +262,8 @@ static const struct {
     {"SinkServer", "sink"},
 };
 
-/* Bundled handlers that later releases bring; naming one gets a clear answer, not a lookup
- * failure. */
+/* Python's classes that a bundled handler stands for; naming one whose script is missing gets
+ * a clear answer, not a lookup failure. */
 static const char *const coming_handlers[] = {"pureproxy", "mailman"};
 
 bool
@@ -299,14 +299,14 @@ config_resolve_handler(struct config *cfg, const char *lua_dir, FILE *err)
     for (size_t i = 0; i < sizeof(coming_handlers) / sizeof(coming_handlers[0]); i++) {
         if (strcasecmp(name, coming_handlers[i]) == 0) {
             fprintf(err,
-                    "luasmtpd: the %s handler is not available in this version: it needs "
-                    "the smtpd.relay binding, which has not landed yet\n",
-                    coming_handlers[i]);
+                    "luasmtpd: the %s handler is not available in this version (no %s.lua "
+                    "in %s)\n",
+                    coming_handlers[i], coming_handlers[i], lua_dir);
             return false;
         }
     }
     fprintf(err,
-            "luasmtpd: unknown handler '%s': name a bundled one (debugging, sink) or a path "
+            "luasmtpd: unknown handler '%s': name a bundled one (debugging, sink, pureproxy) or a path "
             "to a .lua script\n",
             cfg->handler);
     return false;

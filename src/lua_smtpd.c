@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "luasmtpd/log.h"
+#include "luasmtpd/lua_relay.h"
 
 /* Joins arguments from `first` on with spaces, each through tostring(). */
 static void
@@ -48,9 +49,38 @@ l_smtpd_debug(lua_State *L)
     return 0;
 }
 
+/* smtpd.reply(code, text) -> a reply string, one line per line of text, each with the code
+ * ("550-first\n550 last"), as process_message and the hooks may return */
+static int
+l_smtpd_reply(lua_State *L)
+{
+    lua_Integer code = luaL_checkinteger(L, 1);
+    size_t len;
+    const char *text = luaL_optlstring(L, 2, "", &len);
+    luaL_argcheck(L, code >= 200 && code <= 599, 1, "a reply code is 200-599");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    const char *p = text, *end = text + len;
+    do {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = nl ? nl : end;
+        if (line_end > p && line_end[-1] == '\r')
+            line_end--;
+        lua_pushfstring(L, "%d%c", (int)code, nl ? '-' : ' ');
+        luaL_addvalue(&b);
+        luaL_addlstring(&b, p, (size_t)(line_end - p));
+        if (nl)
+            luaL_addchar(&b, '\n');
+        p = nl ? nl + 1 : end;
+    } while (p < end);
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static const luaL_Reg smtpd_functions[] = {
     {"log", l_smtpd_log},
     {"debug", l_smtpd_debug},
+    {"reply", l_smtpd_reply},
     {NULL, NULL},
 };
 
@@ -85,6 +115,7 @@ open_smtpd(lua_State *L)
 
     lua_pushinteger(L, (lua_Integer)cfg->size_limit);
     lua_setfield(L, -2, "size_limit");
+    lrelay_add(L, opts);
     return 1;
 }
 
