@@ -35,6 +35,8 @@ static const char usage_text[] =
     "  --max-recipients N    recipients per message before 452 (default %d)\n"
     "  --timeout SECONDS     client silence before 421 and close (default %d)\n"
     "  --shutdown-timeout S  grace for transactions in flight on SIGTERM (default %d)\n"
+    "  --no-reload           do not reload when the script files change (SIGHUP still does)\n"
+    "  --check SCRIPT        load SCRIPT as a reload would, say whether it is good, exit 0/1\n"
     "\n"
     "localhost:localport defaults to localhost:8025 (port 0 picks a free one; the bound\n"
     "address is logged), remotehost:remoteport to localhost:25 (the relay handlers'\n"
@@ -119,6 +121,8 @@ enum {
     OPT_MAX_RECIPIENTS,
     OPT_TIMEOUT,
     OPT_SHUTDOWN_TIMEOUT,
+    OPT_NO_RELOAD,
+    OPT_CHECK,
 };
 
 enum config_result
@@ -137,6 +141,8 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         {"max-recipients", required_argument, NULL, OPT_MAX_RECIPIENTS},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
+        {"no-reload", no_argument, NULL, OPT_NO_RELOAD},
+        {"check", required_argument, NULL, OPT_CHECK},
         {NULL, 0, NULL, 0},
     };
     const char *prog = argc > 0 ? argv[0] : "luasmtpd";
@@ -193,6 +199,13 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
                 goto bad;
             }
             set_string(&cfg->hostname, optarg);
+            break;
+        case OPT_NO_RELOAD:
+            cfg->no_reload = true;
+            break;
+        case OPT_CHECK:
+            set_string(&cfg->handler, optarg);
+            cfg->check_only = true;
             break;
         case OPT_MAX_RECIPIENTS:
         case OPT_TIMEOUT:

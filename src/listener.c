@@ -21,6 +21,7 @@
 
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/reload.h"
 #include "luasmtpd/session.h"
 
 #define MAX_LISTENERS 8
@@ -33,6 +34,7 @@ struct server {
     struct session_group sessions;
     struct event *signals[3];
     struct event *shutdown_timer;
+    struct reload *reload;
     bool stopping;
 };
 
@@ -208,9 +210,27 @@ on_hup(evutil_socket_t sig, short what, void *arg)
     (void)what;
     struct server *srv = arg;
     log_info("SIGHUP: reloading %s", srv->cfg->script_path);
-    if (!lrt_load(srv->sessions.rt))
-        log_error("reload failed: generation %u goes on serving",
-                  lrt_generation_id(srv->sessions.rt));
+    lrt_load(srv->sessions.rt);
+}
+
+static void
+on_script_changed(void *arg)
+{
+    struct server *srv = arg;
+    /* Mid-save the file may be gone for a moment; the save's last event brings us back. */
+    if (access(srv->cfg->script_path, R_OK) != 0) {
+        log_debug("%s is not there (yet): no reload", srv->cfg->script_path);
+        return;
+    }
+    log_info("%s changed: reloading", srv->cfg->script_path);
+    lrt_load(srv->sessions.rt);
+}
+
+static void
+on_lua_file(void *arg, const char *path)
+{
+    struct server *srv = arg;
+    reload_watch(srv->reload, path);
 }
 
 /* This host's name for the greeting, as Python's socket.getfqdn(): the canonical name of
@@ -251,8 +271,13 @@ listener_run(struct config *cfg, const char *lua_dir)
                                       : NULL;
     if (srv.base != NULL && dns == NULL)
         dns = evdns_base_new(srv.base, 0);
+    if (srv.base != NULL && !cfg->no_reload) {
+        srv.reload = reload_new(srv.base, on_script_changed, &srv);
+        reload_watch(srv.reload, cfg->script_path);
+    }
     struct lrt_options opts = {.cfg = cfg, .lua_dir = lua_dir, .hostname = hostname,
-                               .base = srv.base, .dns = dns};
+                               .base = srv.base, .dns = dns, .on_file = on_lua_file,
+                               .on_file_arg = &srv};
     struct lrt *rt = lrt_new(&opts);
     int status = 1;
     if (srv.base == NULL || rt == NULL || !lrt_load(rt)) {
@@ -291,6 +316,7 @@ listener_run(struct config *cfg, const char *lua_dir)
         event_free(srv.shutdown_timer);
 out:
     lrt_free(rt);
+    reload_free(srv.reload);
     if (dns != NULL)
         evdns_base_free(dns, 0);
     if (srv.base)

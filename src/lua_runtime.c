@@ -24,6 +24,7 @@ struct lrt {
     struct lrt_options opts;
     struct lrt_generation *current;
     unsigned last_id;
+    struct lrt_session *sessions;
 };
 
 enum lrt_call_state {
@@ -45,6 +46,8 @@ struct lrt_call {
 };
 
 struct lrt_session {
+    struct lrt_session *prev, *next;
+    bool in_transaction;
     struct lrt *rt;
     struct lrt_generation *gen; /* the generation `table_ref` lives in */
     int table_ref;
@@ -54,12 +57,36 @@ struct lrt_session {
     char *helo;
 };
 
+static int traceback_handler(lua_State *L);
+
+/* Calls a global of the main chunk's, if defined, in protected mode with a traceback.
+ * Returns false (the error message on the stack) when it raised. */
+static bool
+call_global(lua_State *L, const char *name)
+{
+    lua_pushcfunction(L, traceback_handler);
+    if (lua_getglobal(L, name) != LUA_TFUNCTION) {
+        lua_pop(L, 2);
+        return true;
+    }
+    if (lua_pcall(L, 0, 0, -2) != LUA_OK) {
+        lua_remove(L, -2);
+        return false;
+    }
+    lua_pop(L, 1);
+    return true;
+}
+
 static void
 gen_release(struct lrt_generation *gen)
 {
     if (--gen->refs > 0)
         return;
-    log_debug("generation %u closed", gen->id);
+    if (!call_global(gen->L, "on_unload")) {
+        log_error("generation %u: on_unload failed: %s", gen->id, lua_tostring(gen->L, -1));
+        lua_pop(gen->L, 1);
+    }
+    log_info("generation %u closed", gen->id);
     lua_close(gen->L);
     free(gen);
 }
@@ -103,6 +130,33 @@ set_package_path(lua_State *L, const struct lrt_options *opts)
     lua_pop(L, 1);
 }
 
+/* package.searchers[2] (Lua files on package.path), wrapped to tell on_file which file each
+ * module came from, so an edit to a required module reloads too. */
+static int
+recording_searcher(lua_State *L)
+{
+    const struct lrt_options *opts = lua_touserdata(L, lua_upvalueindex(2));
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 1, 2);
+    if (lua_isfunction(L, 1) && lua_type(L, 2) == LUA_TSTRING && opts->on_file != NULL)
+        opts->on_file(opts->on_file_arg, lua_tostring(L, 2));
+    return 2;
+}
+
+static void
+record_required_files(lua_State *L, const struct lrt_options *opts)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchers");
+    lua_rawgeti(L, -1, 2);
+    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushcclosure(L, recording_searcher, 2);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 2);
+}
+
 /* Builds a state and runs the script in it. NULL when the script does not load, raises, or
  * defines no process_message; the reason is logged. */
 static struct lrt_generation *
@@ -116,6 +170,7 @@ gen_load(const struct lrt_options *opts, unsigned id)
     *(struct lrt_call **)lua_getextraspace(L) = NULL; /* the main thread runs no handler */
     luaL_openlibs(L);
     set_package_path(L, opts);
+    record_required_files(L, opts);
     lsmtpd_register(L, opts);
 
     lua_pushcfunction(L, traceback_handler);
@@ -133,6 +188,11 @@ gen_load(const struct lrt_options *opts, unsigned id)
         return NULL;
     }
     lua_settop(L, 0);
+    if (!call_global(L, "on_load")) {
+        log_error("%s: on_load failed: %s", opts->cfg->script_path, lua_tostring(L, -1));
+        lua_close(L);
+        return NULL;
+    }
 
     struct lrt_generation *gen = calloc(1, sizeof(*gen));
     if (gen == NULL) {
@@ -155,17 +215,27 @@ lrt_new(const struct lrt_options *opts)
     return rt;
 }
 
+static void session_table_move(struct lrt_session *ls);
+
 bool
 lrt_load(struct lrt *rt)
 {
     struct lrt_generation *gen = gen_load(&rt->opts, rt->last_id + 1);
-    if (gen == NULL)
+    if (gen == NULL) {
+        if (rt->current != NULL)
+            log_error("reload failed: generation %u goes on serving", rt->current->id);
         return false;
+    }
     rt->last_id = gen->id;
-    if (rt->current != NULL)
-        gen_release(rt->current);
+    struct lrt_generation *old = rt->current;
     rt->current = gen;
     log_info("generation %u loaded from %s", gen->id, rt->opts.cfg->script_path);
+    /* Idle connections move now, so only transactions in flight keep the old one open. */
+    for (struct lrt_session *ls = rt->sessions; ls != NULL; ls = ls->next)
+        if (!ls->in_transaction)
+            session_table_move(ls);
+    if (old != NULL)
+        gen_release(old);
     return true;
 }
 
@@ -329,6 +399,10 @@ lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int pee
     ls->id = id;
     ls->peer_port = peer_port;
     session_table_move(ls);
+    ls->next = rt->sessions;
+    if (rt->sessions != NULL)
+        rt->sessions->prev = ls;
+    rt->sessions = ls;
     return ls;
 }
 
@@ -348,6 +422,7 @@ void
 lrt_session_end_transaction(struct lrt_session *ls)
 {
     /* Between transactions is the moment to leave an old generation, so it can close. */
+    ls->in_transaction = false;
     session_table_move(ls);
 }
 
@@ -362,6 +437,12 @@ lrt_session_free(struct lrt_session *ls)
 {
     if (ls == NULL)
         return;
+    if (ls->prev != NULL)
+        ls->prev->next = ls->next;
+    else
+        ls->rt->sessions = ls->next;
+    if (ls->next != NULL)
+        ls->next->prev = ls->prev;
     session_table_drop(ls);
     free(ls->peer_addr);
     free(ls->helo);
@@ -379,8 +460,10 @@ struct lrt_call *
 lrt_call_hook(struct lrt_session *ls, enum lrt_hook hook, const char *arg,
               const struct strv *params, lrt_done_fn done, void *done_arg)
 {
-    if (hook != LRT_HOOK_RCPT)
-        session_table_move(ls); /* a transaction starts at MAIL at the latest */
+    if (hook != LRT_HOOK_RCPT && !ls->in_transaction)
+        session_table_move(ls);
+    if (hook == LRT_HOOK_MAIL)
+        ls->in_transaction = true; /* from here to its end it stays on this generation */
     const char *name = hook_names[hook];
     lua_State *L = ls->gen->L;
     int type = lua_getglobal(L, name);

@@ -159,11 +159,9 @@ shut_down_if_idle(struct session *s)
 static void
 reset_transaction(struct session *s)
 {
-    bool was_open = s->env.has_sender;
     envelope_reset(&s->env);
     buf_free(&s->message);
-    if (was_open)
-        lrt_session_end_transaction(s->ls);
+    lrt_session_end_transaction(s->ls);
 }
 
 static void hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len);
@@ -599,10 +597,8 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
     if (code >= 400) {
         log_debug("session %lu: > %.*s", s->id, (int)wire.len - 2, wire.data);
         bufferevent_write(s->bev, wire.data, wire.len);
-        if (verb == SMTP_VERB_MAIL) {
-            s->env.smtputf8 = false;
-            s->env.size_hint = 0;
-        }
+        if (verb == SMTP_VERB_MAIL)
+            reset_transaction(s);
         if (verb == SMTP_VERB_UNKNOWN)
             close_after_flush(s);
     } else if (verb == SMTP_VERB_UNKNOWN) {

@@ -24,6 +24,9 @@ struct lrt_options {
     const char *hostname;
     struct event_base *base;  /* for the bindings that wait on events */
     struct evdns_base *dns;
+    /* Told of every Lua file a generation loads with require, so it can be watched. */
+    void (*on_file)(void *arg, const char *path);
+    void *on_file_arg;
 };
 
 struct lrt_message {
@@ -41,8 +44,10 @@ enum lrt_outcome {
 typedef void (*lrt_done_fn)(void *arg, enum lrt_outcome outcome, const char *reply, size_t len);
 
 struct lrt *lrt_new(const struct lrt_options *opts);
-/* Loads the script as a new generation; it becomes current only when it loaded cleanly.
- * false: the reason was logged and the current generation goes on. */
+/* Loads the script as a new generation: a fresh lua_State runs the script and its on_load();
+ * only when that worked and process_message is a function does it become current. Calls in
+ * flight finish on the generation they began on; it closes (on_unload(), then lua_close) when
+ * the last of them ends. false: the reason was logged and the current generation goes on. */
 bool lrt_load(struct lrt *rt);
 /* Loads a script in a throw-away state and reports whether a reload would accept it. */
 bool lrt_check(const struct lrt_options *opts);
