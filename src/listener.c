@@ -117,12 +117,21 @@ bind_all(struct config *cfg, int *fds, int max)
         getsockname(fd, (struct sockaddr *)&bound, &len);
         port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                  : ((struct sockaddr_in *)&bound)->sin_port);
-        format_addr((struct sockaddr *)&bound, where, sizeof(where));
-        log_info("listening on %s", where);
         fds[n++] = fd;
     }
     freeaddrinfo(res);
     return n;
+}
+
+static void
+log_listening(int fd)
+{
+    struct sockaddr_storage bound;
+    socklen_t len = sizeof(bound);
+    char where[NI_MAXHOST + 16];
+    getsockname(fd, (struct sockaddr *)&bound, &len);
+    format_addr((struct sockaddr *)&bound, where, sizeof(where));
+    log_info("listening on %s", where);
 }
 
 /* As Python's smtpd: started as root without -n, become nobody once the port is bound. */
@@ -301,6 +310,9 @@ listener_run(struct config *cfg, const char *lua_dir)
     srv.signals[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
     for (int i = 0; i < 3; i++)
         evsignal_add(srv.signals[i], NULL);
+    /* Said only now, when a client or a signal can be answered: tests and scripts wait for it. */
+    for (int i = 0; i < n; i++)
+        log_listening(fds[i]);
 
     event_base_dispatch(srv.base);
     log_info("stopped");

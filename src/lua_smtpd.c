@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "luasmtpd/log.h"
+#include "luasmtpd/lua_pipe.h"
 #include "luasmtpd/lua_relay.h"
 
 /* Joins arguments from `first` on with spaces, each through tostring(). */
@@ -116,6 +117,7 @@ open_smtpd(lua_State *L)
     lua_pushinteger(L, (lua_Integer)cfg->size_limit);
     lua_setfield(L, -2, "size_limit");
     lrelay_add(L, opts);
+    lpipe_add(L, opts);
     return 1;
 }
 

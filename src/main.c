@@ -1,4 +1,5 @@
 /* Entry point: the command line, where the bundled scripts are, then the server. */
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,11 @@ bundled_lua_dir(char *space, size_t size)
 int
 main(int argc, char **argv)
 {
+    /* Descriptors 0-2 must be open, or a socket or pipe could land there and be handed to a
+     * child as its stdin or stdout. */
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) == -1 && open("/dev/null", O_RDWR) == -1)
+            return 1;
     struct config cfg;
     switch (config_parse(&cfg, argc, argv, stdout, stderr)) {
     case CONFIG_RUN:

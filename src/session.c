@@ -519,6 +519,12 @@ dispatch(struct session *s, char *line, size_t len)
 {
     struct smtp_command cmd;
     log_debug("session %lu: < %.*s", s->id, (int)len, line);
+    /* Length first, as Python does: an over-long line is "too long" whatever it holds. */
+    bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
+    if (len > line_limit(s, mail ? SMTP_VERB_MAIL : SMTP_VERB_UNKNOWN)) {
+        reply(s, "500 5.5.2 Error: line too long");
+        return;
+    }
     switch (smtp_parse_command(line, len, &cmd)) {
     case SMTP_PARSE_EMPTY:
     case SMTP_PARSE_BAD:
@@ -526,10 +532,6 @@ dispatch(struct session *s, char *line, size_t len)
         return;
     case SMTP_PARSE_OK:
         break;
-    }
-    if (len > line_limit(s, cmd.verb)) {
-        reply(s, "500 5.5.2 Error: line too long");
-        return;
     }
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
         reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);

@@ -102,6 +102,8 @@ valid_mailbox(const char *s, const char *e, bool *non_ascii)
     if (p == e)
         return false;
     if (*p == '"') {
+        if (e - p == 2 && p[1] == '"')
+            return false; /* a bare "" names nobody; Python's smtpd refuses it too */
         for (p++; p < e && *p != '"'; p++) {
             if (*p == '\\' && p + 1 < e)
                 p++;

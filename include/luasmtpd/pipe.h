@@ -1,0 +1,50 @@
+/* Delivery to a command's stdin, from the event loop: spawn (argv, never a shell; an explicit
+ * environment; none of the server's descriptors), feed the message with flow control, collect
+ * the exit status and a capped copy of what it wrote, kill it (TERM, then KILL) when its time is
+ * up. Child exits are noticed through a pidfd, without blocking and without races. A limit on
+ * children at once; the rest wait their turn. It knows nothing of Lua. */
+#ifndef LUASMTPD_PIPE_H
+#define LUASMTPD_PIPE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct event_base;
+struct pipe_job;
+
+struct pipe_request {
+    char *const *argv;  /* argv[0] is looked up in the PATH of envp when it has no '/' */
+    char *const *envp;  /* the child's whole environment */
+    const char *data;   /* fed to stdin; kept alive by the caller until done or cancel */
+    size_t len;
+    double timeout;     /* seconds from start to exit */
+    size_t output_cap;  /* bytes of stdout+stderr kept; the rest is read and dropped */
+};
+
+enum pipe_outcome {
+    PIPE_EXITED,     /* status: the exit code */
+    PIPE_SIGNALED,   /* status: the signal that killed it */
+    PIPE_TIMED_OUT,  /* we killed it */
+    PIPE_FAILED,     /* it could not run: error says why */
+};
+
+struct pipe_result {
+    enum pipe_outcome outcome;
+    int status;
+    const char *output;
+    size_t output_len;
+    const char *error;
+};
+
+typedef void (*pipe_done_fn)(void *arg, const struct pipe_result *result);
+
+/* Sets how many children may run at once (default 32). */
+void pipe_set_max_children(unsigned max);
+/* Starts (or queues) a job; `done` is called once, later, from the event loop. NULL when out
+ * of memory. */
+struct pipe_job *pipe_spawn(struct event_base *base, const struct pipe_request *req,
+                            pipe_done_fn done, void *arg);
+/* `done` will not be called; a running child is killed and reaped in the background. */
+void pipe_cancel(struct pipe_job *job);
+
+#endif

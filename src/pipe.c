@@ -1,0 +1,443 @@
+/* Child-process delivery (see pipe.h). The child learns nothing of the server: its stdin and
+ * stdout/stderr are fresh pipes and every other descriptor is closed before exec. An exec
+ * failure is told to the parent through a close-on-exec pipe, so "could not run" is never
+ * mistaken for an exit status. A cancelled job lives on, quietly, until its child is reaped. */
+#define _GNU_SOURCE
+#include "luasmtpd/pipe.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "luasmtpd/buf.h"
+#include "luasmtpd/log.h"
+
+#define KILL_GRACE_SEC 2
+#define WRITE_CHUNK (64 * 1024)
+
+struct pipe_job {
+    struct pipe_job *next_queued;
+    struct event_base *base;
+    char **argv;
+    char **envp;
+    const char *data;
+    size_t len, written;
+    double timeout;
+    size_t output_cap;
+    pipe_done_fn done;
+    void *arg;
+
+    pid_t pid;
+    int stdin_fd, output_fd, pid_fd;
+    struct event *stdin_ev, *output_ev, *exit_ev, *timer;
+    struct buf output;
+    bool exited, output_closed, killed, cancelled, running;
+    int wait_status;
+};
+
+static unsigned max_children = 32;
+static unsigned running_children;
+static struct pipe_job *queue_head, *queue_tail;
+
+void
+pipe_set_max_children(unsigned max)
+{
+    max_children = max ? max : 1;
+}
+
+static char **
+copy_strings(char *const *v)
+{
+    size_t n = 0;
+    while (v[n] != NULL)
+        n++;
+    char **copy = calloc(n + 1, sizeof(char *));
+    for (size_t i = 0; copy != NULL && i < n; i++) {
+        if ((copy[i] = strdup(v[i])) == NULL) {
+            for (size_t j = 0; j < i; j++)
+                free(copy[j]);
+            free(copy);
+            return NULL;
+        }
+    }
+    return copy;
+}
+
+static void
+free_strings(char **v)
+{
+    for (size_t i = 0; v != NULL && v[i] != NULL; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void
+close_fd(int *fd, struct event **ev)
+{
+    if (*ev != NULL) {
+        event_free(*ev);
+        *ev = NULL;
+    }
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+static void start_queued(void);
+
+static void
+job_free(struct pipe_job *job)
+{
+    close_fd(&job->stdin_fd, &job->stdin_ev);
+    close_fd(&job->output_fd, &job->output_ev);
+    close_fd(&job->pid_fd, &job->exit_ev);
+    if (job->timer != NULL)
+        event_free(job->timer);
+    buf_free(&job->output);
+    free_strings(job->argv);
+    free_strings(job->envp);
+    free(job);
+}
+
+/* Reports (unless cancelled) and frees; a finished child frees a slot for a queued job. */
+static void
+finish(struct pipe_job *job, const struct pipe_result *result)
+{
+    if (job->running) {
+        running_children--;
+        job->running = false;
+    }
+    if (!job->cancelled)
+        job->done(job->arg, result);
+    job_free(job);
+    start_queued();
+}
+
+static void
+maybe_finish(struct pipe_job *job)
+{
+    if (!job->exited || !job->output_closed)
+        return;
+    struct pipe_result result = {.output = job->output.data ? job->output.data : "",
+                                 .output_len = job->output.len};
+    int st = job->wait_status;
+    if (job->killed) {
+        result.outcome = PIPE_TIMED_OUT;
+        result.error = "timed out";
+    } else if (WIFSIGNALED(st)) {
+        result.outcome = PIPE_SIGNALED;
+        result.status = WTERMSIG(st);
+    } else {
+        result.outcome = PIPE_EXITED;
+        result.status = WEXITSTATUS(st);
+    }
+    finish(job, &result);
+}
+
+static void
+drain_output(struct pipe_job *job)
+{
+    char chunk[16384];
+    for (;;) {
+        ssize_t n = read(job->output_fd, chunk, sizeof(chunk));
+        if (n > 0) {
+            size_t room = job->output_cap > job->output.len ? job->output_cap - job->output.len : 0;
+            buf_append(&job->output, chunk, (size_t)n < room ? (size_t)n : room);
+            continue;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            close_fd(&job->output_fd, &job->output_ev);
+            job->output_closed = true;
+        }
+        return;
+    }
+}
+
+static void
+on_output(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pipe_job *job = arg;
+    drain_output(job);
+    maybe_finish(job);
+}
+
+static void
+on_stdin_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct pipe_job *job = arg;
+    while (job->written < job->len) {
+        size_t n = job->len - job->written;
+        ssize_t w = write(fd, job->data + job->written, n < WRITE_CHUNK ? n : WRITE_CHUNK);
+        if (w > 0) {
+            job->written += (size_t)w;
+            continue;
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EINTR))
+            return; /* the event fires again when the child has read some */
+        break;      /* EPIPE: the child stopped reading; what it does about it is its status */
+    }
+    close_fd(&job->stdin_fd, &job->stdin_ev); /* EOF tells the child the message is complete */
+}
+
+static void
+on_exit_event(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pipe_job *job = arg;
+    int st;
+    pid_t r = waitpid(job->pid, &st, WNOHANG);
+    if (r != job->pid)
+        return;
+    job->exited = true;
+    job->wait_status = st;
+    close_fd(&job->pid_fd, &job->exit_ev);
+    close_fd(&job->stdin_fd, &job->stdin_ev);
+    if (job->timer != NULL)
+        evtimer_del(job->timer);
+    /* Whatever the child wrote before it exited is in the pipe now; a grandchild that keeps the
+     * pipe open does not hold the delivery up. */
+    if (!job->output_closed) {
+        drain_output(job);
+        close_fd(&job->output_fd, &job->output_ev);
+        job->output_closed = true;
+    }
+    maybe_finish(job);
+}
+
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pipe_job *job = arg;
+    if (job->exited)
+        return;
+    int sig = job->killed ? SIGKILL : SIGTERM;
+    if (!job->cancelled)
+        log_warn("pipe: %s (pid %d) %s: sending %s", job->argv[0], (int)job->pid,
+                 job->killed ? "ignored SIGTERM" : "timed out", sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    job->killed = true;
+    kill(job->pid, sig);
+    struct timeval grace = {.tv_sec = KILL_GRACE_SEC};
+    evtimer_add(job->timer, &grace);
+}
+
+/* In the child, between fork and exec: only async-signal-safe calls. */
+static void __attribute__((noreturn))
+exec_child(struct pipe_job *job, int stdin_r, int output_w, int error_w)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL); /* the server ignores SIGPIPE; a child must not inherit that */
+    if (dup2(stdin_r, 0) == -1 || dup2(output_w, 1) == -1 || dup2(output_w, 2) == -1)
+        goto fail;
+    if (error_w <= 3)
+        goto fail;
+    if (dup2(error_w, 3) == -1 || fcntl(3, F_SETFD, FD_CLOEXEC) == -1)
+        goto fail;
+    close_range(4, ~0U, 0);
+    environ = job->envp;
+    execvp(job->argv[0], job->argv);
+fail:;
+    int err = errno;
+    ssize_t ignored = write(3, &err, sizeof(err));
+    (void)ignored;
+    _exit(127);
+}
+
+static void
+fail_job(struct pipe_job *job, const char *what, int err)
+{
+    char text[256];
+    snprintf(text, sizeof(text), "cannot run %s: %s%s%s", job->argv[0], what, err ? ": " : "",
+             err ? strerror(err) : "");
+    struct pipe_result result = {.outcome = PIPE_FAILED, .error = text, .output = ""};
+    finish(job, &result);
+}
+
+static void
+start(struct pipe_job *job)
+{
+    int in[2], out[2], errp[2];
+    running_children++;
+    job->running = true;
+    if (pipe2(in, O_CLOEXEC) == -1) {
+        fail_job(job, "pipe", errno);
+        return;
+    }
+    if (pipe2(out, O_CLOEXEC) == -1) {
+        int err = errno;
+        close(in[0]);
+        close(in[1]);
+        fail_job(job, "pipe", err);
+        return;
+    }
+    if (pipe2(errp, O_CLOEXEC) == -1) {
+        int err = errno;
+        close(in[0]);
+        close(in[1]);
+        close(out[0]);
+        close(out[1]);
+        fail_job(job, "pipe", err);
+        return;
+    }
+    /* Keep the write end of the error pipe above 3, so exec_child can move it to 3. */
+    if (errp[1] <= 3) {
+        int moved = fcntl(errp[1], F_DUPFD_CLOEXEC, 4);
+        close(errp[1]);
+        errp[1] = moved;
+    }
+    pid_t pid = fork();
+    if (pid == 0)
+        exec_child(job, in[0], out[1], errp[1]);
+    int fork_err = errno;
+    close(in[0]);
+    close(out[1]);
+    close(errp[1]);
+    if (pid == -1) {
+        close(in[1]);
+        close(out[0]);
+        close(errp[0]);
+        fail_job(job, "fork", fork_err);
+        return;
+    }
+    job->pid = pid;
+    /* The child either execs (the pipe closes, read gets 0) or reports its errno. */
+    int child_err = 0;
+    ssize_t n;
+    do
+        n = read(errp[0], &child_err, sizeof(child_err));
+    while (n == -1 && errno == EINTR);
+    close(errp[0]);
+    job->stdin_fd = in[1];
+    job->output_fd = out[0];
+    fcntl(job->stdin_fd, F_SETFL, O_NONBLOCK);
+    fcntl(job->output_fd, F_SETFL, O_NONBLOCK);
+    job->pid_fd = pidfd_open(pid, 0);
+    job->timer = evtimer_new(job->base, on_timer, job);
+    job->exit_ev = event_new(job->base, job->pid_fd, EV_READ | EV_PERSIST, on_exit_event, job);
+    job->output_ev = event_new(job->base, job->output_fd, EV_READ | EV_PERSIST, on_output, job);
+    job->stdin_ev = event_new(job->base, job->stdin_fd, EV_WRITE | EV_PERSIST, on_stdin_writable, job);
+    if (n == (ssize_t)sizeof(child_err)) {
+        /* exec failed: reap the child, report why. */
+        waitpid(pid, NULL, 0);
+        fail_job(job, "exec", child_err);
+        return;
+    }
+    if (job->pid_fd == -1 || job->timer == NULL || job->exit_ev == NULL ||
+        job->output_ev == NULL || job->stdin_ev == NULL) {
+        int err = errno;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fail_job(job, "pidfd", err);
+        return;
+    }
+    event_add(job->exit_ev, NULL);
+    event_add(job->output_ev, NULL);
+    event_add(job->stdin_ev, NULL);
+    struct timeval tv = {.tv_sec = (time_t)job->timeout,
+                         .tv_usec = (suseconds_t)((job->timeout - (double)(time_t)job->timeout) * 1e6)};
+    evtimer_add(job->timer, &tv);
+}
+
+static void
+start_queued(void)
+{
+    while (queue_head != NULL && running_children < max_children) {
+        struct pipe_job *job = queue_head;
+        queue_head = job->next_queued;
+        if (queue_head == NULL)
+            queue_tail = NULL;
+        start(job);
+    }
+}
+
+/* Starting from the loop, never inside pipe_spawn, keeps `done` from running before the
+ * caller has yielded. */
+static void
+on_start(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pipe_job *job = arg;
+    event_free(job->timer);
+    job->timer = NULL;
+    if (job->cancelled) {
+        job_free(job);
+        return;
+    }
+    if (queue_tail)
+        queue_tail->next_queued = job;
+    else
+        queue_head = job;
+    queue_tail = job;
+    start_queued();
+}
+
+struct pipe_job *
+pipe_spawn(struct event_base *base, const struct pipe_request *req, pipe_done_fn done, void *arg)
+{
+    struct pipe_job *job = calloc(1, sizeof(*job));
+    if (job == NULL)
+        return NULL;
+    job->base = base;
+    job->stdin_fd = job->output_fd = job->pid_fd = -1;
+    job->data = req->data;
+    job->len = req->len;
+    job->timeout = req->timeout > 0 ? req->timeout : 60;
+    job->output_cap = req->output_cap;
+    job->done = done;
+    job->arg = arg;
+    job->argv = copy_strings(req->argv);
+    job->envp = copy_strings(req->envp);
+    job->timer = evtimer_new(base, on_start, job);
+    if (job->argv == NULL || job->envp == NULL || job->argv[0] == NULL || job->timer == NULL) {
+        job_free(job);
+        return NULL;
+    }
+    struct timeval now = {0, 0};
+    evtimer_add(job->timer, &now);
+    return job;
+}
+
+void
+pipe_cancel(struct pipe_job *job)
+{
+    job->cancelled = true;
+    if (job->pid == 0) {
+        /* Not started: either waiting for on_start (which frees it) or in the queue. */
+        struct pipe_job **p = &queue_head;
+        while (*p != NULL && *p != job)
+            p = &(*p)->next_queued;
+        if (*p == job) {
+            *p = job->next_queued;
+            if (queue_tail == job) {
+                queue_tail = NULL;
+                for (struct pipe_job *q = queue_head; q != NULL; q = q->next_queued)
+                    queue_tail = q;
+            }
+            job_free(job);
+        }
+        return;
+    }
+    if (!job->exited) {
+        job->killed = true;
+        kill(job->pid, SIGTERM);
+        struct timeval grace = {.tv_sec = KILL_GRACE_SEC};
+        evtimer_add(job->timer, &grace); /* then SIGKILL; on_exit_event reaps and frees */
+    }
+}
