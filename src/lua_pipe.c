@@ -95,7 +95,6 @@ check_argv(lua_State *L, int index)
 static char **
 build_env(lua_State *L, int opts)
 {
-    luaL_Buffer b;
     lua_newtable(L);
     int list = lua_gettop(L);
     int n = 0;
@@ -110,12 +109,9 @@ build_env(lua_State *L, int opts)
             if (*key == '\0' || strchr(key, '=') != NULL)
                 luaL_error(L, "bad argument #%d to 'pipe' (bad env name '%s')", opts, key);
             has_path = has_path || strcmp(key, "PATH") == 0;
-            luaL_buffinit(L, &b);
-            luaL_addstring(&b, key);
-            luaL_addchar(&b, '=');
-            luaL_addvalue(&b); /* the value, on top after buffinit's slot */
-            luaL_pushresult(&b);
+            lua_pushfstring(L, "%s=%s", key, lua_tostring(L, -1));
             lua_rawseti(L, list, ++n);
+            lua_pop(L, 1);
         }
     }
     lua_settop(L, list);
@@ -140,6 +136,7 @@ l_smtpd_pipe(lua_State *L)
 {
     const struct lrt_options *opts = lua_touserdata(L, lua_upvalueindex(1));
     size_t len;
+    lua_settop(L, 3); /* what follows pushes scratch values above the arguments */
     char **argv = check_argv(L, 1);
     const char *data = luaL_checklstring(L, 2, &len);
     int opt = lua_isnoneornil(L, 3) ? 0 : 3;

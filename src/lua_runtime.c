@@ -86,7 +86,8 @@ gen_release(struct lrt_generation *gen)
         log_error("generation %u: on_unload failed: %s", gen->id, lua_tostring(gen->L, -1));
         lua_pop(gen->L, 1);
     }
-    log_info("generation %u closed", gen->id);
+    if (gen->id != 0) /* 0: a --check load, never served */
+        log_info("generation %u closed", gen->id);
     lua_close(gen->L);
     free(gen);
 }

@@ -37,4 +37,27 @@ function M.header(data, name)
   return nil
 end
 
+-- Removes every header named `name` (any case), with its folded continuation lines.
+function M.remove_header(data, name)
+  local at = header_end(data)
+  local head, body = data, ""
+  if at then
+    head, body = data:sub(1, at - 1), data:sub(at)
+  end
+  local kept, skipping = {}, false
+  local lname = name:lower()
+  for line in head:gmatch("(.-\r\n)") do
+    local field = line:match("^([^:%s]+):")
+    if field then
+      skipping = field:lower() == lname
+    elseif not line:match("^[ \t]") then
+      skipping = false
+    end
+    if not skipping then
+      kept[#kept + 1] = line
+    end
+  end
+  return table.concat(kept) .. body
+end
+
 return M
