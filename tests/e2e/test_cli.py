@@ -17,19 +17,15 @@ EHLO = "EHLO client.example"
 BODY = b"Subject: t\r\n\r\nbody\r\n.\r\n"
 
 
-def run(args, timeout=10):
+def run(args, timeout=10, env=None):
     """Runs luasmtpd to completion; a process still running after `timeout` is killed and
     fails the test."""
     try:
         return subprocess.run([binary()] + args, capture_output=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=env)
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"luasmtpd {' '.join(args)} still running after {timeout}s "
                              f"(killed); stderr: {e.stderr!r}")
-
-
-BUNDLED_PUREPROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lua",
-                                 "pureproxy.lua")
 
 
 def ipv6_loopback():
@@ -92,17 +88,22 @@ class TestArguments(unittest.TestCase):
         self.assertIn("in use", p.stderr.decode())
 
     def test_handler_not_available(self):
-        """A bundled handler of a later release gets a clear "not available", exit 2.
-        pureproxy counts as such until lua/pureproxy.lua lands (it has, in this tree, once
-        the relay binding is in: see test_pureproxy_starts)."""
-        names = ["mailman", "MailmanProxy"]
-        if not os.path.exists(BUNDLED_PUREPROXY):
-            names += ["pureproxy", "PureProxy"]
-        for name in names:
+        """A bundled handler whose script is missing from the install (here: a lua directory
+        without it, through LUASMTPD_LUA_DIR) gets a clear "not available", exit 2."""
+        empty = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, empty)
+        for name in ("mailman", "MailmanProxy", "pureproxy", "PureProxy"):
             with self.subTest(name=name):
-                p = run(["-n", "-c", name, "127.0.0.1:0"])
+                p = run(["-n", "-c", name, "127.0.0.1:0"], env={**os.environ, "LUASMTPD_LUA_DIR": empty})
                 self.assertEqual(p.returncode, 2, p)
                 self.assertIn("not available", p.stderr.decode())
+
+    def test_bundled_relaying_handlers_start(self):
+        for name in ("mailman", "MailmanProxy"):
+            with self.subTest(name=name):
+                p = run(["--check", name])
+                self.assertEqual(p.returncode, 0, p)
+                self.assertIn("mailman.lua: ok", p.stdout.decode())
 
     def test_unknown_handler(self):
         for name in ("nosuch", "/nonexistent/handler.lua", "nosuch.lua"):
@@ -131,9 +132,7 @@ class TestArguments(unittest.TestCase):
 
 class TestProcess(ServerTestCase):
     def test_pureproxy_starts(self):
-        """Once lua/pureproxy.lua exists, -c pureproxy / PureProxy serve."""
-        if not os.path.exists(BUNDLED_PUREPROXY):
-            self.skipTest("pureproxy has not landed")
+        """-c pureproxy / PureProxy serve."""
         for name in ("pureproxy", "PureProxy"):
             with self.subTest(name=name):
                 srv = self.start_server(name, remote="127.0.0.1:9")
