@@ -35,6 +35,8 @@ static const char usage_text[] =
     "  --max-recipients N    recipients per message before 452 (default %d)\n"
     "  --timeout SECONDS     client silence before 421 and close (default %d)\n"
     "  --shutdown-timeout S  grace for transactions in flight on SIGTERM (default %d)\n"
+    "  --workers N           N processes share the port (SO_REUSEPORT), each with its own\n"
+    "                        loop and Lua state; one that dies is restarted (default 1)\n"
     "  --no-reload           do not reload when the script files change (SIGHUP still does)\n"
     "  --check SCRIPT        load SCRIPT as a reload would, say whether it is good, exit 0/1\n"
     "\n"
@@ -123,6 +125,7 @@ enum {
     OPT_SHUTDOWN_TIMEOUT,
     OPT_NO_RELOAD,
     OPT_CHECK,
+    OPT_WORKERS,
 };
 
 enum config_result
@@ -142,6 +145,7 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
         {"no-reload", no_argument, NULL, OPT_NO_RELOAD},
+        {"workers", required_argument, NULL, OPT_WORKERS},
         {"check", required_argument, NULL, OPT_CHECK},
         {NULL, 0, NULL, 0},
     };
@@ -153,6 +157,7 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     cfg->max_recipients = CONFIG_DEFAULT_MAX_RECIPIENTS;
     cfg->timeout = CONFIG_DEFAULT_TIMEOUT;
     cfg->shutdown_timeout = CONFIG_DEFAULT_SHUTDOWN_TIMEOUT;
+    cfg->workers = 1;
 
     opterr = 0;
     /* 0, not 1: glibc and musl then forget all their state, including the pointer into the
@@ -207,18 +212,23 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
             set_string(&cfg->handler, optarg);
             cfg->check_only = true;
             break;
+        case OPT_WORKERS:
         case OPT_MAX_RECIPIENTS:
         case OPT_TIMEOUT:
         case OPT_SHUTDOWN_TIMEOUT:
-            if (!parse_number(optarg, UINT_MAX, &n) || (n == 0 && c != OPT_SHUTDOWN_TIMEOUT)) {
+            if (!parse_number(optarg, c == OPT_WORKERS ? 64 : UINT_MAX, &n) ||
+                (n == 0 && c != OPT_SHUTDOWN_TIMEOUT)) {
                 fprintf(err, "%s: invalid number for --%s: %s\n", prog,
                         c == OPT_MAX_RECIPIENTS ? "max-recipients"
                         : c == OPT_TIMEOUT      ? "timeout"
+                        : c == OPT_WORKERS      ? "workers"
                                                 : "shutdown-timeout",
                         optarg);
                 goto bad;
             }
-            if (c == OPT_MAX_RECIPIENTS)
+            if (c == OPT_WORKERS)
+                cfg->workers = (unsigned)n;
+            else if (c == OPT_MAX_RECIPIENTS)
                 cfg->max_recipients = (unsigned)n;
             else if (c == OPT_TIMEOUT)
                 cfg->timeout = (unsigned)n;

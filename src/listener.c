@@ -23,6 +23,7 @@
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/reload.h"
 #include "luasmtpd/session.h"
+#include "luasmtpd/workers.h"
 
 #define MAX_LISTENERS 8
 
@@ -64,7 +65,7 @@ set_port(struct sockaddr *sa, unsigned short port)
  * ::1). With port 0, the first bind picks the port and the others share it. Returns the number
  * of sockets bound, or -1 when the first could not be (the reason is printed). */
 static int
-bind_all(struct config *cfg, int *fds, int max)
+bind_all(struct config *cfg, int *fds, int max, unsigned copies)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE};
@@ -78,7 +79,7 @@ bind_all(struct config *cfg, int *fds, int max)
     }
     int n = 0;
     unsigned short port = cfg->local_port;
-    for (struct addrinfo *ai = res; ai != NULL && n < max; ai = ai->ai_next) {
+    for (struct addrinfo *ai = res; ai != NULL && n + (int)copies <= max; ai = ai->ai_next) {
         bool duplicate = false;
         for (struct addrinfo *prev = res; prev != ai; prev = prev->ai_next)
             if (prev->ai_addrlen == ai->ai_addrlen &&
@@ -89,17 +90,41 @@ bind_all(struct config *cfg, int *fds, int max)
         set_port(ai->ai_addr, port);
         char where[NI_MAXHOST + 16];
         format_addr(ai->ai_addr, where, sizeof(where));
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        int one = 1;
-        if (fd >= 0) {
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-            if (ai->ai_family == AF_INET6)
-                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        int first = n;
+        int err = 0;
+        for (unsigned copy = 0; copy < copies && err == 0; copy++) {
+            int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            int one = 1;
+            if (fd >= 0) {
+                setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+                /* Workers each accept on a socket of their own; the kernel spreads clients. */
+                if (copies > 1)
+                    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+                if (ai->ai_family == AF_INET6)
+                    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+            }
+            if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 ||
+                listen(fd, SOMAXCONN) != 0) {
+                err = errno;
+                if (fd >= 0)
+                    close(fd);
+                break;
+            }
+            if (port == 0) {
+                struct sockaddr_storage bound;
+                socklen_t len = sizeof(bound);
+                getsockname(fd, (struct sockaddr *)&bound, &len);
+                port = ntohs(bound.ss_family == AF_INET6
+                                 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                 : ((struct sockaddr_in *)&bound)->sin_port);
+                set_port(ai->ai_addr, port);
+            }
+            fds[n++] = fd;
         }
-        if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
-            int err = errno;
-            if (fd >= 0)
-                close(fd);
+        if (err != 0) {
+            for (int i = first; i < n; i++)
+                close(fds[i]);
+            n = first;
             if (err == EADDRINUSE || n == 0) {
                 fprintf(stderr, "luasmtpd: cannot listen on %s: %s%s\n", where, strerror(err),
                         err == EADDRINUSE ? " (the port is in use)" : "");
@@ -112,12 +137,6 @@ bind_all(struct config *cfg, int *fds, int max)
             log_warn("not listening on %s: %s", where, strerror(err));
             continue;
         }
-        struct sockaddr_storage bound;
-        socklen_t len = sizeof(bound);
-        getsockname(fd, (struct sockaddr *)&bound, &len);
-        port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                 : ((struct sockaddr_in *)&bound)->sin_port);
-        fds[n++] = fd;
     }
     freeaddrinfo(res);
     return n;
@@ -258,20 +277,19 @@ fqdn(void)
     return strdup(name);
 }
 
-int
-listener_run(struct config *cfg, const char *lua_dir)
-{
-    signal(SIGPIPE, SIG_IGN);
-    int fds[MAX_LISTENERS];
-    int n = bind_all(cfg, fds, MAX_LISTENERS);
-    if (n <= 0)
-        return 1;
-    if (!drop_privileges(cfg)) {
-        for (int i = 0; i < n; i++)
-            close(fds[i]);
-        return 1;
-    }
+struct serve_args {
+    struct config *cfg;
+    const char *lua_dir;
+    bool announce;
+};
 
+/* One process's server: its event loop, its Lua runtime, its sessions, over `fds`. */
+static int
+serve(void *arg, int *fds, int n)
+{
+    struct serve_args *sa = arg;
+    struct config *cfg = sa->cfg;
+    const char *lua_dir = sa->lua_dir;
     char *hostname = cfg->hostname ? strdup(cfg->hostname) : fqdn();
     struct server srv = {.cfg = cfg};
     srv.base = event_base_new();
@@ -311,7 +329,7 @@ listener_run(struct config *cfg, const char *lua_dir)
     for (int i = 0; i < 3; i++)
         evsignal_add(srv.signals[i], NULL);
     /* Said only now, when a client or a signal can be answered: tests and scripts wait for it. */
-    for (int i = 0; i < n; i++)
+    for (int i = 0; sa->announce && i < n; i++)
         log_listening(fds[i]);
 
     event_base_dispatch(srv.base);
@@ -334,5 +352,39 @@ out:
     if (srv.base)
         event_base_free(srv.base);
     free(hostname);
+    return status;
+}
+
+int
+listener_run(struct config *cfg, const char *lua_dir)
+{
+    signal(SIGPIPE, SIG_IGN);
+    unsigned workers = cfg->workers > 1 ? cfg->workers : 1;
+    int fds[MAX_LISTENERS];
+    int n = bind_all(cfg, fds, MAX_LISTENERS, workers);
+    if (n <= 0)
+        return 1;
+    if (!drop_privileges(cfg)) {
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        return 1;
+    }
+    struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};
+    if (workers == 1)
+        return serve(&args, fds, n);
+
+    /* Found out here, once, rather than by every worker dying in turn. */
+    struct lrt_options check = {.cfg = cfg, .lua_dir = lua_dir, .hostname = "localhost"};
+    if (!lrt_check(&check)) {
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        return 1;
+    }
+    int n_addrs = n / (int)workers;
+    for (int a = 0; a < n_addrs; a++)
+        log_listening(fds[a * (int)workers]);
+    int status = workers_run(workers, fds, n_addrs, cfg->shutdown_timeout, serve, &args);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
     return status;
 }

@@ -34,6 +34,7 @@ struct config {
     unsigned max_recipients;
     unsigned timeout;          /* seconds of client silence before 421 */
     unsigned shutdown_timeout; /* seconds transactions in flight get after SIGTERM */
+    unsigned workers;   /* processes sharing the port; 1: this process serves */
     bool no_reload;     /* do not watch the script files (SIGHUP still reloads) */
     bool check_only;    /* --check: load the script as a reload would, report, exit */
     struct config_setting *settings;

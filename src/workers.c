@@ -1,0 +1,138 @@
+/* The worker supervisor (see workers.h). */
+#include "luasmtpd/workers.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "luasmtpd/log.h"
+
+/* A worker that keeps dying is restarted at most this often. */
+#define RESTART_INTERVAL_SEC 1
+
+struct slot {
+    pid_t pid;
+    time_t started;
+};
+
+static pid_t
+start_worker(unsigned w, unsigned n_workers, int *fds, int n_addrs, const sigset_t *mask,
+             worker_fn fn, void *arg)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    int mine[n_addrs > 0 ? n_addrs : 1];
+    for (int a = 0; a < n_addrs; a++) {
+        for (unsigned other = 0; other < n_workers; other++) {
+            int fd = fds[a * (int)n_workers + (int)other];
+            if (other == w)
+                mine[a] = fd;
+            else
+                close(fd);
+        }
+    }
+    exit(fn(arg, mine, n_addrs));
+}
+
+static void
+signal_all(struct slot *slots, unsigned n, int sig)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (slots[i].pid > 0)
+            kill(slots[i].pid, sig);
+}
+
+int
+workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout, worker_fn fn,
+            void *arg)
+{
+    sigset_t wanted, old;
+    sigemptyset(&wanted);
+    sigaddset(&wanted, SIGTERM);
+    sigaddset(&wanted, SIGINT);
+    sigaddset(&wanted, SIGHUP);
+    sigaddset(&wanted, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &wanted, &old);
+
+    struct slot *slots = calloc(n_workers, sizeof(*slots));
+    if (slots == NULL)
+        return 1;
+    for (unsigned w = 0; w < n_workers; w++) {
+        slots[w].pid = start_worker(w, n_workers, fds, n_addrs, &old, fn, arg);
+        slots[w].started = time(NULL);
+        log_info("worker %u started (pid %d)", w + 1, (int)slots[w].pid);
+    }
+
+    bool stopping = false;
+    time_t deadline = 0;
+    int status = 0;
+    for (;;) {
+        struct timespec tick = {.tv_sec = 1};
+        siginfo_t info;
+        int sig = sigtimedwait(&wanted, &info, &tick);
+        int st;
+        pid_t pid;
+        while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+            for (unsigned w = 0; w < n_workers; w++) {
+                if (slots[w].pid != pid)
+                    continue;
+                slots[w].pid = 0;
+                bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+                if (!stopping || !clean) {
+                    if (WIFSIGNALED(st))
+                        log_warn("worker %u (pid %d) killed by signal %d", w + 1, (int)pid,
+                                 WTERMSIG(st));
+                    else
+                        log_warn("worker %u (pid %d) exited with status %d", w + 1, (int)pid,
+                                 WEXITSTATUS(st));
+                }
+                if (stopping && !clean)
+                    status = 1;
+            }
+        }
+        if (sig == SIGTERM || sig == SIGINT) {
+            if (!stopping) {
+                log_info("%s: stopping %u worker(s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                         n_workers);
+                stopping = true;
+                deadline = time(NULL) + shutdown_timeout + 5;
+            }
+            signal_all(slots, n_workers, sig); /* a second one makes them close at once */
+        } else if (sig == SIGHUP) {
+            signal_all(slots, n_workers, SIGHUP);
+        }
+
+        time_t now = time(NULL);
+        bool alive = false;
+        for (unsigned w = 0; w < n_workers; w++) {
+            if (slots[w].pid > 0) {
+                alive = true;
+            } else if (!stopping && now - slots[w].started >= RESTART_INTERVAL_SEC) {
+                slots[w].pid = start_worker(w, n_workers, fds, n_addrs, &old, fn, arg);
+                slots[w].started = now;
+                log_info("worker %u restarted (pid %d)", w + 1, (int)slots[w].pid);
+                alive = true;
+            } else if (!stopping) {
+                alive = true; /* waiting out the restart interval */
+            }
+        }
+        if (stopping && !alive)
+            break;
+        if (stopping && now > deadline) {
+            log_warn("workers still running after the shutdown grace: killing them");
+            signal_all(slots, n_workers, SIGKILL);
+            deadline = now + 60;
+        }
+    }
+    free(slots);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    log_info("stopped");
+    return status;
+}
