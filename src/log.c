@@ -33,17 +33,32 @@ log_level_from_name(const char *name)
     return -1;
 }
 
+/* The "<time> luasmtpd[pid] " prefix is formatted once a second, not once a line. */
+static int
+format_prefix(char *out, size_t size)
+{
+    static char cached[64];
+    static time_t cached_sec = -1;
+    static int cached_len;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    if (tv.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_len = (int)strlen(cached);
+        cached_sec = tv.tv_sec;
+    }
+    return snprintf(out, size, "%.*s.%03dZ luasmtpd[%d] ", cached_len, cached,
+                    (int)(tv.tv_usec / 1000), (int)getpid());
+}
+
 void
 log_msg(enum log_level level, const char *fmt, ...)
 {
     char line[2048];
-    struct timeval tv;
-    struct tm tm;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ luasmtpd[%d] %s: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(tv.tv_usec / 1000), (int)getpid(), level_names[level]);
+    int n = format_prefix(line, sizeof(line));
+    n += snprintf(line + n, sizeof(line) - (size_t)n, "%s: ", level_names[level]);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

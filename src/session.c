@@ -45,6 +45,9 @@ struct session {
     struct session *prev, *next;
     unsigned long id;
     struct bufferevent *bev;
+    struct evbuffer *out;    /* replies not yet handed to the socket */
+    struct event *timer;     /* the idle timeout, checked lazily against last_activity */
+    struct timeval last_activity;
     enum session_state state;
     char peer_addr[NI_MAXHOST];
     int peer_port;
@@ -67,11 +70,18 @@ struct session {
 
 static void session_pump(struct session *s);
 
-static void
-reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* One reply, one write into the output buffer: libevent sends what pipelined commands
- * produced in one go. */
+/* Replies collect in s->out and go to the socket in one write when the pump has done what the
+ * client sent (session_flush): pipelined commands get their replies in one segment, and most
+ * replies never need the loop to wait for the socket to be writable. */
+static void
+reply_bytes(struct session *s, const char *bytes, size_t n)
+{
+    log_debug("session %lu: > %.*s", s->id, (int)(n > 2 ? n - 2 : n), bytes);
+    evbuffer_add(s->out, bytes, n);
+}
+
 static void
 reply(struct session *s, const char *fmt, ...)
 {
@@ -84,25 +94,43 @@ reply(struct session *s, const char *fmt, ...)
         return;
     if ((size_t)n > sizeof(line) - 3)
         n = (int)sizeof(line) - 3;
-    log_debug("session %lu: > %.*s", s->id, n, line);
     line[n++] = '\r';
     line[n++] = '\n';
-    bufferevent_write(s->bev, line, (size_t)n);
+    reply_bytes(s, line, (size_t)n);
+}
+
+/* A fixed reply, without formatting: the common ones are on every message's path. */
+#define reply_const(s, text) reply_bytes((s), text "\r\n", sizeof(text "\r\n") - 1)
+
+static void
+session_flush(struct session *s)
+{
+    if (evbuffer_get_length(s->out) == 0)
+        return;
+    struct evbuffer *pending = bufferevent_get_output(s->bev);
+    if (evbuffer_get_length(pending) == 0)
+        evbuffer_write(s->out, bufferevent_getfd(s->bev));
+    /* What the socket did not take now, the bufferevent sends when it can. */
+    if (evbuffer_get_length(s->out) > 0)
+        bufferevent_write_buffer(s->bev, s->out);
+}
+
+/* Only a client that owes us something can time out: while a hook or the handler decides,
+ * its silence is expected. */
+static bool
+client_owes_us(const struct session *s)
+{
+    return s->state == SESSION_COMMAND || s->state == SESSION_DATA;
 }
 
 static void
 session_enter(struct session *s, enum session_state state)
 {
     s->state = state;
-    if (state == SESSION_HANDLER || state == SESSION_HOOK) {
-        /* The client waits for our answer; its silence now is no timeout. */
-        bufferevent_set_timeouts(s->bev, NULL, NULL);
-    } else if (state == SESSION_COMMAND || state == SESSION_DATA) {
-        struct timeval tv = {.tv_sec = s->g->cfg->timeout};
-        bufferevent_set_timeouts(s->bev, &tv, &tv);
-    } else if (state == SESSION_CLOSING) {
+    if (client_owes_us(s))
+        event_base_gettimeofday_cached(s->g->base, &s->last_activity);
+    else if (state == SESSION_CLOSING)
         bufferevent_disable(s->bev, EV_READ);
-    }
 }
 
 static void
@@ -112,6 +140,8 @@ session_free(struct session *s)
     if (s->call != NULL)
         lrt_call_cancel(s->call);
     bufferevent_free(s->bev);
+    evbuffer_free(s->out);
+    event_free(s->timer);
     envelope_reset(&s->env);
     buf_free(&s->message);
     free(s->helo);
@@ -137,6 +167,7 @@ static void
 close_after_flush(struct session *s)
 {
     session_enter(s, SESSION_CLOSING);
+    session_flush(s);
     bufferevent_trigger(s->bev, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 }
 
@@ -225,8 +256,7 @@ accept_helo(struct session *s, const char *name, bool extended)
     if (cfg->smtputf8)
         buf_append_str(&b, "250-SMTPUTF8\r\n");
     buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
-    log_debug("session %lu: > EHLO reply (%zu bytes)", s->id, b.len);
-    bufferevent_write(s->bev, b.data, b.len);
+    reply_bytes(s, b.data, b.len);
     buf_free(&b);
 }
 
@@ -241,7 +271,7 @@ cmd_greeting(struct session *s, const char *arg, bool extended)
     /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
      * do we, so scripts see one helo name per connection. */
     if (s->helo != NULL) {
-        reply(s, "503 5.5.1 Duplicate HELO/EHLO");
+        reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
         return;
     }
     ask_hook(s, LRT_HOOK_HELO, extended ? SMTP_VERB_EHLO : SMTP_VERB_HELO, arg, NULL, 0);
@@ -263,16 +293,16 @@ static void
 cmd_noop(struct session *s, char *arg)
 {
     if (*arg)
-        reply(s, "501 5.5.4 Syntax: NOOP");
+        reply_const(s, "501 5.5.4 Syntax: NOOP");
     else
-        reply(s, "250 2.0.0 OK");
+        reply_const(s, "250 2.0.0 OK");
 }
 
 static void
 cmd_quit(struct session *s, char *arg)
 {
     (void)arg;
-    reply(s, "221 2.0.0 Bye");
+    reply_const(s, "221 2.0.0 Bye");
     close_after_flush(s);
 }
 
@@ -280,11 +310,11 @@ static void
 cmd_rset(struct session *s, char *arg)
 {
     if (*arg) {
-        reply(s, "501 5.5.4 Syntax: RSET");
+        reply_const(s, "501 5.5.4 Syntax: RSET");
         return;
     }
     reset_transaction(s);
-    reply(s, "250 2.0.0 OK");
+    reply_const(s, "250 2.0.0 OK");
 }
 
 static void
@@ -315,13 +345,13 @@ cmd_vrfy(struct session *s, char *arg)
 {
     struct smtp_path path;
     if (*arg == '\0') {
-        reply(s, "501 5.5.4 Syntax: VRFY <address>");
+        reply_const(s, "501 5.5.4 Syntax: VRFY <address>");
         return;
     }
     char copy[LINE_MAX_BYTES + 1];
     snprintf(copy, sizeof(copy), "%s", arg);
     if (smtp_parse_path(arg, &path) && !path.null_path)
-        reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+        reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
     else
         reply(s, "502 5.5.1 Could not VRFY %s", copy);
 }
@@ -330,7 +360,7 @@ static void
 cmd_expn(struct session *s, char *arg)
 {
     (void)arg;
-    reply(s, "502 5.5.1 EXPN not implemented");
+    reply_const(s, "502 5.5.1 EXPN not implemented");
 }
 
 static bool
@@ -357,7 +387,7 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *syn
         known[i] = true;
         if (params[i].value == NULL ||
             (strcmp(params[i].value, "7BIT") != 0 && strcmp(params[i].value, "8BITMIME") != 0)) {
-            reply(s, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME");
+            reply_const(s, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME");
             return false;
         }
     }
@@ -366,7 +396,7 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *syn
             continue;
         known[i] = true;
         if (params[i].value != NULL) {
-            reply(s, "501 5.5.4 Error: SMTPUTF8 takes no arguments");
+            reply_const(s, "501 5.5.4 Error: SMTPUTF8 takes no arguments");
             return false;
         }
         s->env.smtputf8 = true;
@@ -376,19 +406,19 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *syn
             continue;
         known[i] = true;
         if (!all_digits(params[i].value)) {
-            reply(s, "%s", syntax_error);
+            reply_bytes(s, syntax_error, strlen(syntax_error));
             return false;
         }
         unsigned long long size = strtoull(params[i].value, NULL, 10);
         if (cfg->size_limit && size > cfg->size_limit) {
-            reply(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
+            reply_const(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
             return false;
         }
         s->env.size_hint = (size_t)size;
     }
     for (int i = 0; i < n; i++) {
         if (!known[i]) {
-            reply(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
+            reply_const(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
             return false;
         }
     }
@@ -399,26 +429,26 @@ static void
 cmd_mail(struct session *s, char *arg)
 {
     if (s->helo == NULL) {
-        reply(s, "503 5.5.1 Error: send HELO first");
+        reply_const(s, "503 5.5.1 Error: send HELO first");
         return;
     }
     char syntax_error[80];
-    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: MAIL FROM: <address>%s",
+    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: MAIL FROM: <address>%s\r\n",
              s->esmtp ? " [SP <mail-parameters>]" : "");
     struct smtp_path path;
     char *rest = smtp_strip_keyword(arg, "FROM:");
     if (rest == NULL || !smtp_parse_path(rest, &path) || (!s->esmtp && *path.params)) {
-        reply(s, "%s", syntax_error);
+        reply_bytes(s, syntax_error, strlen(syntax_error));
         return;
     }
     if (s->env.has_sender) {
-        reply(s, "503 5.5.1 Error: nested MAIL command");
+        reply_const(s, "503 5.5.1 Error: nested MAIL command");
         return;
     }
     struct smtp_param params[SMTP_PARAMS_MAX];
     int n = smtp_parse_params(path.params, params, SMTP_PARAMS_MAX);
     if (n < 0) {
-        reply(s, "%s", syntax_error);
+        reply_bytes(s, syntax_error, strlen(syntax_error));
         return;
     }
     if (!mail_params(s, params, n, syntax_error)) {
@@ -429,7 +459,7 @@ cmd_mail(struct session *s, char *arg)
     /* RFC 6531 3.4: a UTF-8 address is only taken in an SMTPUTF8 transaction. */
     if (path.non_ascii && !s->env.smtputf8) {
         s->env.smtputf8 = false;
-        reply(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
+        reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
         return;
     }
     ask_hook(s, LRT_HOOK_MAIL, SMTP_VERB_MAIL, path.address, params, n);
@@ -439,39 +469,39 @@ static void
 cmd_rcpt(struct session *s, char *arg)
 {
     if (s->helo == NULL) {
-        reply(s, "503 5.5.1 Error: send HELO first");
+        reply_const(s, "503 5.5.1 Error: send HELO first");
         return;
     }
     if (!s->env.has_sender) {
-        reply(s, "503 5.5.1 Error: need MAIL command");
+        reply_const(s, "503 5.5.1 Error: need MAIL command");
         return;
     }
     char syntax_error[80];
-    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: RCPT TO: <address>%s",
+    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: RCPT TO: <address>%s\r\n",
              s->esmtp ? " [SP <mail-parameters>]" : "");
     struct smtp_path path;
     char *rest = smtp_strip_keyword(arg, "TO:");
     if (rest == NULL || !smtp_parse_path(rest, &path) || path.null_path ||
         (!s->esmtp && *path.params)) {
-        reply(s, "%s", syntax_error);
+        reply_bytes(s, syntax_error, strlen(syntax_error));
         return;
     }
     struct smtp_param params[SMTP_PARAMS_MAX];
     int n = smtp_parse_params(path.params, params, SMTP_PARAMS_MAX);
     if (n < 0) {
-        reply(s, "%s", syntax_error);
+        reply_bytes(s, syntax_error, strlen(syntax_error));
         return;
     }
     if (n > 0) {
-        reply(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
+        reply_const(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
         return;
     }
     if (path.non_ascii && !s->env.smtputf8) {
-        reply(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
+        reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
         return;
     }
     if (s->env.rcpts.n >= s->g->cfg->max_recipients) {
-        reply(s, "452 4.5.3 Error: too many recipients");
+        reply_const(s, "452 4.5.3 Error: too many recipients");
         return;
     }
     ask_hook(s, LRT_HOOK_RCPT, SMTP_VERB_RCPT, path.address, params, n);
@@ -481,15 +511,15 @@ static void
 cmd_data(struct session *s, char *arg)
 {
     if (s->helo == NULL) {
-        reply(s, "503 5.5.1 Error: send HELO first");
+        reply_const(s, "503 5.5.1 Error: send HELO first");
         return;
     }
     if (s->env.rcpts.n == 0) {
-        reply(s, "503 5.5.1 Error: need RCPT command");
+        reply_const(s, "503 5.5.1 Error: need RCPT command");
         return;
     }
     if (*arg) {
-        reply(s, "501 5.5.4 Syntax: DATA");
+        reply_const(s, "501 5.5.4 Syntax: DATA");
         return;
     }
     size_t limit = s->g->cfg->size_limit;
@@ -499,10 +529,13 @@ cmd_data(struct session *s, char *arg)
     size_t hint = s->env.size_hint;
     if (limit && hint > limit)
         hint = limit;
+    /* Without a hint, room for a typical message: growing from nothing costs several copies. */
     if (hint > 0 && hint <= 64 * 1024 * 1024)
         buf_reserve(&s->message, hint + hint / 16);
+    else
+        buf_reserve(&s->message, 8192);
     session_enter(s, SESSION_DATA);
-    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+    reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
 typedef void (*command_fn)(struct session *s, char *arg);
@@ -522,13 +555,13 @@ dispatch(struct session *s, char *line, size_t len)
     /* Length first, as Python does: an over-long line is "too long" whatever it holds. */
     bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
     if (len > line_limit(s, mail ? SMTP_VERB_MAIL : SMTP_VERB_UNKNOWN)) {
-        reply(s, "500 5.5.2 Error: line too long");
+        reply_const(s, "500 5.5.2 Error: line too long");
         return;
     }
     switch (smtp_parse_command(line, len, &cmd)) {
     case SMTP_PARSE_EMPTY:
     case SMTP_PARSE_BAD:
-        reply(s, "500 5.5.2 Error: bad syntax");
+        reply_const(s, "500 5.5.2 Error: bad syntax");
         return;
     case SMTP_PARSE_OK:
         break;
@@ -559,7 +592,7 @@ read_command(struct session *s, struct evbuffer *in)
     if (s->discarding || len > LINE_MAX_BYTES) {
         evbuffer_drain(in, len + eol_len);
         s->discarding = false;
-        reply(s, "500 5.5.2 Error: line too long");
+        reply_const(s, "500 5.5.2 Error: line too long");
         return true;
     }
     char line[LINE_MAX_BYTES + 1];
@@ -597,8 +630,7 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
         code = 451;
     }
     if (code >= 400) {
-        log_debug("session %lu: > %.*s", s->id, (int)wire.len - 2, wire.data);
-        bufferevent_write(s->bev, wire.data, wire.len);
+        reply_bytes(s, wire.data, wire.len);
         if (verb == SMTP_VERB_MAIL)
             reset_transaction(s);
         if (verb == SMTP_VERB_UNKNOWN)
@@ -614,11 +646,14 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
             ok = strv_push(&s->env.mail_options, s->hook_params.items[i]) == 0;
         if (!ok) {
             reset_transaction(s);
-            reply(s, "451 4.3.0 Error: out of memory");
+            reply_const(s, "451 4.3.0 Error: out of memory");
         } else if (code != 0) {
-            bufferevent_write(s->bev, wire.data, wire.len);
+            reply_bytes(s, wire.data, wire.len);
         } else {
-            reply(s, verb == SMTP_VERB_MAIL ? "250 2.1.0 OK" : "250 2.1.5 OK");
+            if (verb == SMTP_VERB_MAIL)
+                reply_const(s, "250 2.1.0 OK");
+            else
+                reply_const(s, "250 2.1.5 OK");
         }
         log_debug("session %lu: %s <%s>", s->id, verb == SMTP_VERB_MAIL ? "sender" : "recipient",
                   s->hook_arg);
@@ -655,7 +690,7 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
              "(generation %u)",
              s->id, ++s->messages, s->env.mailfrom ? s->env.mailfrom : "", s->env.rcpts.n,
              s->decoder.size, code, lrt_session_generation(s->ls));
-    bufferevent_write(s->bev, wire.data, wire.len);
+    reply_bytes(s, wire.data, wire.len);
     buf_free(&wire);
     reset_transaction(s);
     session_enter(s, SESSION_COMMAND);
@@ -668,9 +703,9 @@ finish_data(struct session *s)
 {
     if (s->decoder.overflow || s->decoder.failed) {
         if (s->decoder.overflow)
-            reply(s, "552 5.3.4 Error: Too much mail data");
+            reply_const(s, "552 5.3.4 Error: Too much mail data");
         else
-            reply(s, "451 4.3.0 Error: out of memory");
+            reply_const(s, "451 4.3.0 Error: out of memory");
         log_info("session %lu: message from <%s> refused: %zu bytes%s", s->id, s->env.mailfrom,
                  s->decoder.size, s->decoder.overflow ? " over the size limit" : "");
         reset_transaction(s);
@@ -722,13 +757,45 @@ session_pump(struct session *s)
         shut_down_if_idle(s);
     }
     s->pumping = false;
+    session_flush(s);
 }
 
 static void
 on_read(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    session_pump(arg);
+    struct session *s = arg;
+    event_base_gettimeofday_cached(s->g->base, &s->last_activity);
+    session_pump(s);
+}
+
+/* One timer per session, re-armed only when it fires: a read costs no timer update. */
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct session *s = arg;
+    struct timeval now, idle, left, limit = {.tv_sec = s->g->cfg->timeout};
+    event_base_gettimeofday_cached(s->g->base, &now);
+    evutil_timersub(&now, &s->last_activity, &idle);
+    if (s->state == SESSION_CLOSING) {
+        if (evutil_timercmp(&idle, &limit, >=)) {
+            session_free(s); /* the client does not read its last reply */
+            return;
+        }
+    } else if (!client_owes_us(s)) {
+        s->last_activity = now;
+        idle.tv_sec = idle.tv_usec = 0;
+    } else if (evutil_timercmp(&idle, &limit, >=)) {
+        log_info("session %lu: timeout, closing", s->id);
+        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->g->hostname);
+        close_after_flush(s);
+        s->last_activity = now;
+        idle.tv_sec = idle.tv_usec = 0;
+    }
+    evutil_timersub(&limit, &idle, &left);
+    evtimer_add(s->timer, &left);
 }
 
 static void
@@ -736,6 +803,7 @@ on_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
     if (s->state == SESSION_CLOSING) {
+        session_flush(s);
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
             session_free(s);
         return;
@@ -748,13 +816,6 @@ on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct session *s = arg;
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
-        s->state != SESSION_CLOSING) {
-        log_info("session %lu: timeout, closing", s->id);
-        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->g->hostname);
-        close_after_flush(s);
-        return;
-    }
     if (what & BEV_EVENT_ERROR)
         log_debug("session %lu: connection error", s->id);
     if (s->state == SESSION_HANDLER || s->state == SESSION_DATA || s->state == SESSION_HOOK)
@@ -772,8 +833,17 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
         return;
     }
     s->bev = bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (s->bev == NULL) {
-        close(fd);
+    s->out = evbuffer_new();
+    s->timer = evtimer_new(g->base, on_timer, s);
+    if (s->bev == NULL || s->out == NULL || s->timer == NULL) {
+        if (s->bev != NULL)
+            bufferevent_free(s->bev);
+        else
+            close(fd);
+        if (s->out != NULL)
+            evbuffer_free(s->out);
+        if (s->timer != NULL)
+            event_free(s->timer);
         free(s);
         return;
     }
@@ -800,6 +870,8 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH_WATERMARK);
     bufferevent_set_max_single_read(s->bev, MAX_SINGLE_READ);
     session_enter(s, SESSION_COMMAND);
+    struct timeval limit = {.tv_sec = g->cfg->timeout};
+    evtimer_add(s->timer, &limit);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     log_debug("session %lu: connection from %s port %d", s->id, s->peer_addr, s->peer_port);
     s->ls = lrt_session_new(g->rt, s->id, s->peer_addr, s->peer_port);
