@@ -79,15 +79,29 @@ local function lmtp_takes(session, address)
   if not code or (code >= 400 and code < 500) then
     return nil, code and smtpd.reply(code, text) or "451 4.4.1 Mailing list service unavailable"
   end
+  if code < 400 then
+    session.lmtp_accepted = session.lmtp_accepted + 1
+  end
   return code < 400
 end
 
-function on_mail(session, address, params)
-  session.mailfrom, session.params, session.lists = address, params, {}
+local function close_lmtp(session)
   if session.lmtp then
     session.lmtp:close()
     session.lmtp = nil
   end
+end
+
+function on_mail(session, address, params)
+  session.mailfrom, session.params, session.lists = address, params, {}
+  session.lmtp_accepted = 0
+  close_lmtp(session)
+end
+
+-- The client left mid-transaction: let Mailman and the upstream go, so neither delivers.
+function on_disconnect(session)
+  close_lmtp(session)
+  proxy.close(session)
 end
 
 function on_rcpt(session, address, params)
@@ -137,10 +151,11 @@ function process_message(peer, mailfrom, rcpttos, data, options)
     if is_temporary then temporary = temporary or reply else permanent = permanent or reply end
   end
 
-  if session.lmtp then
+  if session.lmtp and session.lmtp_accepted == 0 then
+    close_lmtp(session) -- asked about recipients that turned out not to be list mail
+  elseif session.lmtp then
     local results, err = session.lmtp:data(data)
-    session.lmtp:close()
-    session.lmtp = nil
+    close_lmtp(session)
     if not results then
       note("451 4.4.1 Mailing list service failed, try again later: " .. err, true)
     end

@@ -20,6 +20,11 @@ function on_rcpt(session, address, params)
   return proxy.rcpt(session, address)
 end
 
+-- The client left mid-transaction: let the upstream go at once, so it discards what it has.
+function on_disconnect(session)
+  proxy.close(session)
+end
+
 function process_message(peer, mailfrom, rcpttos, data, options)
   -- As Python's PureProxy: X-Peer at the end of the headers.
   return proxy.data(options.session, message.add_header(data, "X-Peer: " .. peer[1]))

@@ -444,6 +444,21 @@ lrt_session_free(struct lrt_session *ls)
         ls->rt->sessions = ls->next;
     if (ls->next != NULL)
         ls->next->prev = ls->prev;
+    /* on_disconnect(session): the script's chance to let go of what it holds for the
+     * connection (an upstream, say) now, not when the collector gets to it. It cannot wait. */
+    lua_State *L = ls->gen->L;
+    lua_pushcfunction(L, traceback_handler);
+    if (lua_getglobal(L, "on_disconnect") == LUA_TFUNCTION) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
+        if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
+            log_error("session %lu: on_disconnect failed (generation %u): %s", ls->id,
+                      ls->gen->id, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    } else {
+        lua_pop(L, 2);
+    }
     session_table_drop(ls);
     free(ls->peer_addr);
     free(ls->helo);

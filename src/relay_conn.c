@@ -89,6 +89,7 @@ struct relay_conn {
     struct buf chunk;
 
     enum relay_failure failure;
+    int failure_code; /* the server's refusal that failed the connection, or 0 */
     char *failure_text;
     unsigned depth;
     bool closed;
@@ -180,7 +181,7 @@ pop_head(struct relay_conn *conn)
 static void
 deliver_failure(struct relay_conn *conn)
 {
-    struct relay_reply reply = {.code = 0, .text = conn->failure_text};
+    struct relay_reply reply = {.code = conn->failure_code, .text = conn->failure_text};
     if (conn->ready != NULL) {
         relay_ready_fn ready = conn->ready;
         conn->ready = NULL;
@@ -344,8 +345,9 @@ handle_reply(struct relay_conn *conn, const struct relay_reply *reply)
     switch (conn->state) {
     case CONN_GREETING:
         if (reply->code / 100 != 2) {
+            conn->failure_code = reply->code;
             fail(conn, relay_reply_kind(reply) == RELAY_OK ? RELAY_PROTOCOL : relay_reply_kind(reply),
-                 "greeting: %d %s", reply->code, reply->text);
+                 "%s", reply->text);
             return;
         }
         conn->state = CONN_HELLO;
@@ -359,9 +361,9 @@ handle_reply(struct relay_conn *conn, const struct relay_reply *reply)
                 send_hello(conn, "HELO");
                 return;
             }
+            conn->failure_code = reply->code;
             fail(conn, relay_reply_kind(reply) == RELAY_OK ? RELAY_PROTOCOL : relay_reply_kind(reply),
-                 "%s: %d %s", conn->state == CONN_HELLO ? (conn->lmtp ? "LHLO" : "EHLO") : "HELO",
-                 reply->code, reply->text);
+                 "%s", reply->text);
             return;
         }
         if (conn->state == CONN_HELLO)

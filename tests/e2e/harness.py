@@ -32,6 +32,7 @@ STOP_TIMEOUT = 10.0    # seconds between SIGTERM and SIGKILL
 LOG_LINE = re.compile(r"^\S+ luasmtpd\[(\d+)\] (error|warn|info|debug): (.*)$")
 LISTENING = re.compile(r"listening on (?:\[([0-9A-Fa-f:.%a-z]+)\]|([^\s\[\]:]+)):(\d+)")
 # Reports of the sanitizers the suite may run under.
+LOG_ERROR = re.compile(r"luasmtpd\[\d+\] error: ")
 SANITIZER = re.compile(r"ERROR: \w+Sanitizer|runtime error: |LeakSanitizer")
 
 ENHANCED = re.compile(r"^(\d{3})([ -])\d\.\d{1,3}\.\d{1,3} ")
@@ -334,7 +335,7 @@ class LuaSmtpd:
         for line in self.log.snapshot():
             if SANITIZER.search(line):
                 bad.append(line)
-            elif " error: " in line and not any(p.search(line) for p in self.expect_errors):
+            elif LOG_ERROR.search(line) and not any(p.search(line) for p in self.expect_errors):
                 bad.append(line)
         return bad
 

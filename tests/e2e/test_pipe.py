@@ -1,0 +1,295 @@
+"""smtpd.pipe against real commands (fixtures handlers/pipe_run.lua and pipe_delivery.lua, whose
+commands handlers/pipe_cmds.lua picks by recipient): what the child gets on stdin, in its
+environment and among its descriptors; exit statuses, signals and timeouts; output caps; big
+messages; many children at once; clients that leave while their child runs. And what
+lua/smtpd/delivery.lua makes of each outcome."""
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+import unittest
+
+from harness import ServerTestCase, wait_until
+from upstreams import run_threads
+
+EHLO = "EHLO client.example"
+MESSAGE = (b"Subject: pipe test\r\nFrom: a@example.org\r\n\r\n"
+           b"first line\r\n..dotted\r\n\xc3\xa9 8-bit\r\nlast line\r\n")
+# pipe.c and the pipe_run fixture log timeouts and kills at level warn
+WARN = r" warn: "
+
+# "250 2.0.0 status=0 kind=nil len=12 out=<...>" or "250 2.0.0 status=nil kind=failed msg=<...>"
+RESULT = re.compile(r"^250 2\.0\.0 status=(\S+) kind=(\S+)"
+                    r"(?: len=(\d+) out=<(.*)>| msg=<(.*)>)$")
+
+
+def stuff(data):
+    return b"".join(b"." + line if line.startswith(b".") else line
+                    for line in data.splitlines(keepends=True))
+
+
+def proc_state(pid):
+    """The state letter of process `pid` ('Z' for a zombie), or None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rindex(b")") + 2:].split()[0].decode()
+
+
+def children_of(ppid):
+    """[(pid, state, comm)] of the processes whose parent is `ppid`, zombies included."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        close = stat.rindex(b")")
+        fields = stat[close + 2:].split()
+        if int(fields[1]) == ppid:
+            out.append((int(name), fields[0].decode(), stat[stat.index(b"(") + 1:close].decode()))
+    return out
+
+
+class PipeTestCase(ServerTestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="luasmtpd-pipe-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def start(self, handler="pipe_run", **sets):
+        sets.setdefault("dir", self.dir)
+        return self.start_server(handler, sets=sets, expect_errors=[WARN])
+
+    def run_cmd(self, srv, cmd, data=MESSAGE, reply_timeout=15):
+        """Sends to cmd@ and parses the fixture's report: (status, kind, len, out, msg)."""
+        c = self.connect(srv, timeout=reply_timeout)
+        c.cmd(EHLO)
+        self.assertEqual(c.cmd("MAIL FROM:<sender@example.org>").code, 250)
+        self.assertEqual(c.cmd(f"RCPT TO:<{cmd}@pipe.example>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(data) + b".\r\n")
+        reply = c.reply()
+        m = RESULT.match(reply.lines[-1])
+        self.assertTrue(m, f"{cmd}: unexpected reply {reply.lines!r}")
+        status, kind, length, out, msg = m.groups()
+        return status, kind, int(length) if length else None, out, msg
+
+    def read(self, name):
+        with open(os.path.join(self.dir, name), "rb") as f:
+            return f.read()
+
+    def pid_from(self, name, timeout=10):
+        path = os.path.join(self.dir, name)
+        wait_until(lambda: os.path.exists(path) and self.read(name).strip(), timeout,
+                   what=f"{path} written")
+        return int(self.read(name).strip())
+
+    def assertGone(self, pid, timeout=5):
+        """The process is neither running nor a zombie (it was reaped) within `timeout`."""
+        wait_until(lambda: proc_state(pid) is None, timeout,
+                   what=f"pid {pid} gone (state now {proc_state(pid)!r})")
+
+    def assertNoChildren(self, srv, timeout=5):
+        wait_until(lambda: not children_of(srv.pid), timeout,
+                   what=f"luasmtpd[{srv.pid}] without children: {children_of(srv.pid)}")
+
+
+class TestPipe(PipeTestCase):
+    def test_cat_into_file_gets_the_message(self):
+        srv = self.start()
+        status, kind, length, out, _ = self.run_cmd(srv, "cat")
+        self.assertEqual((status, kind, length, out), ("0", "nil", 0, ""))
+        self.assertEqual(self.read("cat.eml"), MESSAGE)
+        self.assertNoChildren(srv)
+
+    def test_exit_statuses_and_output(self):
+        srv = self.start()
+        self.assertEqual(self.run_cmd(srv, "exit75")[:4], ("75", "nil", 13, r"mailbox busy\n"))
+        # stderr is merged into the output
+        self.assertEqual(self.run_cmd(srv, "exit1")[:4], ("1", "nil", 9, r"it broke\n"))
+        self.assertNoChildren(srv)
+
+    def test_killed_by_signal(self):
+        srv = self.start()
+        status, kind, _, _, msg = self.run_cmd(srv, "signal")
+        self.assertEqual((status, kind), ("nil", "signal"))
+        self.assertEqual(msg, "killed by signal 9")
+        self.assertNoChildren(srv)
+
+    def test_timeout_kills_a_child_that_never_reads(self):
+        # 256 KiB: more than a pipe holds, so the server's writes block on the child too.
+        srv = self.start(timeout="1")
+        data = MESSAGE + (b"y" * 1022 + b"\r\n") * 256
+        t0 = time.monotonic()
+        status, kind, _, _, msg = self.run_cmd(srv, "hang", data)
+        elapsed = time.monotonic() - t0
+        self.assertEqual((status, kind), ("nil", "timeout"), msg)
+        self.assertIn("timed out", msg)
+        self.assertGreater(elapsed, 0.8)
+        self.assertLess(elapsed, 4.0, "answered long after the 1 s timeout")
+        self.assertGone(self.pid_from("hang.pid"))
+        self.assertNoChildren(srv)
+        srv.wait_log(r"warn: pipe: sh \(pid \d+\) timed out: sending SIGTERM")
+        # the server goes on serving
+        self.assertEqual(self.run_cmd(srv, "exit0")[0], "0")
+
+    def test_timeout_escalates_to_sigkill(self):
+        srv = self.start(timeout="1")
+        t0 = time.monotonic()
+        status, kind, _, _, _ = self.run_cmd(srv, "stubborn")
+        elapsed = time.monotonic() - t0
+        self.assertEqual((status, kind), ("nil", "timeout"))
+        # SIGTERM at 1 s is ignored; SIGKILL follows after pipe.c's 2 s grace
+        self.assertGreater(elapsed, 2.5)
+        self.assertLess(elapsed, 7.0)
+        self.assertGone(self.pid_from("stubborn.pid"))
+        self.assertNoChildren(srv)
+        srv.wait_log(r"warn: pipe: sh \(pid \d+\) ignored SIGTERM: sending SIGKILL")
+
+    def test_output_is_capped_and_the_child_not_blocked(self):
+        for limit, expect in ((None, 64 * 1024), ("1000", 1000)):
+            with self.subTest(output_limit=limit):
+                sets = {"timeout": "20"}
+                if limit:
+                    sets["output_limit"] = limit
+                srv = self.start(**sets)
+                t0 = time.monotonic()
+                status, kind, length, out, _ = self.run_cmd(srv, "loud")
+                # a child blocked on a full output pipe would only end at the 20 s timeout
+                self.assertLess(time.monotonic() - t0, 5.0)
+                self.assertEqual((status, kind, length), ("0", "nil", expect))
+                self.assertEqual(out, "x" * 200)
+                self.assertEqual(self.read("loud.out"), b"x" * expect)
+                self.assertNoChildren(srv)
+                srv.close()
+
+    def test_30_mib_message_through_sha256sum(self):
+        srv = self.start(timeout="60")
+        line = bytes(range(0x21, 0x7f)) * 10 + b"\r\n"  # 942 bytes
+        data = b"Subject: big\r\n\r\n" + line * (30 * 1024 * 1024 // len(line))
+        self.assertGreater(len(data), 30 * 1000 * 1000)
+        status, kind, _, out, _ = self.run_cmd(srv, "sha", data, reply_timeout=60)
+        self.assertEqual((status, kind), ("0", "nil"))
+        self.assertEqual(out, hashlib.sha256(data).hexdigest() + r"  -\n")
+        self.assertNoChildren(srv)
+
+    def test_50_concurrent_pipes(self):
+        srv = self.start(timeout="30")
+        n = 50
+
+        def one(i):
+            return self.run_cmd(srv, "slow", reply_timeout=30)[:2]
+
+        t0 = time.monotonic()
+        results = run_threads(n, one, timeout=60)
+        elapsed = time.monotonic() - t0
+        for r in results:
+            self.assertEqual(r, ("ok", ("0", "nil")))
+        # one after the other would take 25 s; pipe.c runs up to 32 children at once
+        self.assertLess(elapsed, 6.0, f"{n} x 0.5 s children took {elapsed:.1f} s")
+        self.assertNoChildren(srv)
+
+    def test_environment_is_only_path_and_opts_env(self):
+        key = "LUASMTPD_SERVER_SECRET"
+        old = os.environ.get(key)
+        os.environ[key] = "must-not-leak"
+        try:
+            srv = self.start()
+        finally:
+            if old is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = old
+        with open(f"/proc/{srv.pid}/environ", "rb") as f:
+            self.assertIn(f"{key}=must-not-leak".encode(), f.read().split(b"\0"))
+        status, _, _, _, _ = self.run_cmd(srv, "env")
+        self.assertEqual(status, "0")
+        env = dict(line.split("=", 1) for line in self.read("env.out").decode().splitlines())
+        self.assertEqual(sorted(env), ["LUASMTPD_FROM_OPTS", "PATH"], env)
+        self.assertEqual(env["LUASMTPD_FROM_OPTS"], "from-opts")
+        self.assertTrue(env["PATH"])
+
+    def test_child_gets_no_server_descriptors(self):
+        srv = self.start()
+        # Open some connections so the server holds more descriptors than its listener.
+        others = [self.connect(srv) for _ in range(3)]
+        status, _, _, _, _ = self.run_cmd(srv, "fds")
+        self.assertEqual(status, "0")
+        listing = self.read("fds.out").decode()
+        fds = dict((int(m.group(1)), m.group(2))
+                   for m in re.finditer(r" (\d+) -> (.*)$", listing, re.M))
+        self.assertEqual(sorted(fds)[:3], [0, 1, 2], listing)
+        self.assertEqual(len(fds), 4, f"the child has descriptors beyond 0-2 and ls's own:\n"
+                                      f"{listing}")
+        (extra,) = [fd for fd in fds if fd > 2]
+        self.assertRegex(fds[extra], r"^/proc/\d+/fd$", listing)  # the directory ls reads
+        self.assertRegex(fds[0], r"^pipe:")
+        self.assertRegex(fds[1], r"^pipe:")
+        self.assertEqual(fds[1], fds[2])
+        self.assertNotEqual(fds[0], fds[1])
+        for c in others:
+            c.close()
+
+    def test_client_gone_while_child_runs(self):
+        srv = self.start(timeout="60")
+        c = self.connect(srv)
+        c.cmd(EHLO)
+        c.cmd("MAIL FROM:<sender@example.org>")
+        c.cmd("RCPT TO:<slowpid@pipe.example>")
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(MESSAGE) + b".\r\n")
+        pid = self.pid_from("slowpid.pid")
+        self.assertNotIn(proc_state(pid), (None, "Z"), "the child should still be running")
+        c.close()
+        # the child is killed (SIGTERM ends `sleep` at once) and reaped
+        self.assertGone(pid, timeout=5)
+        self.assertNoChildren(srv)
+        self.assertTrue(srv.alive())
+        self.assertEqual(self.run_cmd(srv, "exit0")[:2], ("0", "nil"))
+
+    def test_command_that_does_not_exist(self):
+        srv = self.start()
+        for cmd, name in (("missing", "/nonexistent/luasmtpd-no-such-command"),
+                          ("missingpath", "luasmtpd-no-such-command-in-path")):
+            with self.subTest(cmd=cmd):
+                status, kind, _, _, msg = self.run_cmd(srv, cmd)
+                self.assertEqual((status, kind), ("nil", "failed"), msg)
+                self.assertIn(name, msg)
+                self.assertIn("No such file or directory", msg)
+        self.assertNoChildren(srv)
+
+
+class TestDeliveryMapping(PipeTestCase):
+    """lua/smtpd/delivery.lua: the sysexits reading of a delivery agent's result."""
+
+    CASES = [
+        ("exit0", 250, r"^250 2\.0\.0 "),
+        ("exit75", 451, r"^451 4\.3\.0 Delivery deferred: mailbox busy$"),
+        ("signal", 451, r"^451 4\.3\.0 .*killed by signal 9"),
+        ("hang", 451, r"^451 4\.3\.0 .*timed out"),
+        ("missing", 451, r"^451 4\.3\.0 .*cannot run"),
+        ("exit67", 550, r"^550 5\.1\.1 Delivery failed \(exit status 67\): no such user here$"),
+        ("exit1", 554, r"^554 5\.3\.0 Delivery failed \(exit status 1\): it broke$"),
+    ]
+
+    def test_reply_for_each_outcome(self):
+        srv = self.start("pipe_delivery", timeout="1")
+        for cmd, code, text in self.CASES:
+            with self.subTest(cmd=cmd):
+                c = self.connect(srv)
+                replies = c.transaction("sender@example.org", [f"{cmd}@pipe.example"],
+                                        stuff(MESSAGE), helo=EHLO)
+                self.assertReply(replies[-1], code, re.compile(text))
+        self.assertNoChildren(srv)
+
+
+if __name__ == "__main__":
+    unittest.main()

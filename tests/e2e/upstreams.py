@@ -1,0 +1,499 @@
+"""Fake and real upstream servers for the relay tests (smtpd.relay, smtpd.connect, pureproxy).
+
+- SmtpSink: Postfix's /usr/sbin/smtp-sink dumping each message into a directory.
+- AioUpstream: aiosmtpd (SMTP or LMTP) in a thread of this process, recording what it got, with
+  optional delays and refusals.
+- RawServer: a bare TCP server whose connections a Python function handles (silent upstreams,
+  upstreams that hang up mid-DATA).
+- run_threads: clients started together behind a barrier.
+
+Every wait is bounded; every process started here is stopped by its PID.
+"""
+
+import asyncio
+import atexit
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from harness import START_TIMEOUT, free_port
+
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+logging.getLogger("mail.log").setLevel(logging.CRITICAL)  # aiosmtpd's chatter on our stderr
+
+_procs = {}
+_procs_lock = threading.Lock()
+
+
+@atexit.register
+def _kill_leftovers():
+    with _procs_lock:
+        procs = list(_procs.values())
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
+
+def _stop(proc, timeout=5):
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    with _procs_lock:
+        _procs.pop(proc.pid, None)
+
+
+def run_threads(n, target, timeout=60):
+    """Runs target(i) in n threads released together; returns the list of results (the
+    exception raised, or the return value wrapped as ("ok", value))."""
+    barrier = threading.Barrier(n)
+    results = [AssertionError("did not finish")] * n
+
+    def run(i):
+        try:
+            barrier.wait(10)
+            results[i] = ("ok", target(i))
+        except BaseException as e:  # reported by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise AssertionError(f"client threads still running after {timeout}s")
+    return results
+
+
+class _Events:
+    """A list of things that happened, with bounded waits on them."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.events = []
+
+    def note(self, event):
+        with self._cond:
+            self.events.append((time.monotonic(), event))
+            self._cond.notify_all()
+
+    def count(self, event):
+        with self._cond:
+            return sum(1 for _, e in self.events if e == event)
+
+    def times(self, event):
+        with self._cond:
+            return [t for t, e in self.events if e == event]
+
+    def wait_event(self, event, n=1, timeout=10):
+        """Waits until `event` (or any in a list of them) happened at least n times; returns
+        the times it happened."""
+        wanted = event if isinstance(event, list) else [event]
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                got = [t for t, e in self.events if e in wanted]
+                if len(got) >= n:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out after {timeout}s waiting for {n} x "
+                                         f"{event!r}; events: {[e for _, e in self.events]}")
+                self._cond.wait(remaining)
+
+
+# ---- smtp-sink ----
+
+class SmtpSink:
+    """/usr/sbin/smtp-sink on 127.0.0.1, dumping every message into its own file in self.dir
+    (`-d DIR/%M.`). As root it runs as nobody (`-u nobody`), so the directory is mode 777."""
+
+    def __init__(self, args=()):
+        if not os.access(SMTP_SINK, os.X_OK):
+            raise AssertionError(f"{SMTP_SINK} not found (package postfix; .ci/setup installs "
+                                 "it)")
+        self.dir = tempfile.mkdtemp(prefix="smtp-sink-")
+        os.chmod(self.dir, 0o777)
+        self.host = "127.0.0.1"
+        self.stderr_path = os.path.join(tempfile.gettempdir(),
+                                        f"smtp-sink-{os.getpid()}-{id(self)}.err")
+        last = None
+        for _ in range(3):  # the free port may be taken between the probe and the bind
+            self.port = free_port()
+            cmd = [SMTP_SINK]
+            if os.geteuid() == 0:
+                cmd += ["-u", "nobody"]
+            cmd += ["-d", os.path.join(self.dir, "%M."), *args, f"{self.host}:{self.port}",
+                    "64"]
+            with open(self.stderr_path, "wb") as err:
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=err,
+                                             start_new_session=True)
+            with _procs_lock:
+                _procs[self.proc.pid] = self.proc
+            try:
+                self._wait_ready()
+                return
+            except AssertionError as e:
+                last = e
+                _stop(self.proc)
+        self._cleanup()
+        raise last
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"smtp-sink exited {self.proc.returncode}: "
+                                     f"{self.stderr()!r}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1) as s:
+                    s.settimeout(2)
+                    if s.recv(512).startswith(b"220"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"smtp-sink did not answer on port {self.port} within "
+                             f"{START_TIMEOUT}s")
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
+
+    def dumps(self):
+        """The dump files' contents, oldest first (by name within the minute; tests sort by
+        content when they send several)."""
+        out = []
+        for name in sorted(os.listdir(self.dir)):
+            with open(os.path.join(self.dir, name), "rb") as f:
+                out.append(f.read())
+        return out
+
+    def close(self):
+        _stop(self.proc)
+        self._cleanup()
+
+    def _cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            os.unlink(self.stderr_path)
+        except OSError:
+            pass
+
+
+def parse_sink_dump(raw):
+    """Splits one smtp-sink dump into (fields, body): fields maps X-Client-Addr, X-Helo-Args,
+    X-Mail-Args, X-Rcpt-Args, ... to lists of values; body is the message as dumped (lines
+    ending in LF, dot-unstuffed, followed by one empty line)."""
+    fields = {}
+    lines = raw.split(b"\n")
+    i = 0
+    while i < len(lines) and not lines[i].startswith(b"Received: "):
+        name, _, value = lines[i].partition(b": ")
+        fields.setdefault(name.decode("utf-8", "replace"), []).append(
+            value.decode("utf-8", "surrogateescape"))
+        i += 1
+    i += 1  # Received: line
+    while i < len(lines) and lines[i].startswith(b"\t"):
+        i += 1
+    return fields, b"\n".join(lines[i:])
+
+
+def sink_body(data):
+    """What smtp-sink dumps for a message whose data (dot-unstuffed, CRLF) is `data`."""
+    return data.replace(b"\r\n", b"\n") + b"\n"
+
+
+# ---- aiosmtpd ----
+
+class AioUpstream(_Events):
+    """aiosmtpd's SMTP (or LMTP) server in a thread, recording each message.
+
+    rcpt_delay / data_delay: seconds handle_RCPT / handle_DATA sleep before answering.
+    refuse_rcpt: {address: reply} refused at RCPT.
+    data_replies: (LMTP) {address: reply} given after DATA for that recipient (default 250).
+    Events noted: ("rcpt", address), "data" (end of data seen), "data_done" (the delay is over and
+    the reply is about to go out), "delivered", "data_cancelled" (the client hung up during the
+    delay).
+    self.messages: dicts with mail_from, rcpt_tos, data (bytes as received, dot-unstuffed),
+    mail_options, helo, started, done (monotonic times).
+    """
+
+    def __init__(self, lmtp=False, rcpt_delay=0.0, data_delay=0.0, refuse_rcpt=None,
+                 data_replies=None, hostname="aio.example"):
+        super().__init__()
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.lmtp import LMTP
+        from aiosmtpd.smtp import SMTP
+
+        self.lmtp = lmtp
+        self.rcpt_delay = rcpt_delay
+        self.data_delay = data_delay
+        self.refuse_rcpt = dict(refuse_rcpt or {})
+        self.data_replies = dict(data_replies or {})
+        self.messages = []
+        self.host = "127.0.0.1"
+        server_class = LMTP if lmtp else SMTP
+
+        class _Controller(Controller):
+            def factory(self):
+                return server_class(self.handler, **self.SMTP_kwargs)
+
+        last = None
+        for _ in range(3):
+            self.port = free_port()
+            ctl = _Controller(_AioHandler(self), hostname=self.host, port=self.port,
+                              server_hostname=hostname, ready_timeout=START_TIMEOUT)
+            try:
+                ctl.start()
+                self.controller = ctl
+                return
+            except Exception as e:  # port taken meanwhile: try another
+                last = e
+        raise AssertionError(f"aiosmtpd did not start: {last!r}")
+
+    def wait_messages(self, n, timeout=10):
+        self.wait_event("delivered", n, timeout)
+        with self._cond:
+            return list(self.messages)
+
+    def close(self):
+        self.controller.stop()
+
+
+class _AioHandler:
+    def __init__(self, up):
+        self.up = up
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        up = self.up
+        up.note(("rcpt", address))
+        if up.rcpt_delay:
+            await asyncio.sleep(up.rcpt_delay)
+        if address in up.refuse_rcpt:
+            return up.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        up = self.up
+        started = time.monotonic()
+        up.note("data")
+        if up.data_delay:
+            try:
+                await asyncio.sleep(up.data_delay)
+            except asyncio.CancelledError:  # aiosmtpd cancels when the client hangs up
+                up.note("data_cancelled")
+                raise
+        msg = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": list(envelope.rcpt_tos),
+            "data": envelope.original_content,
+            "mail_options": list(envelope.mail_options),
+            "helo": session.host_name,
+            "started": started,
+            "done": time.monotonic(),
+        }
+        with up._cond:
+            up.messages.append(msg)
+        up.note("data_done")
+        up.note("delivered")
+        if up.lmtp:
+            return "\r\n".join(up.data_replies.get(r, f"250 2.0.0 <{r}> delivered")
+                               for r in envelope.rcpt_tos)
+        return "250 2.0.0 queued as aio"
+
+
+# ---- raw TCP servers ----
+
+class Conn:
+    """One accepted connection of a RawServer: line reads with timeouts."""
+
+    def __init__(self, sock, timeout=10):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("peer closed")
+        self.buf += chunk
+
+    def readline(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def read_bytes(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_until(self, marker):
+        while marker not in self.buf:
+            self._fill()
+        data, self.buf = self.buf.split(marker, 1)
+        return data + marker
+
+    def wait_eof(self):
+        """Blocks until the peer closes (or the server closes this socket)."""
+        self.sock.settimeout(None)  # RawServer.close() shuts the socket down to wake us
+        try:
+            while True:
+                self._fill()
+        except (EOFError, OSError):
+            return
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class RawServer(_Events):
+    """A TCP server on 127.0.0.1 (a free port) that runs handler(server, conn) in a thread
+    for each connection. Events: "accepted", whatever handlers note, "handler error: ..."."""
+
+    def __init__(self, handler):
+        super().__init__()
+        self.handler = handler
+        self.host = "127.0.0.1"
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((self.host, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)  # so close() is seen even if shutdown does not wake accept
+        self.port = self.sock.getsockname()[1]
+        self._stopping = False
+        self._conns = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self):
+        while not self._stopping:
+            try:
+                sock, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self._stopping:
+                sock.close()
+                return
+            conn = Conn(sock)
+            with self._lock:
+                self._conns.append(conn)
+            self.note("accepted")
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn):
+        try:
+            self.handler(self, conn)
+        except Exception as e:  # a test looks at the events
+            self.note(f"handler error: {e!r}")
+
+    def close(self):
+        self._stopping = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(5)
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+
+def silent_handler(server, conn):
+    """Accepts and never writes; notes "peer closed" when the client gives up."""
+    conn.wait_eof()
+    server.note("peer closed")
+
+
+def scripted_handler(hangup):
+    """An SMTP server that answers properly, then hangs up at the point `hangup` names:
+    "data_command" (instead of answering DATA), "mid_body" (after reading part of the body),
+    "before_reply" (after the whole body, instead of the final reply), or None (never).
+    Events: "hung up", "delivered", "quit" (the client said QUIT), "peer closed" (the client
+    closed without QUIT)."""
+
+    def handler(server, conn):
+        conn.send("220 raw.example ESMTP\r\n")
+        try:
+            while True:
+                line = conn.readline()
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.send("250-raw.example\r\n250 8BITMIME\r\n")
+                elif verb == b"MAIL":
+                    conn.send("250 2.1.0 ok\r\n")
+                elif verb == b"RCPT":
+                    conn.send("250 2.1.5 ok\r\n")
+                elif verb == b"DATA":
+                    if hangup == "data_command":
+                        server.note("hung up")
+                        conn.close()
+                        return
+                    conn.send("354 go ahead\r\n")
+                    if hangup == "mid_body":
+                        conn.read_bytes(4096)
+                        server.note("hung up")
+                        conn.close()
+                        return
+                    conn.read_until(b"\r\n.\r\n")
+                    if hangup == "before_reply":
+                        server.note("hung up")
+                        conn.close()
+                        return
+                    conn.send("250 2.0.0 ok\r\n")
+                    server.note("delivered")
+                elif verb == b"QUIT":
+                    conn.send("221 2.0.0 bye\r\n")
+                    conn.close()
+                    server.note("quit")
+                    return
+                else:
+                    conn.send("250 2.0.0 ok\r\n")
+        except socket.timeout:
+            server.note("idle timeout")  # ours: the client said nothing for 10 s
+        except (EOFError, OSError):
+            server.note("peer closed")
+
+    return handler
