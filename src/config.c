@@ -4,6 +4,7 @@
 #include "luasmtpd/config.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -32,23 +33,70 @@ static const char usage_text[] =
     "Options of our own:\n"
     "  --set KEY=VALUE       a setting for the script: smtpd.settings.KEY (repeatable)\n"
     "  --hostname NAME       the name in the greeting and EHLO (default: this host's)\n"
-    "  --max-recipients N    recipients per message before 452 (default %d)\n"
-    "  --timeout SECONDS     client silence before 421 and close (default %d)\n"
-    "  --shutdown-timeout S  grace for transactions in flight on SIGTERM (default %d)\n"
-    "  --workers N           N processes share the port (SO_REUSEPORT), each with its own\n"
-    "                        loop and Lua state; one that dies is restarted (default 1)\n"
     "  --no-reload           do not reload when the script files change (SIGHUP still does)\n"
     "  --check SCRIPT        load SCRIPT as a reload would, say whether it is good, exit 0/1\n"
+    "%s"
     "\n"
     "localhost:localport defaults to localhost:8025 (port 0 picks a free one; the bound\n"
     "address is logged), remotehost:remoteport to localhost:25 (the relay handlers'\n"
     "upstream, smtpd.remote). IPv6 addresses go in brackets: [::1]:8025.\n";
 
+/* The numeric options: limits and timeouts, each with its default and range. */
+static const struct {
+    const char *name;
+    size_t field;
+    unsigned def, min, max;
+    const char *help;
+} numeric_options[] = {
+    {"max-recipients", offsetof(struct config, max_recipients), 1000, 1, UINT_MAX,
+     "recipients per message, then 452"},
+    {"timeout", offsetof(struct config, timeout), 300, 1, 86400,
+     "seconds waiting for a command (RFC 5321 4.5.3.2.7), then 421"},
+    {"data-timeout", offsetof(struct config, data_timeout), 180, 1, 86400,
+     "seconds between two pieces of DATA (RFC 5321 4.5.3.2.6), then 421"},
+    {"min-data-rate", offsetof(struct config, min_data_rate), 500, 0, UINT_MAX,
+     "bytes/s a DATA must average once it ran 30 s (0: off)"},
+    {"shutdown-timeout", offsetof(struct config, shutdown_timeout), 30, 0, 86400,
+     "seconds transactions in flight get after SIGTERM"},
+    {"workers", offsetof(struct config, workers), 1, 1, 64,
+     "processes sharing the port (SO_REUSEPORT), each with its own loop and Lua state"},
+    {"max-connections", offsetof(struct config, max_connections), 10000, 1, UINT_MAX,
+     "connections at once, then 421 before any Lua runs"},
+    {"max-per-client", offsetof(struct config, max_per_client), 128, 1, UINT_MAX,
+     "connections at once from one address, then 421"},
+    {"max-messages", offsetof(struct config, max_messages), 1000, 0, UINT_MAX,
+     "messages per connection, then 421 (as Exim's default; 0: no limit)"},
+    {"max-errors", offsetof(struct config, max_errors), 20, 1, UINT_MAX,
+     "error replies per connection, then 421 (Postfix's hard error limit)"},
+    {"greet-delay", offsetof(struct config, greet_delay_ms), 0, 0, 60000,
+     "ms to wait before the greeting; a client that talks first is refused"},
+    {"lua-instructions", offsetof(struct config, lua_instructions), 200000000, 0, UINT_MAX,
+     "Lua instructions per handler or hook call, then it fails with 451 (0: no limit)"},
+    {"lua-memory", offsetof(struct config, lua_memory_mb), 1024, 0, 1048576,
+     "MiB a Lua state may use (0: no limit)"},
+    {"max-children", offsetof(struct config, max_children), 32, 1, 4096,
+     "smtpd.pipe children at once; the rest wait their turn"},
+};
+#define N_NUMERIC (sizeof(numeric_options) / sizeof(numeric_options[0]))
+
+static unsigned *
+numeric_field(struct config *cfg, size_t i)
+{
+    return (unsigned *)((char *)cfg + numeric_options[i].field);
+}
+
 static void
 usage(FILE *f, const char *prog)
 {
-    fprintf(f, usage_text, prog, CONFIG_DEFAULT_SIZE, CONFIG_DEFAULT_MAX_RECIPIENTS,
-            CONFIG_DEFAULT_TIMEOUT, CONFIG_DEFAULT_SHUTDOWN_TIMEOUT);
+    char table[4096];
+    size_t used = 0;
+    for (size_t i = 0; i < N_NUMERIC && used < sizeof(table); i++) {
+        char flag[40];
+        snprintf(flag, sizeof(flag), "--%s N", numeric_options[i].name);
+        used += (size_t)snprintf(table + used, sizeof(table) - used, "  %-20s  %s (default %u)\n",
+                                 flag, numeric_options[i].help, numeric_options[i].def);
+    }
+    fprintf(f, usage_text, prog, CONFIG_DEFAULT_SIZE, table);
 }
 
 static bool
@@ -120,18 +168,15 @@ set_string(char **field, const char *value)
 enum {
     OPT_SET = 256,
     OPT_HOSTNAME,
-    OPT_MAX_RECIPIENTS,
-    OPT_TIMEOUT,
-    OPT_SHUTDOWN_TIMEOUT,
     OPT_NO_RELOAD,
     OPT_CHECK,
-    OPT_WORKERS,
+    OPT_NUMERIC, /* OPT_NUMERIC + i: numeric_options[i] */
 };
 
 enum config_result
 config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
 {
-    static const struct option long_options[] = {
+    static const struct option fixed_options[] = {
         {"nosetuid", no_argument, NULL, 'n'},
         {"class", required_argument, NULL, 'c'},
         {"size", required_argument, NULL, 's'},
@@ -141,23 +186,23 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         {"help", no_argument, NULL, 'h'},
         {"set", required_argument, NULL, OPT_SET},
         {"hostname", required_argument, NULL, OPT_HOSTNAME},
-        {"max-recipients", required_argument, NULL, OPT_MAX_RECIPIENTS},
-        {"timeout", required_argument, NULL, OPT_TIMEOUT},
-        {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
         {"no-reload", no_argument, NULL, OPT_NO_RELOAD},
-        {"workers", required_argument, NULL, OPT_WORKERS},
         {"check", required_argument, NULL, OPT_CHECK},
-        {NULL, 0, NULL, 0},
     };
+    enum { N_FIXED = sizeof(fixed_options) / sizeof(fixed_options[0]) };
+    struct option long_options[N_FIXED + N_NUMERIC + 1];
+    memcpy(long_options, fixed_options, sizeof(fixed_options));
+    for (size_t i = 0; i < N_NUMERIC; i++)
+        long_options[N_FIXED + i] = (struct option){numeric_options[i].name, required_argument,
+                                                    NULL, OPT_NUMERIC + (int)i};
+    long_options[N_FIXED + N_NUMERIC] = (struct option){NULL, 0, NULL, 0};
     const char *prog = argc > 0 ? argv[0] : "luasmtpd";
 
     memset(cfg, 0, sizeof(*cfg));
     cfg->handler = strdup("debugging");
     cfg->size_limit = CONFIG_DEFAULT_SIZE;
-    cfg->max_recipients = CONFIG_DEFAULT_MAX_RECIPIENTS;
-    cfg->timeout = CONFIG_DEFAULT_TIMEOUT;
-    cfg->shutdown_timeout = CONFIG_DEFAULT_SHUTDOWN_TIMEOUT;
-    cfg->workers = 1;
+    for (size_t i = 0; i < N_NUMERIC; i++)
+        *numeric_field(cfg, i) = numeric_options[i].def;
 
     opterr = 0;
     /* 0, not 1: glibc and musl then forget all their state, including the pointer into the
@@ -212,33 +257,22 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
             set_string(&cfg->handler, optarg);
             cfg->check_only = true;
             break;
-        case OPT_WORKERS:
-        case OPT_MAX_RECIPIENTS:
-        case OPT_TIMEOUT:
-        case OPT_SHUTDOWN_TIMEOUT:
-            if (!parse_number(optarg, c == OPT_WORKERS ? 64 : UINT_MAX, &n) ||
-                (n == 0 && c != OPT_SHUTDOWN_TIMEOUT)) {
-                fprintf(err, "%s: invalid number for --%s: %s\n", prog,
-                        c == OPT_MAX_RECIPIENTS ? "max-recipients"
-                        : c == OPT_TIMEOUT      ? "timeout"
-                        : c == OPT_WORKERS      ? "workers"
-                                                : "shutdown-timeout",
-                        optarg);
-                goto bad;
-            }
-            if (c == OPT_WORKERS)
-                cfg->workers = (unsigned)n;
-            else if (c == OPT_MAX_RECIPIENTS)
-                cfg->max_recipients = (unsigned)n;
-            else if (c == OPT_TIMEOUT)
-                cfg->timeout = (unsigned)n;
-            else
-                cfg->shutdown_timeout = (unsigned)n;
-            break;
         case ':':
             fprintf(err, "%s: option requires an argument: %s\n", prog, argv[optind - 1]);
             goto bad;
         default:
+            if (c >= OPT_NUMERIC && c < OPT_NUMERIC + (int)N_NUMERIC) {
+                size_t i = (size_t)(c - OPT_NUMERIC);
+                if (!parse_number(optarg, numeric_options[i].max, &n) ||
+                    n < numeric_options[i].min) {
+                    fprintf(err, "%s: invalid number for --%s: %s (%u to %u)\n", prog,
+                            numeric_options[i].name, optarg, numeric_options[i].min,
+                            numeric_options[i].max);
+                    goto bad;
+                }
+                *numeric_field(cfg, i) = (unsigned)n;
+                break;
+            }
             /* An unknown letter is named by optopt: inside a group ("-xd") optind has not moved
              * past it yet, so argv[optind - 1] would be the wrong word. A long option (optopt 0,
              * or a known letter given "=value") is named by its argv word. */

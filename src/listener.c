@@ -22,6 +22,7 @@
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/reload.h"
+#include "luasmtpd/pipe.h"
 #include "luasmtpd/session.h"
 #include "luasmtpd/workers.h"
 
@@ -336,7 +337,7 @@ serve(void *arg, int *fds, int n)
     log_info("stopped");
     status = 0;
 
-    session_group_close_all(&srv.sessions);
+    session_group_free(&srv.sessions);
     for (int i = 0; i < srv.n_listeners; i++)
         if (srv.listeners[i])
             evconnlistener_free(srv.listeners[i]);
@@ -369,6 +370,7 @@ listener_run(struct config *cfg, const char *lua_dir)
             close(fds[i]);
         return 1;
     }
+    pipe_set_max_children(cfg->max_children);
     struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};
     if (workers == 1)
         return serve(&args, fds, n);

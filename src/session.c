@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "luasmtpd/log.h"
+#include "luasmtpd/peer_count.h"
 #include "luasmtpd/smtp_data.h"
 #include "luasmtpd/smtp_parse.h"
 #include "luasmtpd/smtp_reply.h"
@@ -31,6 +32,8 @@
 #define INPUT_HIGH_WATERMARK (256 * 1024)
 #define MAX_SINGLE_READ (256 * 1024)
 #define LINE_MAX_BYTES (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
+/* Once a DATA has run this long, it must keep up the minimum rate. */
+#define DATA_RATE_GRACE_SEC 30
 
 enum session_state {
     SESSION_COMMAND,
@@ -61,6 +64,11 @@ struct session {
     struct lrt_session *ls;
     struct lrt_call *call;
     unsigned long messages;
+    unsigned errors;        /* error replies to commands so far */
+    bool greeted;           /* the 220 went out; input before it is a pregreet */
+    bool counted;           /* in g->per_client */
+    bool message_reply;     /* the reply being written answers a message, not a command */
+    struct timeval data_started;
     /* The command a hook decides on, kept until its answer comes. */
     enum smtp_verb hook_verb;
     char *hook_arg;
@@ -79,6 +87,9 @@ static void
 reply_bytes(struct session *s, const char *bytes, size_t n)
 {
     log_debug("session %lu: > %.*s", s->id, (int)(n > 2 ? n - 2 : n), bytes);
+    /* Postfix's hard error limit counts every 4xx/5xx answer to a command. */
+    if ((bytes[0] == '4' || bytes[0] == '5') && !s->message_reply && memcmp(bytes, "421", 3) != 0)
+        s->errors++;
     evbuffer_add(s->out, bytes, n);
 }
 
@@ -117,6 +128,19 @@ session_flush(struct session *s)
 
 /* Only a client that owes us something can time out: while a hook or the handler decides,
  * its silence is expected. */
+/* A slow drip must not hold a connection slot for ever: after the grace period the DATA must
+ * have averaged at least --min-data-rate bytes a second. */
+static bool
+data_too_slow(const struct session *s, const struct timeval *now)
+{
+    unsigned rate = s->g->cfg->min_data_rate;
+    if (s->state != SESSION_DATA || rate == 0)
+        return false;
+    double elapsed = (double)(now->tv_sec - s->data_started.tv_sec) +
+                     (double)(now->tv_usec - s->data_started.tv_usec) / 1e6;
+    return elapsed >= DATA_RATE_GRACE_SEC && (double)s->decoder.size < elapsed * rate;
+}
+
 static bool
 client_owes_us(const struct session *s)
 {
@@ -148,6 +172,8 @@ session_free(struct session *s)
     free(s->hook_arg);
     strv_clear(&s->hook_params);
     lrt_session_free(s->ls);
+    if (s->counted)
+        peer_count_remove(g->per_client, s->peer_addr);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -183,6 +209,18 @@ shut_down_if_idle(struct session *s)
 {
     if (s->g->draining && s->state == SESSION_COMMAND && !in_transaction(s)) {
         reply(s, "421 4.3.2 %s Service shutting down, closing connection", s->g->hostname);
+        close_after_flush(s);
+    }
+}
+
+/* After each command: too many errors end the connection (RFC 5321 4.2.4 lets a server
+ * close a connection that only produces errors; Postfix calls it smtpd_hard_error_limit). */
+static void
+enforce_error_limit(struct session *s)
+{
+    if (s->state == SESSION_COMMAND && s->errors >= s->g->cfg->max_errors) {
+        log_info("session %lu: %u errors, closing", s->id, s->errors);
+        reply(s, "421 4.7.0 %s Error: too many errors, closing connection", s->g->hostname);
         close_after_flush(s);
     }
 }
@@ -445,6 +483,12 @@ cmd_mail(struct session *s, char *arg)
         reply_const(s, "503 5.5.1 Error: nested MAIL command");
         return;
     }
+    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages) {
+        reply(s, "421 4.7.0 %s Error: too many messages in this connection, closing",
+              s->g->hostname);
+        close_after_flush(s);
+        return;
+    }
     struct smtp_param params[SMTP_PARAMS_MAX];
     int n = smtp_parse_params(path.params, params, SMTP_PARAMS_MAX);
     if (n < 0) {
@@ -535,6 +579,7 @@ cmd_data(struct session *s, char *arg)
     else
         buf_reserve(&s->message, 8192);
     session_enter(s, SESSION_DATA);
+    s->data_started = s->last_activity;
     reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
@@ -602,6 +647,13 @@ read_command(struct session *s, struct evbuffer *in)
     return true;
 }
 
+static void
+greet(struct session *s)
+{
+    s->greeted = true;
+    reply(s, "220 %s luasmtpd %s ESMTP", s->g->hostname, LUASMTPD_VERSION);
+}
+
 /* The hook's answer: a 4xx/5xx reply refuses the command; nil (or a 2xx reply, sent in place
  * of ours for MAIL and RCPT) lets it go on. A failing hook refuses with 4xx. */
 static void
@@ -636,7 +688,14 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
         if (verb == SMTP_VERB_UNKNOWN)
             close_after_flush(s);
     } else if (verb == SMTP_VERB_UNKNOWN) {
-        reply(s, "220 %s luasmtpd %s ESMTP", s->g->hostname, LUASMTPD_VERSION);
+        if (s->g->cfg->greet_delay_ms > 0) {
+            /* on_timer greets once the delay is over, unless the client talks first. */
+            struct timeval delay = {.tv_sec = s->g->cfg->greet_delay_ms / 1000,
+                                    .tv_usec = (s->g->cfg->greet_delay_ms % 1000) * 1000};
+            evtimer_add(s->timer, &delay);
+        } else {
+            greet(s);
+        }
     } else if (verb == SMTP_VERB_HELO || verb == SMTP_VERB_EHLO) {
         accept_helo(s, s->hook_arg, verb == SMTP_VERB_EHLO);
     } else {
@@ -659,6 +718,7 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
                   s->hook_arg);
     }
     buf_free(&wire);
+    enforce_error_limit(s);
     shut_down_if_idle(s);
     session_pump(s);
 }
@@ -690,7 +750,9 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
              "(generation %u)",
              s->id, ++s->messages, s->env.mailfrom ? s->env.mailfrom : "", s->env.rcpts.n,
              s->decoder.size, code, lrt_session_generation(s->ls));
+    s->message_reply = true;
     reply_bytes(s, wire.data, wire.len);
+    s->message_reply = false;
     buf_free(&wire);
     reset_transaction(s);
     session_enter(s, SESSION_COMMAND);
@@ -702,10 +764,12 @@ static void
 finish_data(struct session *s)
 {
     if (s->decoder.overflow || s->decoder.failed) {
+        s->message_reply = true;
         if (s->decoder.overflow)
             reply_const(s, "552 5.3.4 Error: Too much mail data");
         else
             reply_const(s, "451 4.3.0 Error: out of memory");
+        s->message_reply = false;
         log_info("session %lu: message from <%s> refused: %zu bytes%s", s->id, s->env.mailfrom,
                  s->decoder.size, s->decoder.overflow ? " over the size limit" : "");
         reset_transaction(s);
@@ -754,6 +818,7 @@ session_pump(struct session *s)
         bool progressed = s->state == SESSION_DATA ? read_data(s, in) : read_command(s, in);
         if (!progressed)
             break;
+        enforce_error_limit(s);
         shut_down_if_idle(s);
     }
     s->pumping = false;
@@ -766,18 +831,38 @@ on_read(struct bufferevent *bev, void *arg)
     (void)bev;
     struct session *s = arg;
     event_base_gettimeofday_cached(s->g->base, &s->last_activity);
+    if (!s->greeted && s->state != SESSION_CLOSING) {
+        /* RFC 5321 3.1: the client waits for the greeting. Bots that do not are what
+         * Postfix's postscreen catches with its pregreet test. */
+        log_info("session %lu: %s talked before the greeting, refused", s->id, s->peer_addr);
+        if (s->call != NULL) {
+            lrt_call_cancel(s->call);
+            s->call = NULL;
+        }
+        reply(s, "554 5.5.0 %s Error: talked before the greeting", s->g->hostname);
+        close_after_flush(s);
+        return;
+    }
     session_pump(s);
 }
 
-/* One timer per session, re-armed only when it fires: a read costs no timer update. */
+/* One timer per session, re-armed only when it fires: a read costs no timer update. It also
+ * sends a delayed greeting. */
 static void
 on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct session *s = arg;
-    struct timeval now, idle, left, limit = {.tv_sec = s->g->cfg->timeout};
+    const struct config *cfg = s->g->cfg;
+    struct timeval now, idle, left;
+    struct timeval limit = {.tv_sec = s->state == SESSION_DATA ? cfg->data_timeout : cfg->timeout};
     event_base_gettimeofday_cached(s->g->base, &now);
+    if (!s->greeted && s->state == SESSION_COMMAND) {
+        greet(s);
+        session_flush(s);
+        s->last_activity = now;
+    }
     evutil_timersub(&now, &s->last_activity, &idle);
     if (s->state == SESSION_CLOSING) {
         if (evutil_timercmp(&idle, &limit, >=)) {
@@ -787,14 +872,20 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     } else if (!client_owes_us(s)) {
         s->last_activity = now;
         idle.tv_sec = idle.tv_usec = 0;
-    } else if (evutil_timercmp(&idle, &limit, >=)) {
-        log_info("session %lu: timeout, closing", s->id);
+    } else if (evutil_timercmp(&idle, &limit, >=) || data_too_slow(s, &now)) {
+        log_info("session %lu: %s, closing", s->id,
+                 evutil_timercmp(&idle, &limit, >=) ? "timeout" : "data rate too low");
         reply(s, "421 4.4.2 %s Error: timeout exceeded", s->g->hostname);
         close_after_flush(s);
         s->last_activity = now;
         idle.tv_sec = idle.tv_usec = 0;
     }
     evutil_timersub(&limit, &idle, &left);
+    /* A DATA is looked at every few seconds, for its rate. */
+    if (s->state == SESSION_DATA && cfg->min_data_rate > 0 && left.tv_sec >= 5) {
+        left.tv_sec = 5;
+        left.tv_usec = 0;
+    }
     evtimer_add(s->timer, &left);
 }
 
@@ -874,6 +965,20 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     evtimer_add(s->timer, &limit);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     log_debug("session %lu: connection from %s port %d", s->id, s->peer_addr, s->peer_port);
+    /* The caps are checked before any Lua runs, so a flood costs no script time. */
+    if (g->per_client == NULL)
+        g->per_client = peer_count_new();
+    unsigned from_client = g->per_client ? peer_count_add(g->per_client, s->peer_addr) : 0;
+    s->counted = from_client > 0;
+    if (g->count > g->cfg->max_connections || from_client > g->cfg->max_per_client) {
+        bool total = g->count > g->cfg->max_connections;
+        log_warn("session %lu: refused %s: %s", s->id, s->peer_addr,
+                 total ? "too many connections" : "too many connections from this client");
+        reply(s, "421 4.7.0 %s Error: too many connections%s, try again later", g->hostname,
+              total ? "" : " from your address");
+        close_after_flush(s);
+        return;
+    }
     s->ls = lrt_session_new(g->rt, s->id, s->peer_addr, s->peer_port);
     if (s->ls == NULL) {
         reply(s, "421 4.3.0 %s Error: out of memory, closing connection", g->hostname);
@@ -889,6 +994,14 @@ session_group_drain(struct session_group *g)
     g->draining = true;
     for (struct session *s = g->head; s != NULL; s = s->next)
         shut_down_if_idle(s);
+}
+
+void
+session_group_free(struct session_group *g)
+{
+    session_group_close_all(g);
+    peer_count_free(g->per_client);
+    g->per_client = NULL;
 }
 
 void

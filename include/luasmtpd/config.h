@@ -10,9 +10,6 @@
 
 #define LUASMTPD_VERSION "0.1.0"
 #define CONFIG_DEFAULT_SIZE 33554432UL
-#define CONFIG_DEFAULT_MAX_RECIPIENTS 1000
-#define CONFIG_DEFAULT_TIMEOUT 300
-#define CONFIG_DEFAULT_SHUTDOWN_TIMEOUT 30
 
 struct config_setting {
     char *key;
@@ -31,10 +28,21 @@ struct config {
     bool smtputf8;
     bool nosetuid;
     char *hostname;     /* for the greeting and EHLO; NULL: ask the system */
-    unsigned max_recipients;
-    unsigned timeout;          /* seconds of client silence before 421 */
+    /* Limits and timeouts: each one a --long-option; see the table in config.c. */
+    unsigned max_recipients;   /* per message, then 452 */
+    unsigned timeout;          /* seconds waiting for a command, then 421 */
+    unsigned data_timeout;     /* seconds between two pieces of DATA, then 421 */
+    unsigned min_data_rate;    /* bytes/s a DATA must average after its first 30 s; 0: off */
     unsigned shutdown_timeout; /* seconds transactions in flight get after SIGTERM */
-    unsigned workers;   /* processes sharing the port; 1: this process serves */
+    unsigned workers;          /* processes sharing the port; 1: this process serves */
+    unsigned max_connections;  /* at once, then 421 before any Lua runs */
+    unsigned max_per_client;   /* at once from one address, then 421 */
+    unsigned max_messages;     /* per connection, then 421 */
+    unsigned max_errors;       /* error replies per connection, then 421 */
+    unsigned greet_delay_ms;   /* wait before the greeting; a client talking first is refused */
+    unsigned lua_instructions; /* per handler or hook call, then it fails; 0: no limit */
+    unsigned lua_memory_mb;    /* per Lua state; 0: no limit */
+    unsigned max_children;     /* smtpd.pipe children at once; the rest queue */
     bool no_reload;     /* do not watch the script files (SIGHUP still reloads) */
     bool check_only;    /* --check: load the script as a reload would, report, exit */
     struct config_setting *settings;

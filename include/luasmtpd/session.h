@@ -11,6 +11,7 @@
 #include "luasmtpd/lua_runtime.h"
 
 struct event_base;
+struct peer_count;
 struct session;
 
 /* All sessions of one process, so a shutdown can reach them and learn when they are gone. */
@@ -21,6 +22,7 @@ struct session_group {
     const char *hostname;
     struct session *head;
     unsigned count;
+    struct peer_count *per_client;
     unsigned long next_id;
     bool draining;
     void (*on_empty)(void *arg); /* called when draining and the last session closed */
@@ -33,5 +35,7 @@ void session_start(struct session_group *g, int fd, const struct sockaddr *addr,
 void session_group_drain(struct session_group *g);
 /* Closes every session at once (the shutdown grace period is over). */
 void session_group_close_all(struct session_group *g);
+/* Closes every session and frees what the group holds. */
+void session_group_free(struct session_group *g);
 
 #endif

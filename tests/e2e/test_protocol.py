@@ -605,7 +605,7 @@ class TestTimeout(ServerTestCase):
         self.assertEqual(c2.cmd("NOOP").code, 250)
 
     def test_silent_client_mid_transaction(self):
-        srv = self.start_server("sink", args=["--timeout", "1"])
+        srv = self.start_server("sink", args=["--timeout", "1", "--data-timeout", "1"])
         c = self.connect(srv)
         c.cmd(EHLO)
         c.cmd(MAIL)

@@ -42,9 +42,10 @@ class ReloadTestCase(harness.ServerTestCase):
         save_in_place(path, text)
         return path
 
-    def start(self, text, **kw):
+    def start(self, text, args=(), **kw):
         save_in_place(self.script, text)
-        srv = self.start_server(self.script, **kw)
+        # These tests send thousands of messages down few connections.
+        srv = self.start_server(self.script, args=["--max-messages", "0", *args], **kw)
         wait_loaded(srv, 1, 0)
         return srv
 

@@ -99,9 +99,13 @@ test_defaults(void **state)
     assert_false(r.cfg.smtputf8);
     assert_false(r.cfg.nosetuid);
     assert_null(r.cfg.hostname);
-    assert_int_equal(r.cfg.max_recipients, CONFIG_DEFAULT_MAX_RECIPIENTS);
-    assert_int_equal(r.cfg.timeout, CONFIG_DEFAULT_TIMEOUT);
-    assert_int_equal(r.cfg.shutdown_timeout, CONFIG_DEFAULT_SHUTDOWN_TIMEOUT);
+    assert_int_equal(r.cfg.max_recipients, 1000);
+    assert_int_equal(r.cfg.timeout, 300);
+    assert_int_equal(r.cfg.data_timeout, 180);
+    assert_int_equal(r.cfg.shutdown_timeout, 30);
+    assert_int_equal(r.cfg.workers, 1);
+    assert_int_equal(r.cfg.max_errors, 20);
+    assert_int_equal(r.cfg.greet_delay_ms, 0);
     assert_int_equal(r.cfg.n_settings, 0);
     assert_int_equal(r.out_len, 0);
     assert_int_equal(r.err_len, 0);
