@@ -13,8 +13,22 @@
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_smtpd.h"
 
+/* What one Lua state may spend: memory at any time, instructions per entry into Lua (a
+ * handler or hook call, one step of it between two waits, or a load). Only counted while Lua
+ * code runs: C pushing arguments and results must never fail halfway. */
+struct lrt_budget {
+    size_t used, cap;              /* bytes; cap 0: no limit */
+    unsigned long counted, limit;  /* instructions in this entry; limit 0: no limit */
+    bool enforcing;
+};
+
+/* How often the count hook runs: rarely enough to cost nothing, often enough to stop a loop
+ * within a few microseconds of its budget. */
+#define HOOK_STEP 10000
+
 /* A lua_State and everything loaded into it. It lives while it is current or a call uses it. */
 struct lrt_generation {
+    struct lrt_budget *budget;
     lua_State *L;
     unsigned id;
     unsigned refs;
@@ -59,6 +73,65 @@ struct lrt_session {
 
 static int traceback_handler(lua_State *L);
 
+static void *
+budget_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct lrt_budget *b = ud;
+    size_t old = ptr != NULL ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        b->used -= old;
+        return NULL;
+    }
+    if (nsize > old && b->enforcing && b->cap != 0 && b->used + (nsize - old) > b->cap)
+        return NULL; /* Lua collects garbage, then raises "not enough memory" */
+    void *p = realloc(ptr, nsize);
+    if (p != NULL)
+        b->used = b->used - old + nsize;
+    return p;
+}
+
+static void
+count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    void *ud;
+    lua_getallocf(L, &ud);
+    struct lrt_budget *b = ud;
+    if (!b->enforcing || b->limit == 0)
+        return;
+    b->counted += HOOK_STEP;
+    if (b->counted > b->limit) {
+        /* From now on every instruction raises, so a pcall in a loop cannot swallow it: the
+         * error reaches the top within a few instructions. */
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "the script ran past its budget of %I Lua instructions (--lua-instructions)",
+                   (lua_Integer)b->limit);
+    }
+}
+
+/* `L` is the thread about to run: its hook may have been left raising by a past overrun. */
+static void
+budget_enter(struct lrt_budget *b, lua_State *L)
+{
+    b->counted = 0;
+    b->enforcing = true;
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
+}
+
+static void
+budget_leave(struct lrt_budget *b)
+{
+    b->enforcing = false;
+}
+
+static int
+panic(lua_State *L)
+{
+    log_error("Lua panic: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    abort();
+}
+
 /* Calls a global of the main chunk's, if defined, in protected mode with a traceback.
  * Returns false (the error message on the stack) when it raised. */
 static bool
@@ -69,7 +142,12 @@ call_global(lua_State *L, const char *name)
         lua_pop(L, 2);
         return true;
     }
-    if (lua_pcall(L, 0, 0, -2) != LUA_OK) {
+    void *ud;
+    lua_getallocf(L, &ud);
+    budget_enter(ud, L);
+    int status = lua_pcall(L, 0, 0, -2);
+    budget_leave(ud);
+    if (status != LUA_OK) {
         lua_remove(L, -2);
         return false;
     }
@@ -89,6 +167,7 @@ gen_release(struct lrt_generation *gen)
     if (gen->id != 0) /* 0: a --check load, never served */
         log_info("generation %u closed", gen->id);
     lua_close(gen->L);
+    free(gen->budget);
     free(gen);
 }
 
@@ -163,11 +242,16 @@ record_required_files(lua_State *L, const struct lrt_options *opts)
 static struct lrt_generation *
 gen_load(const struct lrt_options *opts, unsigned id)
 {
-    lua_State *L = luaL_newstate();
+    struct lrt_budget *budget = calloc(1, sizeof(*budget));
+    lua_State *L = budget ? lua_newstate(budget_alloc, budget) : NULL;
     if (L == NULL) {
+        free(budget);
         log_error("cannot create a Lua state: out of memory");
         return NULL;
     }
+    budget->cap = (size_t)opts->cfg->lua_memory_mb * 1024 * 1024;
+    budget->limit = opts->cfg->lua_instructions;
+    lua_atpanic(L, panic);
     *(struct lrt_call **)lua_getextraspace(L) = NULL; /* the main thread runs no handler */
     luaL_openlibs(L);
     set_package_path(L, opts);
@@ -175,31 +259,32 @@ gen_load(const struct lrt_options *opts, unsigned id)
     lsmtpd_register(L, opts);
 
     lua_pushcfunction(L, traceback_handler);
+    budget_enter(budget, L);
     int status = luaL_loadfile(L, opts->cfg->script_path);
     if (status == LUA_OK)
         status = lua_pcall(L, 0, 0, 1);
-    if (status != LUA_OK) {
-        log_error("%s: %s", opts->cfg->script_path, lua_tostring(L, -1));
+    budget_leave(budget);
+    const char *failure = NULL;
+    if (status != LUA_OK)
+        failure = lua_tostring(L, -1);
+    else if (lua_getglobal(L, "process_message") != LUA_TFUNCTION)
+        failure = "defines no function process_message";
+    else if (lua_settop(L, 0), !call_global(L, "on_load"))
+        failure = lua_pushfstring(L, "on_load failed: %s", lua_tostring(L, -1));
+    if (failure != NULL) {
+        log_error("%s: %s", opts->cfg->script_path, failure);
         lua_close(L);
-        return NULL;
-    }
-    if (lua_getglobal(L, "process_message") != LUA_TFUNCTION) {
-        log_error("%s: defines no function process_message", opts->cfg->script_path);
-        lua_close(L);
-        return NULL;
-    }
-    lua_settop(L, 0);
-    if (!call_global(L, "on_load")) {
-        log_error("%s: on_load failed: %s", opts->cfg->script_path, lua_tostring(L, -1));
-        lua_close(L);
+        free(budget);
         return NULL;
     }
 
     struct lrt_generation *gen = calloc(1, sizeof(*gen));
     if (gen == NULL) {
         lua_close(L);
+        free(budget);
         return NULL;
     }
+    gen->budget = budget;
     gen->L = L;
     gen->id = id;
     gen->refs = 1;
@@ -319,7 +404,9 @@ call_resume(struct lrt_call *call, int nargs)
     int nresults = 0;
     call->state = LRT_CALL_RUNNING;
     call->cancel = NULL;
+    budget_enter(call->gen->budget, call->co);
     int status = lua_resume(call->co, call->gen->L, nargs, &nresults);
+    budget_leave(call->gen->budget);
     if (status == LUA_YIELD && call->state == LRT_CALL_WAITING)
         return true;
     call_finish(call, status, nresults);
@@ -450,7 +537,10 @@ lrt_session_free(struct lrt_session *ls)
     lua_pushcfunction(L, traceback_handler);
     if (lua_getglobal(L, "on_disconnect") == LUA_TFUNCTION) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
-        if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
+        budget_enter(ls->gen->budget, L);
+        int status = lua_pcall(L, 1, 0, -3);
+        budget_leave(ls->gen->budget);
+        if (status != LUA_OK) {
             log_error("session %lu: on_disconnect failed (generation %u): %s", ls->id,
                       ls->gen->id, lua_tostring(L, -1));
             lua_pop(L, 1);
