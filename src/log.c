@@ -10,12 +10,19 @@
 #include <unistd.h>
 
 static bool debug_on;
+static bool quiet;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void
 log_set_debug(bool on)
 {
     debug_on = on;
+}
+
+void
+log_set_quiet(bool on)
+{
+    quiet = on;
 }
 
 bool
@@ -56,6 +63,8 @@ format_prefix(char *out, size_t size)
 void
 log_msg(enum log_level level, const char *fmt, ...)
 {
+    if (quiet)
+        return;
     char line[2048];
     int n = format_prefix(line, sizeof(line));
     n += snprintf(line + n, sizeof(line) - (size_t)n, "%s: ", level_names[level]);

@@ -24,6 +24,7 @@
 
 struct pipe_job {
     struct pipe_job *next_queued;
+    struct pipe_job *prev_running, *next_running; /* children watched through SIGCHLD */
     struct event_base *base;
     char **argv;
     char **envp;
@@ -45,6 +46,10 @@ struct pipe_job {
 static unsigned max_children = 32;
 static unsigned running_children;
 static struct pipe_job *queue_head, *queue_tail;
+/* Where pidfd_open is missing (kernels before 5.3, valgrind), exits are learnt from SIGCHLD:
+ * the handler is set up before the first fork, and each signal checks every child it knows. */
+static struct event *sigchld_event;
+static struct pipe_job *watched;
 
 void
 pipe_set_max_children(unsigned max)
@@ -79,6 +84,20 @@ free_strings(char **v)
 }
 
 static void
+unwatch(struct pipe_job *job)
+{
+    if (job->prev_running == NULL && watched != job)
+        return;
+    if (job->prev_running != NULL)
+        job->prev_running->next_running = job->next_running;
+    else
+        watched = job->next_running;
+    if (job->next_running != NULL)
+        job->next_running->prev_running = job->prev_running;
+    job->prev_running = job->next_running = NULL;
+}
+
+static void
 close_fd(int *fd, struct event **ev)
 {
     if (*ev != NULL) {
@@ -96,6 +115,7 @@ static void start_queued(void);
 static void
 job_free(struct pipe_job *job)
 {
+    unwatch(job);
     close_fd(&job->stdin_fd, &job->stdin_ev);
     close_fd(&job->output_fd, &job->output_ev);
     close_fd(&job->pid_fd, &job->exit_ev);
@@ -190,18 +210,22 @@ on_stdin_writable(evutil_socket_t fd, short what, void *arg)
     close_fd(&job->stdin_fd, &job->stdin_ev); /* EOF tells the child the message is complete */
 }
 
-static void
-on_exit_event(evutil_socket_t fd, short what, void *arg)
+/* Collects the child's status if it has exited; false while it runs. */
+static bool
+reap(struct pipe_job *job)
 {
-    (void)fd;
-    (void)what;
-    struct pipe_job *job = arg;
     int st;
-    pid_t r = waitpid(job->pid, &st, WNOHANG);
-    if (r != job->pid)
-        return;
+    if (waitpid(job->pid, &st, WNOHANG) != job->pid)
+        return false;
     job->exited = true;
     job->wait_status = st;
+    unwatch(job);
+    return true;
+}
+
+static void
+on_reaped(struct pipe_job *job)
+{
     close_fd(&job->pid_fd, &job->exit_ev);
     close_fd(&job->stdin_fd, &job->stdin_ev);
     if (job->timer != NULL)
@@ -214,6 +238,34 @@ on_exit_event(evutil_socket_t fd, short what, void *arg)
         job->output_closed = true;
     }
     maybe_finish(job);
+}
+
+static void
+on_exit_event(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pipe_job *job = arg;
+    if (reap(job))
+        on_reaped(job);
+}
+
+static void
+on_sigchld(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    /* A finished job may start queued ones or free others: look again from the top after each
+     * one that exited. */
+    for (struct pipe_job *job = watched; job != NULL;) {
+        if (reap(job)) {
+            on_reaped(job);
+            job = watched;
+        } else {
+            job = job->next_running;
+        }
+    }
 }
 
 static void
@@ -301,6 +353,11 @@ start(struct pipe_job *job)
         close(errp[1]);
         errp[1] = moved;
     }
+    if (sigchld_event == NULL) {
+        sigchld_event = evsignal_new(job->base, SIGCHLD, on_sigchld, NULL);
+        if (sigchld_event != NULL)
+            evsignal_add(sigchld_event, NULL);
+    }
     pid_t pid = fork();
     if (pid == 0)
         exec_child(job, in[0], out[1], errp[1]);
@@ -329,7 +386,14 @@ start(struct pipe_job *job)
     fcntl(job->output_fd, F_SETFL, O_NONBLOCK);
     job->pid_fd = pidfd_open(pid, 0);
     job->timer = evtimer_new(job->base, on_timer, job);
-    job->exit_ev = event_new(job->base, job->pid_fd, EV_READ | EV_PERSIST, on_exit_event, job);
+    if (job->pid_fd >= 0) {
+        job->exit_ev = event_new(job->base, job->pid_fd, EV_READ | EV_PERSIST, on_exit_event, job);
+    } else {
+        job->next_running = watched;
+        if (watched != NULL)
+            watched->prev_running = job;
+        watched = job;
+    }
     job->output_ev = event_new(job->base, job->output_fd, EV_READ | EV_PERSIST, on_output, job);
     job->stdin_ev = event_new(job->base, job->stdin_fd, EV_WRITE | EV_PERSIST, on_stdin_writable, job);
     if (n == (ssize_t)sizeof(child_err)) {
@@ -338,15 +402,21 @@ start(struct pipe_job *job)
         fail_job(job, "exec", child_err);
         return;
     }
-    if (job->pid_fd == -1 || job->timer == NULL || job->exit_ev == NULL ||
-        job->output_ev == NULL || job->stdin_ev == NULL) {
+    if ((job->pid_fd >= 0 && job->exit_ev == NULL) || (job->pid_fd < 0 && sigchld_event == NULL) ||
+        job->timer == NULL || job->output_ev == NULL || job->stdin_ev == NULL) {
         int err = errno;
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         fail_job(job, "pidfd", err);
         return;
     }
-    event_add(job->exit_ev, NULL);
+    if (job->exit_ev != NULL)
+        event_add(job->exit_ev, NULL);
+    else if (reap(job)) {
+        /* It exited before we watched it: SIGCHLD came too early to find it in the list. */
+        on_reaped(job);
+        return;
+    }
     event_add(job->output_ev, NULL);
     event_add(job->stdin_ev, NULL);
     struct timeval tv = {.tv_sec = (time_t)job->timeout,

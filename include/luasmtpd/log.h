@@ -13,6 +13,8 @@ enum log_level {
 };
 
 void log_set_debug(bool on);
+/* Drops every line (the fuzzers' own output must stay readable). */
+void log_set_quiet(bool on);
 bool log_debug_enabled(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Parses "error", "warn", "info" or "debug"; -1 for anything else. */

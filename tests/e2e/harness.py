@@ -9,6 +9,7 @@ expect. Only the standard library is used.
 import atexit
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -207,7 +208,9 @@ class LuaSmtpd:
         self.workdir = tempfile.mkdtemp(prefix="luasmtpd-e2e-")
         os.chmod(self.workdir, 0o755)
         self.stdout_path = os.path.join(self.workdir, "stdout")
-        cmd = [binary()]
+        # $LUASMTPD_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") runs the server under a
+        # checker; the exit status at stop() then tells whether it found anything.
+        cmd = shlex.split(os.environ.get("LUASMTPD_WRAPPER", "")) + [binary()]
         if nosetuid:
             cmd.append("-n")
         if handler is not None:  # None: the server's default handler
