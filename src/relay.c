@@ -79,8 +79,8 @@ on_data_reply(void *arg, enum relay_failure kind, const struct relay_reply *repl
         if (r->result.rcpt_replies[i].code >= 400 || r->result.rcpt_replies[i].code == 0)
             continue;
         if (seen++ == r->data_replies_seen) {
-            set_reply(&r->result.rcpt_replies[i], reply->code ? reply->code : 451,
-                      reply->code ? reply->text : reply->text);
+            /* No reply at all (the connection died) counts as a temporary refusal. */
+            set_reply(&r->result.rcpt_replies[i], reply->code ? reply->code : 451, reply->text);
             break;
         }
     }
@@ -103,10 +103,7 @@ on_rcpt_reply(void *arg, enum relay_failure kind, const struct relay_reply *repl
 {
     struct relay *r = arg;
     size_t i = r->rcpt_replies_seen++;
-    if (reply->code == 0)
-        set_reply(&r->result.rcpt_replies[i], 0, reply->text);
-    else
-        set_reply(&r->result.rcpt_replies[i], reply->code, reply->text);
+    set_reply(&r->result.rcpt_replies[i], reply->code, reply->text);
     if (kind == RELAY_OK)
         r->accepted++;
     if (r->rcpt_replies_seen < r->n_rcpts)
@@ -138,8 +135,6 @@ on_mail_reply(void *arg, enum relay_failure kind, const struct relay_reply *repl
     if (kind != RELAY_OK) {
         r->mail_failed = true;
         set_reply(&r->result.reply, reply->code, reply->text);
-        if (reply->code == 0)
-            r->result.reply.code = 0;
     }
 }
 

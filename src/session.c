@@ -412,10 +412,16 @@ all_digits(const char *v)
     return true;
 }
 
+static void
+syntax_error(struct session *s, const char *usage)
+{
+    reply(s, "501 5.5.4 Syntax: %s%s", usage, s->esmtp ? " [SP <mail-parameters>]" : "");
+}
+
 /* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then anything left)
  * and records them. Returns false when a reply was sent. */
 static bool
-mail_params(struct session *s, struct smtp_param *params, int n, const char *syntax_error)
+mail_params(struct session *s, struct smtp_param *params, int n, const char *usage)
 {
     const struct config *cfg = s->g->cfg;
     bool known[SMTP_PARAMS_MAX] = {false};
@@ -444,7 +450,7 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *syn
             continue;
         known[i] = true;
         if (!all_digits(params[i].value)) {
-            reply_bytes(s, syntax_error, strlen(syntax_error));
+            syntax_error(s, usage);
             return false;
         }
         unsigned long long size = strtoull(params[i].value, NULL, 10);
@@ -463,22 +469,41 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *syn
     return true;
 }
 
+/* The path of MAIL FROM: or RCPT TO:, checked as Python's smtpd does: parameters only after
+ * EHLO. false: the syntax error was answered. */
+static bool
+path_argument(struct session *s, char *arg, const char *keyword, const char *usage,
+              struct smtp_path *path)
+{
+    char *rest = smtp_strip_keyword(arg, keyword);
+    if (rest == NULL || !smtp_parse_path(rest, path) || (!s->esmtp && *path->params)) {
+        syntax_error(s, usage);
+        return false;
+    }
+    return true;
+}
+
+static int
+params_argument(struct session *s, struct smtp_path *path, const char *usage,
+                struct smtp_param *params)
+{
+    int n = smtp_parse_params(path->params, params, SMTP_PARAMS_MAX);
+    if (n < 0)
+        syntax_error(s, usage);
+    return n;
+}
+
 static void
 cmd_mail(struct session *s, char *arg)
 {
+    static const char usage[] = "MAIL FROM: <address>";
     if (s->helo == NULL) {
         reply_const(s, "503 5.5.1 Error: send HELO first");
         return;
     }
-    char syntax_error[80];
-    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: MAIL FROM: <address>%s\r\n",
-             s->esmtp ? " [SP <mail-parameters>]" : "");
     struct smtp_path path;
-    char *rest = smtp_strip_keyword(arg, "FROM:");
-    if (rest == NULL || !smtp_parse_path(rest, &path) || (!s->esmtp && *path.params)) {
-        reply_bytes(s, syntax_error, strlen(syntax_error));
+    if (!path_argument(s, arg, "FROM:", usage, &path))
         return;
-    }
     if (s->env.has_sender) {
         reply_const(s, "503 5.5.1 Error: nested MAIL command");
         return;
@@ -490,12 +515,10 @@ cmd_mail(struct session *s, char *arg)
         return;
     }
     struct smtp_param params[SMTP_PARAMS_MAX];
-    int n = smtp_parse_params(path.params, params, SMTP_PARAMS_MAX);
-    if (n < 0) {
-        reply_bytes(s, syntax_error, strlen(syntax_error));
+    int n = params_argument(s, &path, usage, params);
+    if (n < 0)
         return;
-    }
-    if (!mail_params(s, params, n, syntax_error)) {
+    if (!mail_params(s, params, n, usage)) {
         s->env.smtputf8 = false;
         s->env.size_hint = 0;
         return;
@@ -512,6 +535,7 @@ cmd_mail(struct session *s, char *arg)
 static void
 cmd_rcpt(struct session *s, char *arg)
 {
+    static const char usage[] = "RCPT TO: <address>";
     if (s->helo == NULL) {
         reply_const(s, "503 5.5.1 Error: send HELO first");
         return;
@@ -520,22 +544,17 @@ cmd_rcpt(struct session *s, char *arg)
         reply_const(s, "503 5.5.1 Error: need MAIL command");
         return;
     }
-    char syntax_error[80];
-    snprintf(syntax_error, sizeof(syntax_error), "501 5.5.4 Syntax: RCPT TO: <address>%s\r\n",
-             s->esmtp ? " [SP <mail-parameters>]" : "");
     struct smtp_path path;
-    char *rest = smtp_strip_keyword(arg, "TO:");
-    if (rest == NULL || !smtp_parse_path(rest, &path) || path.null_path ||
-        (!s->esmtp && *path.params)) {
-        reply_bytes(s, syntax_error, strlen(syntax_error));
+    if (!path_argument(s, arg, "TO:", usage, &path))
+        return;
+    if (path.null_path) {
+        syntax_error(s, usage);
         return;
     }
     struct smtp_param params[SMTP_PARAMS_MAX];
-    int n = smtp_parse_params(path.params, params, SMTP_PARAMS_MAX);
-    if (n < 0) {
-        reply_bytes(s, syntax_error, strlen(syntax_error));
+    int n = params_argument(s, &path, usage, params);
+    if (n < 0)
         return;
-    }
     if (n > 0) {
         reply_const(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
         return;
