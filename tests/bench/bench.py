@@ -64,26 +64,43 @@ asyncore.loop()
 def sink_cmd(port):
     # -m: connections handled at once (default 256, too few for the idle workload);
     # -t: command timeout (default 100 s), as luasmtpd's and aiosmtpd's 300 s.
-    return [SMTP_SINK, "-u", "nobody", "-m", str(NOFILE), "-t", "300",
-            "127.0.0.1:%d" % port, "1024"]
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []  # as root it must drop privileges
+    return [SMTP_SINK] + user + ["-m", str(NOFILE), "-t", "300", "127.0.0.1:%d" % port, "1024"]
 
 
-def peers(luasmtpd):
-    """name -> (kind, command(port, upstream_port), stdout); kind: sink or relay."""
+# luasmtpd's own limits, raised so that they do not cut the workloads short (the peers have
+# none, but smtp-sink's -m above): connections at once, from one address, messages per
+# connection. Given only when `luasmtpd --help` lists them.
+LUA_LIMITS = [("--max-connections", str(NOFILE)), ("--max-per-client", str(NOFILE)),
+              ("--max-messages", "1000000")]
+
+
+def lua_limits(luasmtpd):
+    try:
+        out = subprocess.run([luasmtpd, "--help"], capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    text = out.decode(errors="replace")
+    return [x for opt, val in LUA_LIMITS if opt in text for x in (opt, val)]
+
+
+def peers(luasmtpd, limits=()):
+    """name -> (kind, command(port, upstream_port)); kind: sink or relay. Every server's
+    stdout goes to /dev/null (the debugging handler prints there), stderr to a log file."""
+    lim = list(limits)
     return {
-        "smtp-sink": ("sink", lambda p, u: sink_cmd(p), None),
-        "py-smtpd": ("sink", lambda p, u: [PY, "-c", PY_SMTPD, str(p)], None),
+        "smtp-sink": ("sink", lambda p, u: sink_cmd(p)),
+        "py-smtpd": ("sink", lambda p, u: [PY, "-c", PY_SMTPD, str(p)]),
         "aiosmtpd": ("sink", lambda p, u: [PY, "-m", "aiosmtpd", "-n", "-c",
-                                           "aiosmtpd.handlers.Sink", "-l", "127.0.0.1:%d" % p],
-                     None),
-        "luasmtpd-sink": ("sink", lambda p, u: [luasmtpd, "-n", "-c", "sink",
-                                                "127.0.0.1:%d" % p], None),
-        "luasmtpd-debugging": ("sink", lambda p, u: [luasmtpd, "-n", "-c", "debugging",
-                                                     "127.0.0.1:%d" % p], None),
-        "py-pureproxy": ("relay", lambda p, u: [PY, "-c", PY_PUREPROXY, str(p), str(u)], None),
-        "luasmtpd-pureproxy": ("relay", lambda p, u: [luasmtpd, "-n", "-c", "pureproxy",
-                                                      "127.0.0.1:%d" % p, "127.0.0.1:%d" % u],
-                               None),
+                                           "aiosmtpd.handlers.Sink", "-l", "127.0.0.1:%d" % p]),
+        "luasmtpd-sink": ("sink", lambda p, u: [luasmtpd, "-n", "-c", "sink"] + lim +
+                                               ["127.0.0.1:%d" % p]),
+        "luasmtpd-debugging": ("sink", lambda p, u: [luasmtpd, "-n", "-c", "debugging"] +
+                                                    lim + ["127.0.0.1:%d" % p]),
+        "py-pureproxy": ("relay", lambda p, u: [PY, "-c", PY_PUREPROXY, str(p), str(u)]),
+        "luasmtpd-pureproxy": ("relay", lambda p, u: [luasmtpd, "-n", "-c", "pureproxy"] +
+                                                     lim + ["127.0.0.1:%d" % p,
+                                                            "127.0.0.1:%d" % u]),
     }
 
 
@@ -93,25 +110,27 @@ RELAY_PEERS = ["smtp-sink", "py-pureproxy", "luasmtpd-pureproxy"]
 
 # ---------------------------------------------------------------------------------------------
 # workloads: sessions, messages in all, messages per connection (0: one connection each
-# session, kept), size in bytes; full and --quick.
+# session, kept), size in bytes; full and --quick. --quick only checks that everything still
+# runs: 2 connections rather than 10 there, because Python's smtpd listens with a backlog of 5
+# and the SYNs it drops cost a second each.
 
 WORKLOADS = {
-    "1x1k": dict(title="1 connection x many 1 KiB messages", peers=SINK_PEERS,
-                 full=(1, 5000, 0, 1024), quick=(1, 200, 0, 1024)),
-    "10x1k": dict(title="10 connections x 1 KiB messages", peers=SINK_PEERS,
-                  full=(10, 10000, 0, 1024), quick=(10, 500, 0, 1024)),
-    "4x100k": dict(title="4 connections x 100 KiB messages", peers=SINK_PEERS,
-                   full=(4, 400, 0, 102400), quick=(4, 20, 0, 102400)),
-    "1x10m": dict(title="one 10 MiB message", peers=SINK_PEERS,
+    "1x1k": dict(title="1 KiB messages, one connection", peers=SINK_PEERS,
+                 full=(1, 5000, 0, 1024), quick=(1, 50, 0, 1024)),
+    "10x1k": dict(title="1 KiB messages, several connections", peers=SINK_PEERS,
+                  full=(10, 10000, 0, 1024), quick=(2, 40, 0, 1024)),
+    "4x100k": dict(title="100 KiB messages, several connections", peers=SINK_PEERS,
+                   full=(4, 400, 0, 102400), quick=(2, 4, 0, 102400)),
+    "1x10m": dict(title="one big message", peers=SINK_PEERS,
                   full=(1, 1, 0, 10 * 1048576), quick=(1, 1, 0, 1048576)),
-    "conn": dict(title="connection set-up: 1 message per connection, 10 at a time",
-                 peers=SINK_PEERS, full=(10, 1000, 1, 1024), quick=(10, 100, 1, 1024)),
-    "relay-1x1k": dict(title="relay to smtp-sink: 1 connection x 1 KiB messages",
-                       peers=RELAY_PEERS, full=(1, 1000, 0, 1024), quick=(1, 50, 0, 1024)),
-    "relay-10x1k": dict(title="relay to smtp-sink: 10 connections x 1 KiB messages",
-                        peers=RELAY_PEERS, full=(10, 3000, 0, 1024), quick=(10, 100, 0, 1024)),
+    "conn": dict(title="connection set-up, one message per connection",
+                 peers=SINK_PEERS, full=(10, 1000, 1, 1024), quick=(2, 20, 1, 1024)),
+    "relay-1x1k": dict(title="relay to an smtp-sink, one connection",
+                       peers=RELAY_PEERS, full=(1, 1000, 0, 1024), quick=(1, 20, 0, 1024)),
+    "relay-10x1k": dict(title="relay to an smtp-sink, several connections",
+                        peers=RELAY_PEERS, full=(10, 3000, 0, 1024), quick=(2, 20, 0, 1024)),
     "idle": dict(title="idle connections after EHLO", peers=SINK_PEERS,
-                 full=10000, quick=200),
+                 full=10000, quick=50),
 }
 CLIENTS = ["smtp-source", "pipeline"]
 
@@ -150,7 +169,7 @@ def listening(port):
 
 
 class Server:
-    def __init__(self, cmd, port, logdir, name, stdout_null=True, cpu=SERVER_CPU):
+    def __init__(self, cmd, port, logdir, name, cpu=SERVER_CPU):
         self.port, self.name = port, name
         self.log = os.path.join(logdir, "%s-%d.log" % (name, port))
         self.logf = open(self.log, "wb")
@@ -177,10 +196,20 @@ class Server:
     def alive(self):
         return self.proc.poll() is None
 
-    def cpu_ticks(self):
+    def cpu(self):
+        """(utime + stime in clock ticks from /proc/PID/stat, on-CPU ns of its threads from
+        /proc/PID/task/*/schedstat or None where the kernel keeps no schedstat)."""
         with open("/proc/%d/stat" % self.pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        ns = 0
+        try:
+            for task in os.listdir("/proc/%d/task" % self.pid):
+                with open("/proc/%d/task/%s/schedstat" % (self.pid, task)) as f:
+                    ns += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            ns = None
+        return ticks, ns
 
     def status_kb(self, key):
         with open("/proc/%d/status" % self.pid) as f:
@@ -189,13 +218,15 @@ class Server:
                     return int(line.split()[1])
         return None
 
-    def log_tail(self, n=400):
+    def log_tail(self, lines=2):
+        """The last lines of the server's stderr (a Python traceback ends with the error)."""
         try:
             self.logf.flush()
             with open(self.log, "rb") as f:
                 f.seek(0, 2)
-                f.seek(max(0, f.tell() - n))
-                return f.read().decode(errors="replace").strip().replace("\n", " | ")
+                f.seek(max(0, f.tell() - 4096))
+                text = f.read().decode(errors="replace").strip().splitlines()
+            return " | ".join(l.strip() for l in text[-lines:])[:300]
         except OSError:
             return ""
 
@@ -215,6 +246,17 @@ class Server:
             os.unlink(self.log)
         except OSError:
             pass
+
+
+def cpu_us(before, after):
+    """Server CPU µs between two Server.cpu() readings: the schedstat nanoseconds where the
+    kernel has them (and they moved at least as the ticks say), else the clock ticks."""
+    ticks = (after[0] - before[0]) * 1e6 / CLK_TCK
+    if before[1] is not None and after[1] is not None and after[1] > before[1]:
+        ns = (after[1] - before[1]) / 1e3
+        if ns >= ticks * 0.5 - 2e4:  # a thread that exited takes its schedstat along
+            return ns
+    return ticks
 
 
 def pin_client():
@@ -258,7 +300,7 @@ def client_cmd(client, pc_bin, sessions, msgs, per_conn, size, port, timeout, fo
 
 def throughput_run(ctx, wname, peer, client, rnd):
     sessions, msgs, per_conn, size = ctx.sizes[wname]
-    kind, mkcmd, _ = ctx.peers[peer]
+    kind, mkcmd = ctx.peers[peer]
     rec = dict(workload=wname, peer=peer, client=client, round=rnd, ok=False, msgs=msgs,
                size=size, sessions=sessions)
     servers = []
@@ -276,7 +318,8 @@ def throughput_run(ctx, wname, peer, client, rnd):
         rec["rss_idle_kb"] = srv.status_kb("VmRSS")
         cmd = client_cmd(client, ctx.pc_bin, sessions, msgs, per_conn, size, port,
                          ctx.run_timeout, ctx.args.force_pipelining)
-        cpu0 = srv.cpu_ticks()
+        cpu0 = srv.cpu()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         try:
             out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
@@ -285,10 +328,13 @@ def throughput_run(ctx, wname, peer, client, rnd):
             rec["error"] = "client timed out after %d s" % ctx.run_timeout
             return rec
         secs = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rec["client_cpu_us_msg"] = ((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+                                    * 1e6 / msgs)
         if not srv.alive():
             rec["error"] = "server exited (%s): %s" % (srv.proc.returncode, srv.log_tail())
             return rec
-        cpu1 = srv.cpu_ticks()
+        cpu1 = srv.cpu()
         rec["hwm_kb"] = srv.status_kb("VmHWM")
         stdout = out.stdout.decode(errors="replace").strip()
         if out.returncode != 0:
@@ -302,7 +348,8 @@ def throughput_run(ctx, wname, peer, client, rnd):
                 rec["error"] = "only %s of %d messages accepted" % (kv["messages"], msgs)
                 return rec
         rec.update(ok=True, seconds=secs, msgs_s=msgs / secs, mb_s=msgs * size / secs / 1e6,
-                   cpu_us_msg=(cpu1 - cpu0) * 1e6 / CLK_TCK / msgs)
+                   cpu_us_msg=cpu_us(cpu0, cpu1) / msgs,
+                   cpu_ticks=cpu1[0] - cpu0[0])
         return rec
     except Exception as e:  # a peer that cannot run is recorded, not fatal
         rec["error"] = "%s: %s" % (type(e).__name__, e)
@@ -316,7 +363,7 @@ def throughput_run(ctx, wname, peer, client, rnd):
 # idle connections
 
 
-def open_idle(port, n, deadline, window=128):
+def open_idle(port, n, deadline, alive, window=4):
     """Opens n connections, each reads the greeting, sends EHLO and reads its reply.
     Returns (sockets that got there, error text or None)."""
     sel = selectors.EpollSelector()
@@ -324,6 +371,8 @@ def open_idle(port, n, deadline, window=128):
     state = {}  # sock -> [phase, buffer]
     try:
         while len(ready) + failed < n:
+            if not alive():
+                return ready, "the server exited"
             if time.monotonic() > deadline:
                 return ready, "timed out with %d/%d connections after EHLO" % (len(ready), n)
             while started < n and len(state) < window:
@@ -426,32 +475,32 @@ def latency_ms(ctx, port, tries):
 
 def idle_run(ctx, peer, rnd):
     n = ctx.sizes["idle"]
-    _, mkcmd, _ = ctx.peers[peer]
+    _, mkcmd = ctx.peers[peer]
     rec = dict(workload="idle", peer=peer, client="bench", round=rnd, ok=False, conns=n)
     srv, socks = None, []
     try:
         port = free_port()
         srv = Server(mkcmd(port, 0), port, ctx.tmp, peer)
         srv.wait_ready()
-        rec["latency0_ms"] = latency_ms(ctx, port, 3)
-        time.sleep(0.2)
+        rec["latency0_ms"] = latency_ms(ctx, port, 1 if ctx.args.quick else 3)
+        time.sleep(0.05 if ctx.args.quick else 0.2)
         rss0 = srv.status_kb("VmRSS")
-        cpu0 = srv.cpu_ticks()
+        cpu0 = srv.cpu()
         t0 = time.monotonic()
-        socks, err = open_idle(port, n, t0 + ctx.idle_timeout)
+        socks, err = open_idle(port, n, t0 + ctx.idle_timeout, srv.alive)
         rec["open_s"] = time.monotonic() - t0
         rec["held"] = len(socks)
+        time.sleep(0.1 if ctx.args.quick else 0.5)  # let it settle (or, if it failed, die)
         if not srv.alive():
             rec["error"] = "server exited (%s) at %d connections: %s" % (
-                srv.proc.returncode, len(socks), srv.log_tail(200))
+                srv.proc.returncode, len(socks), srv.log_tail(1))
             return rec
-        time.sleep(0.5)
         rss1 = srv.status_kb("VmRSS")
         rec.update(rss_before_kb=rss0, rss_with_kb=rss1, hwm_kb=srv.status_kb("VmHWM"),
-                   cpu_us_conn=(srv.cpu_ticks() - cpu0) * 1e6 / CLK_TCK / max(1, len(socks)))
-        if socks:
+                   cpu_us_conn=cpu_us(cpu0, srv.cpu()) / max(1, len(socks)))
+        if socks and rss0 is not None and rss1 is not None:
             rec["kb_per_conn"] = (rss1 - rss0) / len(socks)
-        rec["latency_ms"] = latency_ms(ctx, port, 5)
+        rec["latency_ms"] = latency_ms(ctx, port, 1 if ctx.args.quick else 5)
         rec["still_open"] = still_open(socks)
         if err:
             rec["error"] = err
@@ -515,7 +564,8 @@ def summarize(runs, wname, client, peer):
 def ratio(a, b):
     if a is None or not b:
         return "n/a"
-    return "%.2f" % (a / b)
+    r = a / b
+    return "%.3f" % r if r < 0.1 else "%.2f" % r
 
 
 def table_throughput(runs, wname, client, out):
@@ -523,9 +573,12 @@ def table_throughput(runs, wname, client, out):
     sessions, msgs, per_conn, size = CTX.sizes[wname]
     relay = w["peers"] is RELAY_PEERS
     sz = "%d KiB" % (size // 1024) if size < 1048576 else "%d MiB" % (size // 1048576)
-    out.append("### %s: %s — %s, client %s" % (wname, w["title"], "%d msgs x %s, %d conn%s%s" % (
-        msgs, sz, sessions, "s" if sessions > 1 else "",
-        ", new connection per message" if per_conn == 1 else ""), client))
+    desc = "%d message%s of %s" % (msgs, "s" if msgs > 1 else "", sz)
+    if per_conn == 1:
+        desc += ", a new connection for each, %d at a time" % sessions
+    else:
+        desc += " over %d connection%s" % (sessions, "s" if sessions > 1 else "")
+    out.append("### %s, client %s: %s (%s)" % (wname, client, w["title"], desc))
     out.append("")
     head = ["peer", "msgs/s", "MB/s", "CPU µs/msg", "peak RSS"]
     if wname == "1x10m":
@@ -674,6 +727,8 @@ def main():
         if not os.access(tool, os.X_OK):
             sys.exit("bench: %s is missing (Debian: apt-get install postfix python3)" % tool)
 
+    CTX.lua_limits = lua_limits(args.luasmtpd) if os.access(args.luasmtpd, os.X_OK) else []
+    all_peers = peers(args.luasmtpd, CTX.lua_limits)
     CTX.args, CTX.peers, CTX.selected = args, all_peers, selected
     CTX.sizes = {w: WORKLOADS[w]["quick" if args.quick else "full"] for w in WORKLOADS}
     if args.idle_conns is not None:
@@ -705,6 +760,7 @@ def main():
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    signal.signal(signal.SIGINT, on_term)  # even where it was inherited ignored
 
     tmp = tempfile.mkdtemp(prefix="luasmtpd-bench-")
     CTX.tmp = tmp
@@ -735,7 +791,9 @@ def main():
                 print("bench: --time-limit reached; %d runs not done" % (len(plan) - i),
                       file=sys.stderr)
                 break
+            t_run = time.monotonic()
             rec = idle_run(CTX, p, rnd) if w == "idle" else throughput_run(CTX, w, p, c, rnd)
+            rec["wall_s"] = round(time.monotonic() - t_run, 2)
             runs.append(rec)
             if rec["ok"]:
                 what = ("%.1f KiB/conn, %.2f ms" % (rec.get("kb_per_conn", 0), rec["latency_ms"])
@@ -743,8 +801,8 @@ def main():
                                                                           rec["cpu_us_msg"]))
             else:
                 what = "FAILED: " + rec.get("error", "?")[:200]
-            print("  [%d/%d] %-11s %-18s %-11s r%d  %s" % (i + 1, len(plan), w, p, c, rnd + 1,
-                                                          what), file=sys.stderr)
+            print("  [%d/%d] %-11s %-18s %-11s r%d %5.1fs  %s" % (
+                i + 1, len(plan), w, p, c, rnd + 1, rec["wall_s"], what), file=sys.stderr)
     except KeyboardInterrupt:
         interrupted = True
         print("bench: interrupted; the tables below have the runs done so far", file=sys.stderr)
@@ -761,7 +819,10 @@ def main():
            "- server pinned to CPU %d, load generator to CPU %d; %d round%s, medians; "
            "%s; %.0f s in all" % (SERVER_CPU, CLIENT_CPU, rounds, "s" if rounds > 1 else "",
                                   "quick sizes" if args.quick else "full sizes", m["elapsed_s"]),
+           "- luasmtpd limits raised: %s" % (" ".join(CTX.lua_limits) or "none (not offered)"),
            ""]
+    if interrupted:
+        out[-1:-1] = ["- **interrupted**: the tables have the runs done until then"]
     for w in wl:
         if w == "idle":
             table_idle(runs, out)
