@@ -120,7 +120,7 @@ function on_rcpt(session, address, params)
   if not proxy.may_relay(session.peer[1]) then
     return "554 5.7.1 Relaying denied for " .. session.peer[1]
   end
-  if not session.upstream then
+  if not session.upstream_open then
     local refusal = proxy.open(session, session.mailfrom, session.params)
     if refusal then return refusal end
   end
@@ -174,7 +174,7 @@ function process_message(peer, mailfrom, rcpttos, data, options)
     end
     note(reply, is_temporary)
   end
-  if session.upstream then
+  if session.upstream_open then
     local reply = proxy.data(session, data)
     local code = tonumber(reply:sub(1, 3))
     if code >= 400 then note(reply, code < 500) end

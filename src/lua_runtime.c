@@ -438,12 +438,31 @@ call_new(struct lrt_generation *gen, const char *name, unsigned long session_id,
     return call;
 }
 
+/* Lets go of the session's table in its generation: the connection ended, or a reload moves
+ * it on. on_disconnect(session) is the script's chance to let go of what it keeps there (an
+ * upstream, say) at once, not whenever the collector gets to it. It cannot wait. */
 static void
 session_table_drop(struct lrt_session *ls)
 {
     if (ls->gen == NULL)
         return;
-    luaL_unref(ls->gen->L, LUA_REGISTRYINDEX, ls->table_ref);
+    lua_State *L = ls->gen->L;
+    lua_pushcfunction(L, traceback_handler);
+    if (lua_getglobal(L, "on_disconnect") == LUA_TFUNCTION) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
+        budget_enter(ls->gen->budget, L);
+        int status = lua_pcall(L, 1, 0, -3);
+        budget_leave(ls->gen->budget);
+        if (status != LUA_OK) {
+            log_error("session %lu: on_disconnect failed (generation %u): %s", ls->id,
+                      ls->gen->id, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    } else {
+        lua_pop(L, 2);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, ls->table_ref);
     gen_release(ls->gen);
     ls->gen = NULL;
 }
@@ -531,24 +550,6 @@ lrt_session_free(struct lrt_session *ls)
         ls->rt->sessions = ls->next;
     if (ls->next != NULL)
         ls->next->prev = ls->prev;
-    /* on_disconnect(session): the script's chance to let go of what it holds for the
-     * connection (an upstream, say) now, not when the collector gets to it. It cannot wait. */
-    lua_State *L = ls->gen->L;
-    lua_pushcfunction(L, traceback_handler);
-    if (lua_getglobal(L, "on_disconnect") == LUA_TFUNCTION) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
-        budget_enter(ls->gen->budget, L);
-        int status = lua_pcall(L, 1, 0, -3);
-        budget_leave(ls->gen->budget);
-        if (status != LUA_OK) {
-            log_error("session %lu: on_disconnect failed (generation %u): %s", ls->id,
-                      ls->gen->id, lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
-    } else {
-        lua_pop(L, 2);
-    }
     session_table_drop(ls);
     free(ls->peer_addr);
     free(ls->helo);

@@ -89,6 +89,26 @@ smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct
             }
             break;
         case SMTP_DATA_LINE: {
+            /* The common case in one copy: a run of whole lines that end in CRLF, hold no
+             * other CR, and whose successors do not start with a dot. */
+            const char *run = p;
+            for (;;) {
+                const char *nl = memchr(p, '\n', (size_t)(end - p));
+                if (nl == NULL || nl == p || nl[-1] != '\r' ||
+                    memchr(p, '\r', (size_t)(nl - 1 - p)) != NULL)
+                    break;
+                p = nl + 1;
+                if (p == end || *p == '.')
+                    break;
+            }
+            if (p > run) {
+                emit(d, out, run, (size_t)(p - run));
+                if (p[-1] == '\n') {
+                    d->state = SMTP_DATA_BOL_CRLF;
+                    break;
+                }
+            }
+            /* A partial line, or one with a bare CR or LF: up to its first CR or LF. */
             const char *nl = memchr(p, '\n', (size_t)(end - p));
             const char *limit = nl ? nl : end;
             const char *cr = memchr(p, '\r', (size_t)(limit - p));

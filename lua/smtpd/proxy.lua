@@ -1,6 +1,6 @@
 -- Relaying a transaction to an upstream server as it happens: the upstream is asked at MAIL
 -- and at each RCPT, so its refusals reach our client in real time, and after DATA our client
--- gets the upstream's own answer. Any trouble with the upstream (down, slow, gone mid-way)
+-- gets the upstream's own answer. A client's transactions share one upstream connection. Any trouble with the upstream (down, slow, gone mid-way)
 -- answers 451, so the client keeps the message and retries: nothing is lost.
 -- Settings (--set KEY=VALUE): relay_clients (who may relay: comma-separated addresses or IPv4
 -- CIDR prefixes, "*" for anyone; default loopback), relay_timeout (seconds per upstream step).
@@ -57,12 +57,25 @@ function M.close(session)
   end
 end
 
--- Connects and sends MAIL. Returns nil when the upstream took it, or the reply for our client.
-function M.open(session, mailfrom, params)
-  M.close(session) -- a transaction the client abandoned (RSET) ends here
-  local up, err = smtpd.connect(M.upstream)
+-- Sends MAIL on the session's upstream connection, reusing the one of its last transaction
+-- when it is still good (a new TCP connection, greeting and EHLO per message is most of a
+-- relay's cost). Returns code, text, or nil and why.
+local function mail(session, mailfrom, params)
+  local up = session.upstream
+  if up and session.upstream_open then
+    -- The client abandoned its last transaction (RSET, or a refusal): clear it upstream too.
+    local code = up:rset()
+    if not code or code >= 400 then
+      M.close(session)
+      up = nil
+    end
+  end
+  local reused = up ~= nil
   if not up then
-    return M.unavailable(err)
+    local err
+    up, err = smtpd.connect(M.upstream)
+    if not up then return nil, err end
+    session.upstream = up
   end
   local pass = {}
   for _, param in ipairs(params or {}) do
@@ -71,14 +84,25 @@ function M.open(session, mailfrom, params)
     end
   end
   local code, text = up:mail(mailfrom, table.concat(pass, " "))
+  if not code and reused then
+    -- The upstream let an idle connection go; one fresh try.
+    M.close(session)
+    return mail(session, mailfrom, params)
+  end
+  return code, text
+end
+
+-- Sends MAIL upstream. Returns nil when the upstream took it, or the reply for our client.
+function M.open(session, mailfrom, params)
+  local code, text = mail(session, mailfrom, params)
   if not code then
+    M.close(session)
     return M.unavailable(text)
   end
+  session.upstream_open = code < 400
   if code >= 400 then
-    up:close()
     return smtpd.reply(code, text)
   end
-  session.upstream = up
 end
 
 -- Asks the upstream about one recipient: nil when accepted, else the reply for our client.
@@ -89,7 +113,7 @@ function M.rcpt(session, address)
   end
   local code, text = up:rcpt(address)
   if not code then
-    session.upstream = nil
+    M.close(session)
     return M.unavailable(text)
   end
   if code >= 400 then
@@ -97,18 +121,19 @@ function M.rcpt(session, address)
   end
 end
 
--- Sends the message and closes; returns the upstream's answer as our reply.
+-- Sends the message; returns the upstream's answer as our reply. The connection stays open
+-- for the client's next transaction; on_disconnect closes it.
 function M.data(session, data)
   local up = session.upstream
-  session.upstream = nil
   if not up then
     return M.unavailable("no connection for this transaction")
   end
   local code, text = up:data(data)
-  up:close()
   if not code then
+    M.close(session)
     return M.unavailable(text)
   end
+  session.upstream_open = false
   return smtpd.reply(code, text)
 end
 

@@ -466,6 +466,8 @@ class TestClientLeaves(ProxyTestCase):
                 self.assertClean(proxy)
 
     def test_rset_drops_the_upstream_transaction(self):
+        """The client's RSET abandons the upstream transaction too: the next transaction reuses
+        the connection after an upstream RSET, and only its message is delivered."""
         raw = self.start_raw(scripted_handler(None))
         proxy = self.start_proxy(raw.port)
         c = self.connect(proxy)
@@ -476,10 +478,25 @@ class TestClientLeaves(ProxyTestCase):
         r = self.send(c, "x@b.example", ["y@d.example"], BODY)
         self.assertEqual([x.code for x in r], [250, 250, 354, 250], r)
         raw.wait_event("delivered", timeout=5)
-        self.assertEqual(raw.count("accepted"), 2)
-        # Both upstream connections end: the delivered one and the abandoned one.
-        raw.wait_event(["quit", "peer closed"], n=2, timeout=5)
+        self.assertEqual(raw.count("rset"), 1)
+        self.assertEqual(raw.count("delivered"), 1)
+        self.assertEqual(raw.count("accepted"), 1)
+        # The client leaves: its upstream connection ends with it.
+        c.close()
+        raw.wait_event(["quit", "peer closed"], n=1, timeout=5)
         self.assertClean(proxy)
+
+    def test_transactions_share_one_upstream_connection(self):
+        raw = self.start_raw(scripted_handler(None))
+        proxy = self.start_proxy(raw.port)
+        c = self.connect(proxy)
+        c.cmd(EHLO)
+        for i in range(3):
+            r = self.send(c, f"s{i}@b.example", [f"r{i}@d.example"], BODY)
+            self.assertEqual([x.code for x in r], [250, 250, 354, 250], r)
+        raw.wait_event("delivered", n=3, timeout=5)
+        self.assertEqual(raw.count("accepted"), 1)
+        self.assertEqual(raw.count("rset"), 0)
 
 
 class TestConcurrency(ProxyTestCase):

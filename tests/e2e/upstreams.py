@@ -451,8 +451,8 @@ def scripted_handler(hangup):
     """An SMTP server that answers properly, then hangs up at the point `hangup` names:
     "data_command" (instead of answering DATA), "mid_body" (after reading part of the body),
     "before_reply" (after the whole body, instead of the final reply), or None (never).
-    Events: "hung up", "delivered", "quit" (the client said QUIT), "peer closed" (the client
-    closed without QUIT)."""
+    Events: "hung up", "delivered", "rset", "quit" (the client said QUIT), "peer closed" (the
+    client closed without QUIT)."""
 
     def handler(server, conn):
         conn.send("220 raw.example ESMTP\r\n")
@@ -489,6 +489,9 @@ def scripted_handler(hangup):
                     conn.close()
                     server.note("quit")
                     return
+                elif verb == b"RSET":
+                    conn.send("250 2.0.0 ok\r\n")
+                    server.note("rset")
                 else:
                     conn.send("250 2.0.0 ok\r\n")
         except socket.timeout:
