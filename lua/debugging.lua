@@ -3,24 +3,34 @@
 -- end of the headers. Nothing is delivered.
 local pyrepr = require "smtpd.pyrepr"
 
+local out = io.stdout
+out:setvbuf("full")
+
+-- Python prints the message line by line; lines end in CRLF here and never hold a bare CR
+-- or LF, so turning each CRLF into "\n" prints the same, without a table of lines.
+local function print_lines(text)
+  out:write((text:gsub("\r\n", "\n")))
+end
+
 function process_message(peer, mailfrom, rcpttos, data, options)
-  local out = { "---------- MESSAGE FOLLOWS ----------" }
+  out:write("---------- MESSAGE FOLLOWS ----------\n")
   if #options.mail_options > 0 then
-    out[#out + 1] = "mail options: " .. pyrepr.list(options.mail_options)
+    out:write("mail options: ", pyrepr.list(options.mail_options), "\n")
   end
   if #options.rcpt_options > 0 then
     -- Python's print('rcpt options: %s\n') leaves an empty line after it.
-    out[#out + 1] = "rcpt options: " .. pyrepr.list(options.rcpt_options) .. "\n"
+    out:write("rcpt options: ", pyrepr.list(options.rcpt_options), "\n\n")
   end
-  local in_headers = true
-  for line in data:gmatch("(.-)\r\n") do
-    if in_headers and line == "" then
-      out[#out + 1] = "X-Peer: " .. peer[1]
-      in_headers = false
-    end
-    out[#out + 1] = line
+  -- X-Peer goes before the first empty line; a message without one gets none.
+  local blank = data:sub(1, 2) == "\r\n" and 1 or data:find("\r\n\r\n", 1, true)
+  if blank then
+    local head_end = blank == 1 and 0 or blank + 1
+    print_lines(data:sub(1, head_end))
+    out:write("X-Peer: ", peer[1], "\n")
+    print_lines(data:sub(head_end + 1))
+  else
+    print_lines(data)
   end
-  out[#out + 1] = "------------ END MESSAGE ------------\n"
-  io.stdout:write(table.concat(out, "\n"))
-  io.stdout:flush()
+  out:write("------------ END MESSAGE ------------\n")
+  out:flush()
 end
