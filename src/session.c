@@ -599,6 +599,13 @@ cmd_data(struct session *s, char *arg)
         buf_reserve(&s->message, 8192);
     session_enter(s, SESSION_DATA);
     s->data_started = s->last_activity;
+    /* The timer was set for the command timeout; DATA has its own, and its rate is checked
+     * every few seconds. */
+    const struct config *cfg = s->g->cfg;
+    struct timeval next = {.tv_sec = cfg->data_timeout};
+    if (cfg->min_data_rate > 0 && next.tv_sec > 5)
+        next.tv_sec = 5;
+    evtimer_add(s->timer, &next);
     reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
