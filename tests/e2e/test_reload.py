@@ -415,6 +415,37 @@ class InFlight(ReloadTestCase):
                            "\n".join(lines[start:]))
         self.assertEqual([m[0] for m in upstream.messages], ["first@example.org"])
 
+    PIPE_V1 = ('local smtpd = require "smtpd"\n'
+               'function process_message(peer, mailfrom, rcpttos, data, options)\n'
+               '  local f = io.open(smtpd.settings.started, "w") f:close()\n'
+               '  local status = smtpd.pipe({"sh", "-c", "cat >/dev/null; sleep 1.5"}, data)\n'
+               '  if status ~= 0 then return "451 4.3.0 child failed" end\n'
+               '  return "250 2.0.0 v1"\n'
+               'end\n')
+
+    def test_message_waiting_on_a_slow_child_finishes_on_the_old_code(self):
+        """The issue's own case: a handler waiting in a pipe to a slow child while the script is
+        replaced finishes on the old code; the next message runs the new one."""
+        started = os.path.join(self.dir, "started")
+        srv = self.start(self.PIPE_V1, sets={"started": started})
+        first = {}
+
+        def send_first():
+            first["reply"] = send_one(srv.port, mailfrom="first@example.org")
+
+        a = threading.Thread(target=send_first, daemon=True)
+        a.start()
+        self.addCleanup(a.join, 20)
+        harness.wait_until(lambda: os.path.exists(started), 10, what="the handler reached its pipe")
+        start = log_mark(srv)
+        save_by_rename(self.script, version_script("v2"))
+        wait_loaded(srv, 2, start)
+        self.assertVersion(send_one(srv.port, mailfrom="second@example.org"), "v2")
+        self.assertTrue(a.is_alive(), "the first message must still wait on its child")
+        a.join(20)
+        self.assertVersion(first["reply"], "v1")
+        srv.log.wait(r"info: generation 1 closed$", RELOAD_TIMEOUT, start)
+
     def test_transaction_begun_before_a_reload_ends_on_the_old_generation(self):
         # MAIL and RCPT on generation 1; a reload; DATA and half the body; another reload; the
         # rest of the body. The whole transaction is generation 1's.
