@@ -5,6 +5,9 @@
 #include "luasmtpd/smtp_data.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 void
 smtp_data_init(struct smtp_data_decoder *d, size_t limit)
@@ -26,6 +29,32 @@ emit(struct smtp_data_decoder *d, struct buf *out, const char *bytes, size_t n)
     }
     if (buf_append(out, bytes, n) == -1)
         d->failed = true;
+}
+
+/* The first CR or LF in [p, end), or end. Every byte of a message passes here, so on x86 it
+ * looks at 16 bytes a step; elsewhere two memchr calls do. */
+static const char *
+find_line_end(const char *p, const char *end)
+{
+#ifdef __SSE2__
+    const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+    for (; end - p >= 16; p += 16) {
+        __m128i chunk = _mm_loadu_si128((const __m128i *)(const void *)p);
+        int mask = _mm_movemask_epi8(
+            _mm_or_si128(_mm_cmpeq_epi8(chunk, cr), _mm_cmpeq_epi8(chunk, lf)));
+        if (mask != 0)
+            return p + __builtin_ctz((unsigned)mask);
+    }
+    for (; p < end; p++)
+        if (*p == '\r' || *p == '\n')
+            return p;
+    return end;
+#else
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *limit = nl ? nl : end;
+    const char *cr = memchr(p, '\r', (size_t)(limit - p));
+    return cr ? cr : limit;
+#endif
 }
 
 static const char crlf[] = "\r\n";
@@ -93,11 +122,10 @@ smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct
              * other CR, and whose successors do not start with a dot. */
             const char *run = p;
             for (;;) {
-                const char *nl = memchr(p, '\n', (size_t)(end - p));
-                if (nl == NULL || nl == p || nl[-1] != '\r' ||
-                    memchr(p, '\r', (size_t)(nl - 1 - p)) != NULL)
+                const char *cr = find_line_end(p, end);
+                if (cr == end || *cr != '\r' || cr + 1 == end || cr[1] != '\n')
                     break;
-                p = nl + 1;
+                p = cr + 2;
                 if (p == end || *p == '.')
                     break;
             }
@@ -109,10 +137,7 @@ smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct
                 }
             }
             /* A partial line, or one with a bare CR or LF: up to its first CR or LF. */
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
-            const char *limit = nl ? nl : end;
-            const char *cr = memchr(p, '\r', (size_t)(limit - p));
-            const char *stop = cr ? cr : limit;
+            const char *stop = find_line_end(p, end);
             if (stop > p)
                 emit(d, out, p, (size_t)(stop - p));
             p = stop;
