@@ -369,6 +369,23 @@ class LuaSmtpd:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def wait_greeting(proc, host, port, what, stderr):
+    """Waits (bounded) until a server process we started greets with 220 on host:port."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited {proc.returncode}: {stderr()!r}")
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                s.settimeout(2)
+                if s.recv(512).startswith(b"220"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not greet on port {port} within {START_TIMEOUT}s")
+
+
 class PythonSmtpd:
     """Python 3.11's stdlib smtpd in a subprocess, for comparisons.
 
@@ -419,21 +436,7 @@ asyncore.loop()
         raise last_error
 
     def _wait_ready(self):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"python smtpd exited {self.proc.returncode}: "
-                                     f"{self.stderr()!r}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as s:
-                    s.settimeout(2)
-                    if s.recv(512).startswith(b"220"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"python smtpd did not accept on port {self.port} within "
-                             f"{START_TIMEOUT}s")
+        wait_greeting(self.proc, self.host, self.port, "python smtpd", self.stderr)
 
     def stdout(self):
         with open(self.stdout_path, "rb") as f:

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from harness import START_TIMEOUT, free_port
+from harness import START_TIMEOUT, free_port, wait_greeting
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
@@ -160,21 +160,7 @@ class SmtpSink:
         raise last
 
     def _wait_ready(self):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"smtp-sink exited {self.proc.returncode}: "
-                                     f"{self.stderr()!r}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as s:
-                    s.settimeout(2)
-                    if s.recv(512).startswith(b"220"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"smtp-sink did not answer on port {self.port} within "
-                             f"{START_TIMEOUT}s")
+        wait_greeting(self.proc, self.host, self.port, "smtp-sink", self.stderr)
 
     def stderr(self):
         try:
