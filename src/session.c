@@ -1,7 +1,8 @@
-/* One SMTP connection: the state machine of RFC 5321 with Python smtpd's replies (plus RFC 3463
- * enhanced codes), over a bufferevent. Commands are framed by lines with a length cap while
- * buffering; DATA is decoded as it arrives; the message goes to the handler through the Lua
- * runtime's C interface, and no command is read while the handler decides.
+/* One SMTP connection over a bufferevent: framing, replies, DATA, timeouts, limits, and the
+ * calls into the Lua runtime (hooks and the handler). Commands are framed by lines with a
+ * length cap while buffering and answered in commands.c; DATA is decoded as it arrives; the
+ * message goes to the handler through the runtime's C interface, and no command is read while
+ * a hook or the handler decides.
  * Only session_enter() changes s->state; only event callbacks free a session, never
  * session_pump(), so nothing below the pump ever touches a freed session. */
 #include "luasmtpd/session.h"
@@ -24,67 +25,16 @@
 #include "luasmtpd/smtp_data.h"
 #include "luasmtpd/smtp_parse.h"
 #include "luasmtpd/smtp_reply.h"
-
-/* Past this much unsent output we stop reading commands until the client reads its replies:
- * a pipelining client that never reads cannot make us buffer without bound. */
-#define OUTPUT_PAUSE (64 * 1024)
-/* Input buffered while a handler decides, or a command is dispatched, is capped here. */
-#define INPUT_HIGH_WATERMARK (256 * 1024)
-#define MAX_SINGLE_READ (256 * 1024)
-#define LINE_MAX_BYTES (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
-/* Once a DATA has run this long, it must keep up the minimum rate. */
-#define DATA_RATE_GRACE_SEC 30
-
-enum session_state {
-    SESSION_COMMAND,
-    SESSION_DATA,
-    SESSION_HOOK,    /* a hook (on_connect, on_helo, on_mail, on_rcpt) is deciding */
-    SESSION_HANDLER, /* process_message is deciding; input waits */
-    SESSION_CLOSING, /* the last reply is being flushed */
-};
-
-struct session {
-    struct session_group *g;
-    struct session *prev, *next;
-    unsigned long id;
-    struct bufferevent *bev;
-    struct evbuffer *out;    /* replies not yet handed to the socket */
-    struct event *timer;     /* the idle timeout, checked lazily against last_activity */
-    struct timeval last_activity;
-    enum session_state state;
-    char peer_addr[NI_MAXHOST];
-    int peer_port;
-    char *helo;
-    bool esmtp;
-    bool discarding; /* inside a command line that is over the limit */
-    bool pumping;
-    struct envelope env;
-    struct smtp_data_decoder decoder;
-    struct buf message;
-    struct lrt_session *ls;
-    struct lrt_call *call;
-    unsigned long messages;
-    unsigned errors;        /* error replies to commands so far */
-    bool greeted;           /* the 220 went out; input before it is a pregreet */
-    bool counted;           /* in g->per_client */
-    bool message_reply;     /* the reply being written answers a message, not a command */
-    struct timeval data_started;
-    /* The command a hook decides on, kept until its answer comes. */
-    enum smtp_verb hook_verb;
-    char *hook_arg;
-    struct strv hook_params;
-    enum session_state hook_resume;
-};
+#include "session_internal.h"
 
 static void session_pump(struct session *s);
 
-static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Replies collect in s->out and go to the socket in one write when the pump has done what the
  * client sent (session_flush): pipelined commands get their replies in one segment, and most
  * replies never need the loop to wait for the socket to be writable. */
-static void
-reply_bytes(struct session *s, const char *bytes, size_t n)
+void
+session_reply_bytes(struct session *s, const char *bytes, size_t n)
 {
     log_debug("session %lu: > %.*s", s->id, (int)(n > 2 ? n - 2 : n), bytes);
     /* Postfix's hard error limit counts every 4xx/5xx answer to a command. */
@@ -93,8 +43,8 @@ reply_bytes(struct session *s, const char *bytes, size_t n)
     evbuffer_add(s->out, bytes, n);
 }
 
-static void
-reply(struct session *s, const char *fmt, ...)
+void
+session_reply(struct session *s, const char *fmt, ...)
 {
     char line[SMTP_REPLY_LINE_MAX + 64];
     va_list ap;
@@ -107,11 +57,10 @@ reply(struct session *s, const char *fmt, ...)
         n = (int)sizeof(line) - 3;
     line[n++] = '\r';
     line[n++] = '\n';
-    reply_bytes(s, line, (size_t)n);
+    session_reply_bytes(s, line, (size_t)n);
 }
 
 /* A fixed reply, without formatting: the common ones are on every message's path. */
-#define reply_const(s, text) reply_bytes((s), text "\r\n", sizeof(text "\r\n") - 1)
 
 static void
 session_flush(struct session *s)
@@ -147,7 +96,7 @@ client_owes_us(const struct session *s)
     return s->state == SESSION_COMMAND || s->state == SESSION_DATA;
 }
 
-static void
+void
 session_enter(struct session *s, enum session_state state)
 {
     s->state = state;
@@ -155,6 +104,16 @@ session_enter(struct session *s, enum session_state state)
         event_base_gettimeofday_cached(s->g->base, &s->last_activity);
     else if (state == SESSION_CLOSING)
         bufferevent_disable(s->bev, EV_READ);
+    if (state == SESSION_DATA) {
+        /* The timer was set for the command timeout; DATA has its own, and its rate is
+         * checked every few seconds. */
+        const struct config *cfg = s->g->cfg;
+        struct timeval next = {.tv_sec = cfg->data_timeout};
+        if (cfg->min_data_rate > 0 && next.tv_sec > 5)
+            next.tv_sec = 5;
+        s->data_started = s->last_activity;
+        evtimer_add(s->timer, &next);
+    }
 }
 
 static void
@@ -189,8 +148,8 @@ session_free(struct session *s)
 
 /* Sends nothing more after what is queued; the write callback frees the session once it is
  * flushed. The trigger is deferred so the session outlives the pump that asked for this. */
-static void
-close_after_flush(struct session *s)
+void
+session_close_after_flush(struct session *s)
 {
     session_enter(s, SESSION_CLOSING);
     session_flush(s);
@@ -208,8 +167,8 @@ static void
 shut_down_if_idle(struct session *s)
 {
     if (s->g->draining && s->state == SESSION_COMMAND && !in_transaction(s)) {
-        reply(s, "421 4.3.2 %s Service shutting down, closing connection", s->g->hostname);
-        close_after_flush(s);
+        session_reply(s, "421 4.3.2 %s Service shutting down, closing connection", s->g->hostname);
+        session_close_after_flush(s);
     }
 }
 
@@ -220,13 +179,13 @@ enforce_error_limit(struct session *s)
 {
     if (s->state == SESSION_COMMAND && s->errors >= s->g->cfg->max_errors) {
         log_info("session %lu: %u errors, closing", s->id, s->errors);
-        reply(s, "421 4.7.0 %s Error: too many errors, closing connection", s->g->hostname);
-        close_after_flush(s);
+        session_reply(s, "421 4.7.0 %s Error: too many errors, closing connection", s->g->hostname);
+        session_close_after_flush(s);
     }
 }
 
-static void
-reset_transaction(struct session *s)
+void
+session_reset_transaction(struct session *s)
 {
     envelope_reset(&s->env);
     buf_free(&s->message);
@@ -236,8 +195,8 @@ reset_transaction(struct session *s)
 static void hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len);
 
 /* Asks the script's hook about a command; hook_done carries the command on. */
-static void
-ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, const char *arg,
+void
+session_ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, const char *arg,
          const struct smtp_param *params, int n_params)
 {
     s->hook_verb = verb;
@@ -256,392 +215,6 @@ ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, const char 
     struct lrt_call *call = lrt_call_hook(s->ls, hook, s->hook_arg, &s->hook_params, hook_done, s);
     if (call != NULL)
         s->call = call;
-}
-
-/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8. */
-static size_t
-line_limit(const struct session *s, enum smtp_verb verb)
-{
-    size_t limit = SMTP_COMMAND_LINE_LIMIT;
-    if (s->esmtp && verb == SMTP_VERB_MAIL) {
-        limit += SMTP_SIZE_EXTRA; /* we always advertise SIZE */
-        if (s->g->cfg->smtputf8)
-            limit += SMTP_SMTPUTF8_EXTRA;
-    }
-    return limit;
-}
-
-static void
-accept_helo(struct session *s, const char *name, bool extended)
-{
-    reset_transaction(s);
-    free(s->helo);
-    s->helo = strdup(name);
-    s->esmtp = extended;
-    lrt_session_set_helo(s->ls, name);
-    if (!extended) {
-        reply(s, "250 %s", s->g->hostname);
-        return;
-    }
-    const struct config *cfg = s->g->cfg;
-    struct buf b = {0};
-    buf_printf(&b, "250-%s\r\n", s->g->hostname);
-    if (cfg->size_limit)
-        buf_printf(&b, "250-SIZE %zu\r\n", cfg->size_limit);
-    else
-        buf_append_str(&b, "250-SIZE\r\n");
-    buf_append_str(&b, "250-8BITMIME\r\n");
-    if (cfg->smtputf8)
-        buf_append_str(&b, "250-SMTPUTF8\r\n");
-    buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
-    reply_bytes(s, b.data, b.len);
-    buf_free(&b);
-}
-
-static void
-cmd_greeting(struct session *s, const char *arg, bool extended)
-{
-    const char *verb = extended ? "EHLO" : "HELO";
-    if (*arg == '\0') {
-        reply(s, "501 5.5.4 Syntax: %s hostname", verb);
-        return;
-    }
-    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
-     * do we, so scripts see one helo name per connection. */
-    if (s->helo != NULL) {
-        reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
-        return;
-    }
-    ask_hook(s, LRT_HOOK_HELO, extended ? SMTP_VERB_EHLO : SMTP_VERB_HELO, arg, NULL, 0);
-}
-
-static void
-cmd_helo(struct session *s, char *arg)
-{
-    cmd_greeting(s, arg, false);
-}
-
-static void
-cmd_ehlo(struct session *s, char *arg)
-{
-    cmd_greeting(s, arg, true);
-}
-
-static void
-cmd_noop(struct session *s, char *arg)
-{
-    if (*arg)
-        reply_const(s, "501 5.5.4 Syntax: NOOP");
-    else
-        reply_const(s, "250 2.0.0 OK");
-}
-
-static void
-cmd_quit(struct session *s, char *arg)
-{
-    (void)arg;
-    reply_const(s, "221 2.0.0 Bye");
-    close_after_flush(s);
-}
-
-static void
-cmd_rset(struct session *s, char *arg)
-{
-    if (*arg) {
-        reply_const(s, "501 5.5.4 Syntax: RSET");
-        return;
-    }
-    reset_transaction(s);
-    reply_const(s, "250 2.0.0 OK");
-}
-
-static void
-cmd_help(struct session *s, char *arg)
-{
-    static const char *const topics[][2] = {
-        {"EHLO", "EHLO hostname"}, {"HELO", "HELO hostname"}, {"MAIL", "MAIL FROM: <address>"},
-        {"RCPT", "RCPT TO: <address>"}, {"DATA", "DATA"}, {"RSET", "RSET"},
-        {"NOOP", "NOOP"}, {"QUIT", "QUIT"}, {"VRFY", "VRFY <address>"},
-    };
-    static const char commands[] = "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
-    if (*arg == '\0') {
-        reply(s, "250 2.0.0 %s", commands);
-        return;
-    }
-    for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
-        if (strcasecmp(arg, topics[i][0]) == 0) {
-            bool params = s->esmtp && (i == 2 || i == 3);
-            reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1], params ? " [SP <mail-parameters>]" : "");
-            return;
-        }
-    }
-    reply(s, "501 5.5.4 %s", commands);
-}
-
-static void
-cmd_vrfy(struct session *s, char *arg)
-{
-    struct smtp_path path;
-    if (*arg == '\0') {
-        reply_const(s, "501 5.5.4 Syntax: VRFY <address>");
-        return;
-    }
-    char copy[LINE_MAX_BYTES + 1];
-    snprintf(copy, sizeof(copy), "%s", arg);
-    if (smtp_parse_path(arg, &path) && !path.null_path)
-        reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
-    else
-        reply(s, "502 5.5.1 Could not VRFY %s", copy);
-}
-
-static void
-cmd_expn(struct session *s, char *arg)
-{
-    (void)arg;
-    reply_const(s, "502 5.5.1 EXPN not implemented");
-}
-
-static bool
-all_digits(const char *v)
-{
-    if (v == NULL || *v == '\0')
-        return false;
-    for (; *v; v++)
-        if (*v < '0' || *v > '9')
-            return false;
-    return true;
-}
-
-static void
-syntax_error(struct session *s, const char *usage)
-{
-    reply(s, "501 5.5.4 Syntax: %s%s", usage, s->esmtp ? " [SP <mail-parameters>]" : "");
-}
-
-/* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then anything left)
- * and records them. Returns false when a reply was sent. */
-static bool
-mail_params(struct session *s, struct smtp_param *params, int n, const char *usage)
-{
-    const struct config *cfg = s->g->cfg;
-    bool known[SMTP_PARAMS_MAX] = {false};
-    for (int i = 0; i < n; i++) {
-        if (strcmp(params[i].keyword, "BODY") != 0)
-            continue;
-        known[i] = true;
-        if (params[i].value == NULL ||
-            (strcmp(params[i].value, "7BIT") != 0 && strcmp(params[i].value, "8BITMIME") != 0)) {
-            reply_const(s, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME");
-            return false;
-        }
-    }
-    for (int i = 0; cfg->smtputf8 && i < n; i++) {
-        if (strcmp(params[i].keyword, "SMTPUTF8") != 0)
-            continue;
-        known[i] = true;
-        if (params[i].value != NULL) {
-            reply_const(s, "501 5.5.4 Error: SMTPUTF8 takes no arguments");
-            return false;
-        }
-        s->env.smtputf8 = true;
-    }
-    for (int i = 0; i < n; i++) {
-        if (strcmp(params[i].keyword, "SIZE") != 0)
-            continue;
-        known[i] = true;
-        if (!all_digits(params[i].value)) {
-            syntax_error(s, usage);
-            return false;
-        }
-        unsigned long long size = strtoull(params[i].value, NULL, 10);
-        if (cfg->size_limit && size > cfg->size_limit) {
-            reply_const(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
-            return false;
-        }
-        s->env.size_hint = (size_t)size;
-    }
-    for (int i = 0; i < n; i++) {
-        if (!known[i]) {
-            reply_const(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
-            return false;
-        }
-    }
-    return true;
-}
-
-/* The path of MAIL FROM: or RCPT TO:, checked as Python's smtpd does: parameters only after
- * EHLO. false: the syntax error was answered. */
-static bool
-path_argument(struct session *s, char *arg, const char *keyword, const char *usage,
-              struct smtp_path *path)
-{
-    char *rest = smtp_strip_keyword(arg, keyword);
-    if (rest == NULL || !smtp_parse_path(rest, path) || (!s->esmtp && *path->params)) {
-        syntax_error(s, usage);
-        return false;
-    }
-    return true;
-}
-
-static int
-params_argument(struct session *s, struct smtp_path *path, const char *usage,
-                struct smtp_param *params)
-{
-    int n = smtp_parse_params(path->params, params, SMTP_PARAMS_MAX);
-    if (n < 0)
-        syntax_error(s, usage);
-    return n;
-}
-
-static void
-cmd_mail(struct session *s, char *arg)
-{
-    static const char usage[] = "MAIL FROM: <address>";
-    if (s->helo == NULL) {
-        reply_const(s, "503 5.5.1 Error: send HELO first");
-        return;
-    }
-    struct smtp_path path;
-    if (!path_argument(s, arg, "FROM:", usage, &path))
-        return;
-    if (s->env.has_sender) {
-        reply_const(s, "503 5.5.1 Error: nested MAIL command");
-        return;
-    }
-    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages) {
-        reply(s, "421 4.7.0 %s Error: too many messages in this connection, closing",
-              s->g->hostname);
-        close_after_flush(s);
-        return;
-    }
-    struct smtp_param params[SMTP_PARAMS_MAX];
-    int n = params_argument(s, &path, usage, params);
-    if (n < 0)
-        return;
-    if (!mail_params(s, params, n, usage)) {
-        s->env.smtputf8 = false;
-        s->env.size_hint = 0;
-        return;
-    }
-    /* RFC 6531 3.4: a UTF-8 address is only taken in an SMTPUTF8 transaction. */
-    if (path.non_ascii && !s->env.smtputf8) {
-        s->env.smtputf8 = false;
-        reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
-        return;
-    }
-    ask_hook(s, LRT_HOOK_MAIL, SMTP_VERB_MAIL, path.address, params, n);
-}
-
-static void
-cmd_rcpt(struct session *s, char *arg)
-{
-    static const char usage[] = "RCPT TO: <address>";
-    if (s->helo == NULL) {
-        reply_const(s, "503 5.5.1 Error: send HELO first");
-        return;
-    }
-    if (!s->env.has_sender) {
-        reply_const(s, "503 5.5.1 Error: need MAIL command");
-        return;
-    }
-    struct smtp_path path;
-    if (!path_argument(s, arg, "TO:", usage, &path))
-        return;
-    if (path.null_path) {
-        syntax_error(s, usage);
-        return;
-    }
-    struct smtp_param params[SMTP_PARAMS_MAX];
-    int n = params_argument(s, &path, usage, params);
-    if (n < 0)
-        return;
-    if (n > 0) {
-        reply_const(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
-        return;
-    }
-    if (path.non_ascii && !s->env.smtputf8) {
-        reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
-        return;
-    }
-    if (s->env.rcpts.n >= s->g->cfg->max_recipients) {
-        reply_const(s, "452 4.5.3 Error: too many recipients");
-        return;
-    }
-    ask_hook(s, LRT_HOOK_RCPT, SMTP_VERB_RCPT, path.address, params, n);
-}
-
-static void
-cmd_data(struct session *s, char *arg)
-{
-    if (s->helo == NULL) {
-        reply_const(s, "503 5.5.1 Error: send HELO first");
-        return;
-    }
-    if (s->env.rcpts.n == 0) {
-        reply_const(s, "503 5.5.1 Error: need RCPT command");
-        return;
-    }
-    if (*arg) {
-        reply_const(s, "501 5.5.4 Syntax: DATA");
-        return;
-    }
-    size_t limit = s->g->cfg->size_limit;
-    smtp_data_init(&s->decoder, limit);
-    buf_free(&s->message);
-    /* SIZE= tells us roughly how much is coming: one allocation instead of many. */
-    size_t hint = s->env.size_hint;
-    if (limit && hint > limit)
-        hint = limit;
-    /* Without a hint, room for a typical message: growing from nothing costs several copies. */
-    if (hint > 0 && hint <= 64 * 1024 * 1024)
-        buf_reserve(&s->message, hint + hint / 16);
-    else
-        buf_reserve(&s->message, 8192);
-    session_enter(s, SESSION_DATA);
-    s->data_started = s->last_activity;
-    /* The timer was set for the command timeout; DATA has its own, and its rate is checked
-     * every few seconds. */
-    const struct config *cfg = s->g->cfg;
-    struct timeval next = {.tv_sec = cfg->data_timeout};
-    if (cfg->min_data_rate > 0 && next.tv_sec > 5)
-        next.tv_sec = 5;
-    evtimer_add(s->timer, &next);
-    reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
-}
-
-typedef void (*command_fn)(struct session *s, char *arg);
-
-static const command_fn commands[] = {
-    [SMTP_VERB_HELO] = cmd_helo, [SMTP_VERB_EHLO] = cmd_ehlo, [SMTP_VERB_MAIL] = cmd_mail,
-    [SMTP_VERB_RCPT] = cmd_rcpt, [SMTP_VERB_DATA] = cmd_data, [SMTP_VERB_RSET] = cmd_rset,
-    [SMTP_VERB_NOOP] = cmd_noop, [SMTP_VERB_QUIT] = cmd_quit, [SMTP_VERB_VRFY] = cmd_vrfy,
-    [SMTP_VERB_EXPN] = cmd_expn, [SMTP_VERB_HELP] = cmd_help,
-};
-
-static void
-dispatch(struct session *s, char *line, size_t len)
-{
-    struct smtp_command cmd;
-    log_debug("session %lu: < %.*s", s->id, (int)len, line);
-    /* Length first, as Python does: an over-long line is "too long" whatever it holds. */
-    bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
-    if (len > line_limit(s, mail ? SMTP_VERB_MAIL : SMTP_VERB_UNKNOWN)) {
-        reply_const(s, "500 5.5.2 Error: line too long");
-        return;
-    }
-    switch (smtp_parse_command(line, len, &cmd)) {
-    case SMTP_PARSE_EMPTY:
-    case SMTP_PARSE_BAD:
-        reply_const(s, "500 5.5.2 Error: bad syntax");
-        return;
-    case SMTP_PARSE_OK:
-        break;
-    }
-    if (cmd.verb == SMTP_VERB_UNKNOWN) {
-        reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
-        return;
-    }
-    commands[cmd.verb](s, cmd.arg);
 }
 
 /* Reads one command line. Returns false when no complete line is buffered yet. */
@@ -663,13 +236,13 @@ read_command(struct session *s, struct evbuffer *in)
     if (s->discarding || len > LINE_MAX_BYTES) {
         evbuffer_drain(in, len + eol_len);
         s->discarding = false;
-        reply_const(s, "500 5.5.2 Error: line too long");
+        session_reply_const(s, "500 5.5.2 Error: line too long");
         return true;
     }
     char line[LINE_MAX_BYTES + 1];
     evbuffer_remove(in, line, len);
     evbuffer_drain(in, eol_len);
-    dispatch(s, line, len);
+    commands_dispatch(s, line, len);
     return true;
 }
 
@@ -677,7 +250,7 @@ static void
 greet(struct session *s)
 {
     s->greeted = true;
-    reply(s, "220 %s luasmtpd %s ESMTP", s->g->hostname, LUASMTPD_VERSION);
+    session_reply(s, "220 %s luasmtpd %s ESMTP", s->g->hostname, LUASMTPD_VERSION);
 }
 
 /* The hook's answer: a 4xx/5xx reply refuses the command; nil (or a 2xx reply, sent in place
@@ -708,11 +281,11 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
         code = 451;
     }
     if (code >= 400) {
-        reply_bytes(s, wire.data, wire.len);
+        session_reply_bytes(s, wire.data, wire.len);
         if (verb == SMTP_VERB_MAIL)
-            reset_transaction(s);
+            session_reset_transaction(s);
         if (verb == SMTP_VERB_UNKNOWN)
-            close_after_flush(s);
+            session_close_after_flush(s);
     } else if (verb == SMTP_VERB_UNKNOWN) {
         if (s->g->cfg->greet_delay_ms > 0) {
             /* on_timer greets once the delay is over, unless the client talks first. */
@@ -723,22 +296,22 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
             greet(s);
         }
     } else if (verb == SMTP_VERB_HELO || verb == SMTP_VERB_EHLO) {
-        accept_helo(s, s->hook_arg, verb == SMTP_VERB_EHLO);
+        commands_accept_helo(s, s->hook_arg, verb == SMTP_VERB_EHLO);
     } else {
         bool ok = verb == SMTP_VERB_MAIL ? envelope_set_sender(&s->env, s->hook_arg) == 0
                                          : strv_push(&s->env.rcpts, s->hook_arg) == 0;
         for (size_t i = 0; ok && verb == SMTP_VERB_MAIL && i < s->hook_params.n; i++)
             ok = strv_push(&s->env.mail_options, s->hook_params.items[i]) == 0;
         if (!ok) {
-            reset_transaction(s);
-            reply_const(s, "451 4.3.0 Error: out of memory");
+            session_reset_transaction(s);
+            session_reply_const(s, "451 4.3.0 Error: out of memory");
         } else if (code != 0) {
-            reply_bytes(s, wire.data, wire.len);
+            session_reply_bytes(s, wire.data, wire.len);
         } else {
             if (verb == SMTP_VERB_MAIL)
-                reply_const(s, "250 2.1.0 OK");
+                session_reply_const(s, "250 2.1.0 OK");
             else
-                reply_const(s, "250 2.1.5 OK");
+                session_reply_const(s, "250 2.1.5 OK");
         }
         log_debug("session %lu: %s <%s>", s->id, verb == SMTP_VERB_MAIL ? "sender" : "recipient",
                   s->hook_arg);
@@ -777,10 +350,10 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
              s->id, ++s->messages, s->env.mailfrom ? s->env.mailfrom : "", s->env.rcpts.n,
              s->decoder.size, code, lrt_session_generation(s->ls));
     s->message_reply = true;
-    reply_bytes(s, wire.data, wire.len);
+    session_reply_bytes(s, wire.data, wire.len);
     s->message_reply = false;
     buf_free(&wire);
-    reset_transaction(s);
+    session_reset_transaction(s);
     session_enter(s, SESSION_COMMAND);
     shut_down_if_idle(s);
     session_pump(s);
@@ -792,13 +365,13 @@ finish_data(struct session *s)
     if (s->decoder.overflow || s->decoder.failed) {
         s->message_reply = true;
         if (s->decoder.overflow)
-            reply_const(s, "552 5.3.4 Error: Too much mail data");
+            session_reply_const(s, "552 5.3.4 Error: Too much mail data");
         else
-            reply_const(s, "451 4.3.0 Error: out of memory");
+            session_reply_const(s, "451 4.3.0 Error: out of memory");
         s->message_reply = false;
         log_info("session %lu: message from <%s> refused: %zu bytes%s", s->id, s->env.mailfrom,
                  s->decoder.size, s->decoder.overflow ? " over the size limit" : "");
-        reset_transaction(s);
+        session_reset_transaction(s);
         session_enter(s, SESSION_COMMAND);
         return;
     }
@@ -865,8 +438,8 @@ on_read(struct bufferevent *bev, void *arg)
             lrt_call_cancel(s->call);
             s->call = NULL;
         }
-        reply(s, "554 5.5.0 %s Error: talked before the greeting", s->g->hostname);
-        close_after_flush(s);
+        session_reply(s, "554 5.5.0 %s Error: talked before the greeting", s->g->hostname);
+        session_close_after_flush(s);
         return;
     }
     session_pump(s);
@@ -901,8 +474,8 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     } else if (evutil_timercmp(&idle, &limit, >=) || data_too_slow(s, &now)) {
         log_info("session %lu: %s, closing", s->id,
                  evutil_timercmp(&idle, &limit, >=) ? "timeout" : "data rate too low");
-        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->g->hostname);
-        close_after_flush(s);
+        session_reply(s, "421 4.4.2 %s Error: timeout exceeded", s->g->hostname);
+        session_close_after_flush(s);
         s->last_activity = now;
         idle.tv_sec = idle.tv_usec = 0;
     }
@@ -1000,18 +573,18 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
         bool total = g->count > g->cfg->max_connections;
         log_warn("session %lu: refused %s: %s", s->id, s->peer_addr,
                  total ? "too many connections" : "too many connections from this client");
-        reply(s, "421 4.7.0 %s Error: too many connections%s, try again later", g->hostname,
+        session_reply(s, "421 4.7.0 %s Error: too many connections%s, try again later", g->hostname,
               total ? "" : " from your address");
-        close_after_flush(s);
+        session_close_after_flush(s);
         return;
     }
     s->ls = lrt_session_new(g->rt, s->id, s->peer_addr, s->peer_port);
     if (s->ls == NULL) {
-        reply(s, "421 4.3.0 %s Error: out of memory, closing connection", g->hostname);
-        close_after_flush(s);
+        session_reply(s, "421 4.3.0 %s Error: out of memory, closing connection", g->hostname);
+        session_close_after_flush(s);
         return;
     }
-    ask_hook(s, LRT_HOOK_CONNECT, SMTP_VERB_UNKNOWN, NULL, NULL, 0);
+    session_ask_hook(s, LRT_HOOK_CONNECT, SMTP_VERB_UNKNOWN, NULL, NULL, 0);
 }
 
 void

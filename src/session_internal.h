@@ -1,0 +1,89 @@
+/* What session.c and commands.c share: one connection's state, and the few session calls the
+ * command handlers make. Private to the session part; nothing outside src/session*.c and
+ * src/commands.c includes it. */
+#ifndef LUASMTPD_SESSION_INTERNAL_H
+#define LUASMTPD_SESSION_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/time.h>
+#include <netdb.h>
+
+#include "luasmtpd/buf.h"
+#include "luasmtpd/envelope.h"
+#include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/session.h"
+#include "luasmtpd/smtp_data.h"
+#include "luasmtpd/smtp_parse.h"
+
+/* Past this much unsent output we stop reading commands until the client reads its replies:
+ * a pipelining client that never reads cannot make us buffer without bound. */
+#define OUTPUT_PAUSE (64 * 1024)
+/* Input buffered while a handler decides, or a command is dispatched, is capped here. */
+#define INPUT_HIGH_WATERMARK (256 * 1024)
+#define MAX_SINGLE_READ (256 * 1024)
+#define LINE_MAX_BYTES (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
+/* Once a DATA has run this long, it must keep up the minimum rate. */
+#define DATA_RATE_GRACE_SEC 30
+
+enum session_state {
+    SESSION_COMMAND,
+    SESSION_DATA,
+    SESSION_HOOK,    /* a hook (on_connect, on_helo, on_mail, on_rcpt) is deciding */
+    SESSION_HANDLER, /* process_message is deciding; input waits */
+    SESSION_CLOSING, /* the last reply is being flushed */
+};
+
+struct session {
+    struct session_group *g;
+    struct session *prev, *next;
+    unsigned long id;
+    struct bufferevent *bev;
+    struct evbuffer *out;    /* replies not yet handed to the socket */
+    struct event *timer;     /* the idle timeout, checked lazily against last_activity */
+    struct timeval last_activity;
+    enum session_state state;
+    char peer_addr[NI_MAXHOST];
+    int peer_port;
+    char *helo;
+    bool esmtp;
+    bool discarding; /* inside a command line that is over the limit */
+    bool pumping;
+    struct envelope env;
+    struct smtp_data_decoder decoder;
+    struct buf message;
+    struct lrt_session *ls;
+    struct lrt_call *call;
+    unsigned long messages;
+    unsigned errors;        /* error replies to commands so far */
+    bool greeted;           /* the 220 went out; input before it is a pregreet */
+    bool counted;           /* in g->per_client */
+    bool message_reply;     /* the reply being written answers a message, not a command */
+    struct timeval data_started;
+    /* The command a hook decides on, kept until its answer comes. */
+    enum smtp_verb hook_verb;
+    char *hook_arg;
+    struct strv hook_params;
+    enum session_state hook_resume;
+};
+
+void session_reply_bytes(struct session *s, const char *bytes, size_t n);
+void session_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A fixed reply, without formatting: the common ones are on every message's path. */
+#define session_reply_const(s, text) \
+    session_reply_bytes((s), text "\r\n", sizeof(text "\r\n") - 1)
+/* Only this writes s->state. */
+void session_enter(struct session *s, enum session_state state);
+/* Sends nothing more after what is queued; the session is freed once it is flushed. */
+void session_close_after_flush(struct session *s);
+void session_reset_transaction(struct session *s);
+/* Asks the script's hook about a command; the command goes on when it answers. */
+void session_ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, const char *arg,
+                      const struct smtp_param *params, int n_params);
+
+/* commands.c: the SMTP commands. */
+void commands_dispatch(struct session *s, char *line, size_t len);
+/* HELO/EHLO accepted (after on_helo): record the name, answer with our capabilities. */
+void commands_accept_helo(struct session *s, const char *name, bool extended);
+
+#endif
