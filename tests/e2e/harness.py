@@ -33,6 +33,8 @@ STOP_TIMEOUT = 10.0    # seconds between SIGTERM and SIGKILL
 LOG_LINE = re.compile(r"^\S+ luasmtpd\[(\d+)\] (error|warn|info|debug): (.*)$")
 LISTENING = re.compile(r"listening on (?:\[([0-9A-Fa-f:.%a-z]+)\]|([^\s\[\]:]+)):(\d+)")
 # Reports of the sanitizers the suite may run under.
+# Set by ctest for the sanitizer build: memory figures then measure ASan, not the server.
+SANITIZED = os.environ.get("LUASMTPD_SANITIZED") == "1"
 LOG_ERROR = re.compile(r"luasmtpd\[\d+\] error: ")
 SANITIZER = re.compile(r"ERROR: \w+Sanitizer|runtime error: |LeakSanitizer")
 
