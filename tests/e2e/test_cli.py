@@ -3,6 +3,7 @@
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -348,6 +349,27 @@ class TestSignals(ServerTestCase):
             self.assertEqual(r.code, 421, r.lines)
         except Closed:
             pass
+
+
+class TestInstall(ServerTestCase):
+    def test_installed_binary_finds_its_bundled_scripts(self):
+        """cmake --install puts the binary and lua/ under a prefix; the installed binary (moved
+        away from the build tree) finds the bundled handlers there."""
+        build_dir = os.path.dirname(os.path.realpath(binary()))
+        prefix = tempfile.mkdtemp(prefix="luasmtpd-install-")
+        self.addCleanup(shutil.rmtree, prefix, True)
+        p = subprocess.run(["cmake", "--install", build_dir, "--prefix", prefix],
+                           capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p)
+        installed = os.path.join(prefix, "bin", "luasmtpd")
+        for name in ("debugging", "sink", "pureproxy", "mailman"):
+            with self.subTest(name=name):
+                self.assertTrue(os.path.exists(
+                    os.path.join(prefix, "share", "luasmtpd", "lua", name + ".lua")))
+                c = subprocess.run([installed, "--check", name], capture_output=True, timeout=10)
+                self.assertEqual(c.returncode, 0, c)
+                self.assertIn(os.path.join(prefix, "bin", "..", "share", "luasmtpd", "lua",
+                                           name + ".lua") + ": ok", c.stdout.decode())
 
 
 if __name__ == "__main__":
