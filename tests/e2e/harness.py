@@ -95,12 +95,12 @@ _live = {}
 _live_lock = threading.Lock()
 
 
-def _register(proc):
+def register_process(proc):
     with _live_lock:
         _live[proc.pid] = proc
 
 
-def _unregister(proc):
+def unregister_process(proc):
     with _live_lock:
         _live.pop(proc.pid, None)
 
@@ -118,7 +118,7 @@ def _kill_leftovers():
                 pass
 
 
-def _stop_process(proc, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+def stop_process(proc, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
     """Sends `sig` to proc by PID, waits up to `timeout`, then SIGKILLs. Returns
     (returncode, killed)."""
     killed = False
@@ -133,7 +133,7 @@ def _stop_process(proc, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
             killed = True
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    _unregister(proc)
+    unregister_process(proc)
     return proc.returncode, killed
 
 
@@ -245,13 +245,13 @@ class LuaSmtpd:
         with open(self.stdout_path, "wb") as out:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.PIPE, start_new_session=True)
-        _register(self.proc)
+        register_process(self.proc)
         self.pid = self.proc.pid
         self.log = StderrLog(self.proc.stderr)
         try:
             _, m = self.log.wait(LISTENING, START_TIMEOUT)
         except AssertionError as e:
-            rc, _ = _stop_process(self.proc, signal.SIGKILL, 5)
+            rc, _ = stop_process(self.proc, signal.SIGKILL, 5)
             raise ServerStartError(f"{' '.join(self.cmd)} did not start (exit {rc}): {e}")
         self.host = m.group(1) or m.group(2)
         self.port = int(m.group(3))
@@ -275,7 +275,7 @@ class LuaSmtpd:
         except OSError as e:
             buf += f" ({e})".encode()
         if not buf.startswith(b"220"):
-            rc, _ = _stop_process(self.proc, signal.SIGKILL, 5)
+            rc, _ = stop_process(self.proc, signal.SIGKILL, 5)
             raise ServerStartError(f"{' '.join(self.cmd)}: no 220 greeting on port "
                                    f"{self.port} (got {buf!r}, exit {rc}); stderr:\n"
                                    f"{self.log.text()}")
@@ -320,7 +320,7 @@ class LuaSmtpd:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"luasmtpd[{self.pid}] still running after {timeout}s; "
                                  f"stderr:\n{self.log.text()}")
-        _unregister(self.proc)
+        unregister_process(self.proc)
         self.returncode = rc
         return rc
 
@@ -328,7 +328,7 @@ class LuaSmtpd:
         """SIGTERM (or `sig`), wait up to `timeout`, then SIGKILL. Returns the exit status."""
         if self.proc is None:
             return None
-        rc, killed = _stop_process(self.proc, sig, timeout)
+        rc, killed = stop_process(self.proc, sig, timeout)
         self.killed = self.killed or killed
         self.returncode = rc
         self.log.join()
@@ -427,13 +427,13 @@ asyncore.loop()
                     [PYTHON, "-u", "-c", self.SCRIPT, mode, str(self.port), hostname,
                      "1" if utf8 else "0", str(size)],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-            _register(self.proc)
+            register_process(self.proc)
             try:
                 self._wait_ready()
                 return
             except AssertionError as e:
                 last_error = e
-                _stop_process(self.proc, signal.SIGKILL, 5)
+                stop_process(self.proc, signal.SIGKILL, 5)
         shutil.rmtree(self.workdir, ignore_errors=True)
         raise last_error
 
@@ -456,7 +456,7 @@ asyncore.loop()
         return False
 
     def close(self):
-        _stop_process(self.proc, signal.SIGTERM, 5)
+        stop_process(self.proc, signal.SIGTERM, 5)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -11,7 +11,6 @@ Every wait is bounded; every process started here is stopped by its PID.
 """
 
 import asyncio
-import atexit
 import logging
 import os
 import shutil
@@ -22,42 +21,14 @@ import tempfile
 import threading
 import time
 
-from harness import START_TIMEOUT, free_port, wait_greeting
+from harness import START_TIMEOUT, free_port, register_process, stop_process, wait_greeting
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)  # aiosmtpd's chatter on our stderr
 
-_procs = {}
-_procs_lock = threading.Lock()
-
-
-@atexit.register
-def _kill_leftovers():
-    with _procs_lock:
-        procs = list(_procs.values())
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-
-
 def _stop(proc, timeout=5):
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    with _procs_lock:
-        _procs.pop(proc.pid, None)
+    stop_process(proc, signal.SIGTERM, timeout)
 
 
 def run_threads(n, target, timeout=60):
@@ -148,8 +119,7 @@ class SmtpSink:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL, stderr=err,
                                              start_new_session=True)
-            with _procs_lock:
-                _procs[self.proc.pid] = self.proc
+            register_process(self.proc)
             try:
                 self._wait_ready()
                 return
