@@ -50,6 +50,27 @@ commands_accept_helo(struct session *s, const char *name, bool extended)
     buf_free(&b);
 }
 
+void
+commands_accept_path(struct session *s, enum smtp_verb verb, const char *reply, size_t len)
+{
+    bool mail = verb == SMTP_VERB_MAIL;
+    bool ok = mail ? envelope_set_sender(&s->env, s->hook_arg) == 0
+                   : strv_push(&s->env.rcpts, s->hook_arg) == 0;
+    for (size_t i = 0; ok && mail && i < s->hook_params.n; i++)
+        ok = strv_push(&s->env.mail_options, s->hook_params.items[i]) == 0;
+    log_debug("session %lu: %s <%s>", s->id, mail ? "sender" : "recipient", s->hook_arg);
+    if (!ok) {
+        session_reset_transaction(s);
+        session_reply_const(s, "451 4.3.0 Error: out of memory");
+    } else if (reply != NULL) {
+        session_reply_bytes(s, reply, len);
+    } else if (mail) {
+        session_reply_const(s, "250 2.1.0 OK");
+    } else {
+        session_reply_const(s, "250 2.1.5 OK");
+    }
+}
+
 static void
 cmd_greeting(struct session *s, const char *arg, bool extended)
 {

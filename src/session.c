@@ -298,23 +298,7 @@ hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
     } else if (verb == SMTP_VERB_HELO || verb == SMTP_VERB_EHLO) {
         commands_accept_helo(s, s->hook_arg, verb == SMTP_VERB_EHLO);
     } else {
-        bool ok = verb == SMTP_VERB_MAIL ? envelope_set_sender(&s->env, s->hook_arg) == 0
-                                         : strv_push(&s->env.rcpts, s->hook_arg) == 0;
-        for (size_t i = 0; ok && verb == SMTP_VERB_MAIL && i < s->hook_params.n; i++)
-            ok = strv_push(&s->env.mail_options, s->hook_params.items[i]) == 0;
-        if (!ok) {
-            session_reset_transaction(s);
-            session_reply_const(s, "451 4.3.0 Error: out of memory");
-        } else if (code != 0) {
-            session_reply_bytes(s, wire.data, wire.len);
-        } else {
-            if (verb == SMTP_VERB_MAIL)
-                session_reply_const(s, "250 2.1.0 OK");
-            else
-                session_reply_const(s, "250 2.1.5 OK");
-        }
-        log_debug("session %lu: %s <%s>", s->id, verb == SMTP_VERB_MAIL ? "sender" : "recipient",
-                  s->hook_arg);
+        commands_accept_path(s, verb, code != 0 ? wire.data : NULL, wire.len);
     }
     buf_free(&wire);
     enforce_error_limit(s);

@@ -85,5 +85,8 @@ void session_ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb
 void commands_dispatch(struct session *s, char *line, size_t len);
 /* HELO/EHLO accepted (after on_helo): record the name, answer with our capabilities. */
 void commands_accept_helo(struct session *s, const char *name, bool extended);
+/* MAIL or RCPT accepted (after on_mail/on_rcpt): record s->hook_arg and s->hook_params in the
+ * envelope; answer with `reply` (the hook's 2xx, in wire form) or our own 250. */
+void commands_accept_path(struct session *s, enum smtp_verb verb, const char *reply, size_t len);
 
 #endif
