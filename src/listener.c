@@ -278,6 +278,28 @@ fqdn(void)
     return strdup(name);
 }
 
+/* Before serve() has its handlers nothing is in flight (the script is loading), so a stop
+ * signal then stops at once, and says so; exit 0, as a stop after the loop ran. */
+static void
+on_stop_signal_while_loading(int sig)
+{
+    (void)sig;
+    static const char said[] = "luasmtpd: stop signal while loading the script: exiting\n";
+    ssize_t ignored = write(STDERR_FILENO, said, sizeof(said) - 1);
+    (void)ignored;
+    _exit(0);
+}
+
+/* SIGHUP, which would end the process by default, is blocked until serve() handles it. */
+static sigset_t
+listener_hup_only(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    return set;
+}
+
 struct serve_args {
     struct config *cfg;
     const char *lua_dir;
@@ -329,6 +351,10 @@ serve(void *arg, int *fds, int n)
     srv.signals[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
     for (int i = 0; i < 3; i++)
         evsignal_add(srv.signals[i], NULL);
+    /* listener_run blocked SIGHUP until now: one sent while the script loaded is pending, and
+     * becomes a reload once the loop runs, instead of killing the process. */
+    sigset_t hup = listener_hup_only();
+    sigprocmask(SIG_UNBLOCK, &hup, NULL);
     /* Said only now, when a client or a signal can be answered: tests and scripts wait for it. */
     for (int i = 0; sa->announce && i < n; i++)
         log_listening(fds[i]);
@@ -360,6 +386,12 @@ int
 listener_run(struct config *cfg, const char *lua_dir)
 {
     signal(SIGPIPE, SIG_IGN);
+    /* Until serve() has its handlers (in this process and in every worker, which inherit
+     * both): a stop signal ends the load at once, a SIGHUP waits for the loop. */
+    signal(SIGTERM, on_stop_signal_while_loading);
+    signal(SIGINT, on_stop_signal_while_loading);
+    sigset_t hup = listener_hup_only();
+    sigprocmask(SIG_BLOCK, &hup, NULL);
     unsigned workers = cfg->workers > 1 ? cfg->workers : 1;
     int fds[MAX_LISTENERS];
     int n = bind_all(cfg, fds, MAX_LISTENERS, workers);

@@ -25,16 +25,39 @@ HANDLERS = os.path.join(HERE, "handlers")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 HOSTNAME = "test.example"
 
-START_TIMEOUT = 10.0   # seconds for a server to report its port
-REPLY_TIMEOUT = 5.0    # seconds for one SMTP reply
-STOP_TIMEOUT = 10.0    # seconds between SIGTERM and SIGKILL
+# Set by ctest for the sanitizer build: memory figures then measure ASan, not the server.
+SANITIZED = os.environ.get("LUASMTPD_SANITIZED") == "1"
+
+
+def _slowdown():
+    """How much slower than a plain build the server under test runs: $LUASMTPD_TEST_SLOWDOWN,
+    else 10 under a $LUASMTPD_WRAPPER (valgrind), 3 under the sanitizers, 1 otherwise. Every
+    bound on waiting for the server is scaled by it, so a loaded machine or a checker makes a
+    test slower, never red."""
+    given = os.environ.get("LUASMTPD_TEST_SLOWDOWN")
+    if given:
+        return max(1.0, float(given))
+    if os.environ.get("LUASMTPD_WRAPPER"):
+        return 10.0
+    return 3.0 if SANITIZED else 1.0
+
+
+SLOWDOWN = _slowdown()
+
+
+def bound(seconds):
+    """A bound on waiting for the server (seconds), scaled by SLOWDOWN."""
+    return seconds * SLOWDOWN
+
+
+START_TIMEOUT = bound(10.0)   # seconds for a server to report its port
+REPLY_TIMEOUT = bound(10.0)   # seconds for one SMTP reply
+STOP_TIMEOUT = bound(10.0)    # seconds between SIGTERM and SIGKILL
 
 # "<time> luasmtpd[pid] <level>: <text>"
 LOG_LINE = re.compile(r"^\S+ luasmtpd\[(\d+)\] (error|warn|info|debug): (.*)$")
 LISTENING = re.compile(r"listening on (?:\[([0-9A-Fa-f:.%a-z]+)\]|([^\s\[\]:]+)):(\d+)")
 # Reports of the sanitizers the suite may run under.
-# Set by ctest for the sanitizer build: memory figures then measure ASan, not the server.
-SANITIZED = os.environ.get("LUASMTPD_SANITIZED") == "1"
 LOG_ERROR = re.compile(r"luasmtpd\[\d+\] error: ")
 SANITIZER = re.compile(r"ERROR: \w+Sanitizer|runtime error: |LeakSanitizer")
 
@@ -70,8 +93,97 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def on_free_port(start, what, attempts=5):
+    """Runs start(port) with a port that was free a moment ago, again with another port when
+    someone took it in between (start raises); returns what start returned."""
+    last = None
+    for _ in range(attempts):
+        try:
+            return start(free_port())
+        except Exception as e:  # noqa: BLE001 -- servers raise many kinds for a taken port
+            last = e
+    raise AssertionError(f"{what} did not start on a free port in {attempts} tries: {last!r}")
+
+
+def proc_status(pid, field):
+    """A field of /proc/PID/status in KiB: VmRSS (now), VmHWM (the peak so far)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def run_threads(n, target, timeout=60):
+    """Runs target(i) in n threads released together; returns the list of results: the
+    exception a thread raised, or ("ok", value) for the value it returned."""
+    barrier = threading.Barrier(n)
+    results = [AssertionError("did not finish")] * n
+
+    def run(i):
+        try:
+            barrier.wait(bound(10))
+            results[i] = ("ok", target(i))
+        except BaseException as e:  # reported by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + bound(timeout)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise AssertionError(f"client threads still running after {bound(timeout)}s")
+    return results
+
+
+def failures(results):
+    """The exceptions among run_threads' results."""
+    return [r for r in results if isinstance(r, BaseException)]
+
+
+class Events:
+    """A list of things that happened (in another thread), with bounded waits on them."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.events = []
+
+    def note(self, event):
+        with self._cond:
+            self.events.append((time.monotonic(), event))
+            self._cond.notify_all()
+
+    def count(self, event):
+        with self._cond:
+            return sum(1 for _, e in self.events if e == event)
+
+    def times(self, event):
+        with self._cond:
+            return [t for t, e in self.events if e == event]
+
+    def wait_event(self, event, n=1, timeout=10):
+        """Waits until `event` (or any in a list of them) happened at least n times; returns
+        the times it happened."""
+        wanted = event if isinstance(event, list) else [event]
+        timeout = bound(timeout)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                got = [t for t, e in self.events if e in wanted]
+                if len(got) >= n:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out after {timeout}s waiting for {n} x "
+                                         f"{event!r}; events: {[e for _, e in self.events]}")
+                self._cond.wait(remaining)
+
+
 def wait_until(predicate, timeout, interval=0.02, what="condition"):
     """Polls predicate() until it returns something true; returns that value or raises."""
+    timeout = bound(timeout)
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -160,9 +272,11 @@ class StderrLog:
                 self.eof = True
                 self._cond.notify_all()
 
-    def wait(self, regex, timeout=START_TIMEOUT, start=0):
-        """Waits for a line at index >= start matching regex; returns (index, match)."""
+    def wait(self, regex, timeout=10.0, start=0):
+        """Waits for a line at index >= start matching regex; returns (index, match). The
+        timeout is scaled by SLOWDOWN."""
         pattern = re.compile(regex)
+        timeout = bound(timeout)
         deadline = time.monotonic() + timeout
         i = start
         with self._cond:
@@ -241,15 +355,24 @@ class LuaSmtpd:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 raise
 
-    def start(self):
+    def spawn(self):
+        """Starts the process and its stderr reader, and returns at once (start() also waits
+        for it to listen)."""
         with open(self.stdout_path, "wb") as out:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.PIPE, start_new_session=True)
         register_process(self.proc)
         self.pid = self.proc.pid
         self.log = StderrLog(self.proc.stderr)
+        return self
+
+    def start(self):
+        self.spawn()
+        return self.wait_listening()
+
+    def wait_listening(self):
         try:
-            _, m = self.log.wait(LISTENING, START_TIMEOUT)
+            _, m = self.log.wait(LISTENING, 10.0)
         except AssertionError as e:
             rc, _ = stop_process(self.proc, signal.SIGKILL, 5)
             raise ServerStartError(f"{' '.join(self.cmd)} did not start (exit {rc}): {e}")
@@ -260,8 +383,9 @@ class LuaSmtpd:
         return self
 
     def _probe(self):
-        """The listening line is logged when the socket is bound, before the handler is loaded
-        and the signal handlers are set; a greeting proves the event loop runs."""
+        """A greeting proves a loop serves the port. A single process logs its listening
+        line once its loop can answer; with --workers the supervisor logs it when the sockets
+        are bound, before any worker has loaded its script."""
         deadline = time.monotonic() + START_TIMEOUT
         buf = b""
         try:
@@ -290,8 +414,9 @@ class LuaSmtpd:
     def alive(self):
         return self.proc.poll() is None
 
-    def wait_log(self, regex, timeout=REPLY_TIMEOUT, start=0):
-        """Waits for a stderr line matching regex; returns the re.Match."""
+    def wait_log(self, regex, timeout=10.0, start=0):
+        """Waits for a stderr line matching regex (timeout scaled by SLOWDOWN); returns the
+        re.Match (its .string is the whole line)."""
         return self.log.wait(regex, timeout, start)[1]
 
     def log_lines(self, level=None):
@@ -315,6 +440,7 @@ class LuaSmtpd:
 
     def wait_exit(self, timeout):
         """Waits for the process to end by itself; returns its exit status or raises."""
+        timeout = bound(timeout)
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -419,23 +545,26 @@ asyncore.loop()
         self.stdout_path = os.path.join(self.workdir, "stdout")
         self.stderr_path = os.path.join(self.workdir, "stderr")
         self.host = "127.0.0.1"
-        last_error = None
-        for _ in range(3):  # the free port may be taken between the probe and the bind
-            self.port = free_port()
+
+        def start(port):
+            self.port = port
             with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
                 self.proc = subprocess.Popen(
-                    [PYTHON, "-u", "-c", self.SCRIPT, mode, str(self.port), hostname,
+                    [PYTHON, "-u", "-c", self.SCRIPT, mode, str(port), hostname,
                      "1" if utf8 else "0", str(size)],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
             register_process(self.proc)
             try:
                 self._wait_ready()
-                return
-            except AssertionError as e:
-                last_error = e
+            except AssertionError:
                 stop_process(self.proc, signal.SIGKILL, 5)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        raise last_error
+                raise
+
+        try:
+            on_free_port(start, "python smtpd")
+        except AssertionError:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
 
     def _wait_ready(self):
         wait_greeting(self.proc, self.host, self.port, "python smtpd", self.stderr)
@@ -484,9 +613,11 @@ class Reply:
 class SMTPClient:
     """A raw-socket SMTP client: connect, send bytes, read replies, all with timeouts."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=REPLY_TIMEOUT, greeting=True):
-        self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", timeout=None, greeting=True):
+        """Every timeout given to a client (here or per call) is scaled by SLOWDOWN; the
+        default is REPLY_TIMEOUT."""
+        self.timeout = REPLY_TIMEOUT if timeout is None else bound(timeout)
+        self.sock = socket.create_connection((host, port), timeout=self.timeout)
         self.buf = b""
         self.greeting = self.reply() if greeting else None
 
@@ -503,6 +634,9 @@ class SMTPClient:
                 self.sock.close()
             finally:
                 self.sock = None
+
+    def _bound(self, timeout):
+        return self.timeout if timeout is None else bound(timeout)
 
     def local_port(self):
         return self.sock.getsockname()[1]
@@ -528,7 +662,9 @@ class SMTPClient:
         self.buf += chunk
 
     def read_line(self, timeout=None):
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        return self._line_by(time.monotonic() + self._bound(timeout))
+
+    def _line_by(self, deadline):
         while b"\r\n" not in self.buf:
             self._fill(deadline)
         line, self.buf = self.buf.split(b"\r\n", 1)
@@ -537,10 +673,10 @@ class SMTPClient:
     def reply(self, timeout=None):
         """Reads one (possibly multi-line) reply. A reply ends at a line whose 4th char is a
         space (or that is just the code)."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = time.monotonic() + self._bound(timeout)
         lines = []
         while True:
-            raw = self.read_line(max(0.0, deadline - time.monotonic()))
+            raw = self._line_by(deadline)
             line = raw.decode("utf-8", "surrogateescape")
             if not re.match(r"^\d{3}([ -]|$)", line):
                 raise AssertionError(f"malformed reply line {raw!r} after {lines!r}")
@@ -561,7 +697,7 @@ class SMTPClient:
     def wait_closed(self, timeout=None):
         """True when the server closes the connection within the timeout (any bytes it sends
         meanwhile are kept in self.buf); False on timeout."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = time.monotonic() + self._bound(timeout)
         try:
             while True:
                 self._fill(deadline)

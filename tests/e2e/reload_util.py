@@ -1,16 +1,12 @@
 """Helpers for test_reload.py: handler scripts in a temporary directory, the ways an editor saves
-a file, a small smtplib client that returns the final reply, and an upstream that answers the
-end of DATA late. Only the standard library and aiosmtpd (installed for /usr/bin/python3)."""
+a file, and a small smtplib client that returns the final reply. Only the standard library."""
 
-import asyncio
 import os
 import re
 import smtplib
 import subprocess
 import tempfile
-import threading
 
-import harness
 
 RELOAD_TIMEOUT = 5.0   # seconds from a save to its "generation N loaded" line
 CLIENT_TIMEOUT = 10.0  # seconds for one smtplib command
@@ -136,38 +132,3 @@ def version_of(reply):
     code, text = reply
     m = re.fullmatch(r"2\.0\.0 (v\d+)", text)
     return m.group(1) if code == 250 and m else None
-
-
-# ---- a slow upstream ----
-
-class SlowUpstream:
-    """An aiosmtpd server on 127.0.0.1 whose reply to the end of DATA comes `delay` seconds
-    late. data_started is set when a message's data has arrived (the relay is then waiting)."""
-
-    def __init__(self, delay):
-        from aiosmtpd.controller import Controller
-
-        self.delay = delay
-        self.data_started = threading.Event()
-        self.messages = []  # (mail_from, rcpt_tos, content) in the order they were answered
-        last = None
-        for _ in range(3):  # the probed port may be taken before aiosmtpd binds it
-            self.controller = Controller(self, hostname="127.0.0.1", port=harness.free_port(),
-                                         ready_timeout=5)
-            try:
-                self.controller.start()
-                self.port = self.controller.port
-                return
-            except Exception as e:  # noqa: BLE001 -- aiosmtpd raises several kinds
-                last = e
-        raise AssertionError(f"cannot start the upstream: {last!r}")
-
-    async def handle_DATA(self, server, session, envelope):
-        self.data_started.set()
-        await asyncio.sleep(self.delay)
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 2.0.0 upstream took it"
-
-    def close(self):
-        self.controller.stop()
-

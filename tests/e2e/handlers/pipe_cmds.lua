@@ -25,6 +25,12 @@ M.commands = {
   loud = { sh("cat >/dev/null; head -c 1048576 /dev/zero | tr '\\000' x") },
   sha = { { "sha256sum" } },
   slow = { sh("sleep 0.5; cat >/dev/null") },
+  -- a barrier: exits 0 only once 32 of its kind have started (pipe.c's default child limit),
+  -- which they can only do if they run at the same time; gives up after 60 s with status 1
+  together = { sh('touch "$1/together.$$"; i=0; '
+                  .. 'while [ "$(ls "$1" | grep -c "^together[.]")" -lt 32 ]; do '
+                  .. '[ $i -ge 1200 ] && exit 1; i=$((i + 1)); sleep 0.05; done; '
+                  .. 'cat >/dev/null', dir) },
   -- reads its message, then waits long: for the client that disconnects meanwhile
   slowpid = { sh('echo $$ > "$1"; cat >/dev/null; exec sleep 60', dir .. "/slowpid.pid") },
   env = { { "env" }, { env = { LUASMTPD_FROM_OPTS = "from-opts" } } },
