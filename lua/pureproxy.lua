@@ -1,13 +1,19 @@
 -- Relays every message to the upstream server given on the command line (remotehost:port), as
 -- Python's PureProxy set out to, without its faults: nothing is lost, nothing dropped silently.
 --   * Each recipient is put to the upstream at RCPT time; one it refuses is refused to our
---     client with the upstream's own code and text.
+--     client with the upstream's own code and text. A recipient given twice goes up once.
 --   * Upstream down, slow or failing: the client gets 451 and retries later.
---   * 250 after DATA only once the upstream said 2xx for the message.
+--   * After DATA, the upstream's own answer: any 2xx it gives is delivery, passed on with its
+--     text (its queue id) made a valid reply; its 4xx/5xx likewise.
+--   * What the upstream does not offer is refused, never sent: SMTPUTF8 (553/554 5.6.7),
+--     8BITMIME (554 5.6.3), its SIZE (552 5.3.4); see lua/smtpd/proxy.lua.
+--   * Each message gets a Received: line on top (lua/smtpd/received.lua) and, as Python's
+--     PureProxy did, X-Peer: at the end of its headers.
 --   * Only clients in `relay_clients` may relay (loopback by default): no open relay.
 -- Settings: relay_clients, relay_timeout (see lua/smtpd/proxy.lua).
 local proxy = require "smtpd.proxy"
 local message = require "smtpd.message"
+local received = require "smtpd.received"
 
 function on_mail(session, address, params)
   if not proxy.may_relay(session.peer[1]) then
@@ -26,6 +32,8 @@ function on_disconnect(session)
 end
 
 function process_message(peer, mailfrom, rcpttos, data, options)
+  local session = options.session
+  data = received.add(data, options, { rcpts = proxy.recipients(session) })
   -- As Python's PureProxy: X-Peer at the end of the headers.
-  return proxy.data(options.session, message.add_header(data, "X-Peer: " .. peer[1]))
+  return (proxy.data(session, message.add_header(data, "X-Peer: " .. peer[1])))
 end

@@ -1,7 +1,15 @@
 -- Relaying a transaction to an upstream server as it happens: the upstream is asked at MAIL
 -- and at each RCPT, so its refusals reach our client in real time, and after DATA our client
--- gets the upstream's own answer. A client's transactions share one upstream connection. Any trouble with the upstream (down, slow, gone mid-way)
--- answers 451, so the client keeps the message and retries: nothing is lost.
+-- gets the upstream's own answer. A client's transactions share one upstream connection, and
+-- each starts clean there (RSET after one the client abandoned). Any trouble with the upstream
+-- (down, slow, gone mid-way) answers 451, so the client keeps the message and retries.
+--   * Any 2xx from the upstream after the message means delivered; its text only travels on,
+--     made a valid reply by smtpd.reply, so it can never turn into a 451 and a second copy.
+--   * A recipient the client gives twice (domain in any case) is put to the upstream once.
+--   * Nothing goes out that the upstream did not offer: a UTF-8 address to an upstream without
+--     SMTPUTF8 gets 553 5.6.7 at MAIL/RCPT, UTF-8 headers of an SMTPUTF8 message 554 5.6.7, an
+--     8-bit message to an upstream without 8BITMIME 554 5.6.3, one over its SIZE 552 5.3.4,
+--     all before the message is sent (RFC 3463; permanent conditions, so 5xx).
 -- Settings (--set KEY=VALUE): relay_clients (who may relay: comma-separated addresses or IPv4
 -- CIDR prefixes, "*" for anyone; default loopback), relay_timeout (seconds per upstream step).
 local smtpd = require "smtpd"
@@ -47,94 +55,208 @@ function M.unavailable(why)
   return "451 4.4.1 Upstream unavailable, try again later"
 end
 
--- MAIL parameters go along only when the upstream offers the extension each needs.
+-- An address as a key for duplicates: the domain is case-insensitive (RFC 5321 2.4); the local
+-- part is kept exactly, since only the upstream knows whether "Bob" and "bob" are one mailbox
+-- (folding it could leave one of two mailboxes without its copy).
+function M.address_key(address)
+  local loc, domain = address:match("^(.*)@([^@]*)$")
+  if not loc then return address end
+  return loc .. "@" .. domain:lower()
+end
+
+local function ascii(s)
+  return not s:find("[\128-\255]")
+end
+M.ascii = ascii
+
+M.NEEDS_SMTPUTF8 = "553 5.6.7 Error: non-ASCII address needs SMTPUTF8"
+
+-- MAIL parameters go along only when the upstream offers the extension each needs. Returns
+-- the parameter string, and whether the client asked for SMTPUTF8 and the upstream has it.
 local needs = { SIZE = "SIZE", BODY = "8BITMIME", SMTPUTF8 = "SMTPUTF8" }
+
+function M.mail_params(extensions, params)
+  local pass, asked = {}, false
+  for _, param in ipairs(params or {}) do
+    local keyword = param:match("^[^=]+"):upper()
+    if keyword == "SMTPUTF8" then asked = true end
+    if extensions[needs[keyword]] then
+      pass[#pass + 1] = param
+    end
+  end
+  return table.concat(pass, " "), asked, asked and extensions.SMTPUTF8 ~= nil
+end
+
+-- Why `data` cannot go to an upstream with these extensions, or nil: checked before anything
+-- is sent, so refusing commits nothing. `utf8` says the client asked for SMTPUTF8, `utf8_sent`
+-- that the upstream got it.
+function M.content_refusal(extensions, data, utf8, utf8_sent)
+  local size = tonumber(extensions.SIZE)
+  if size and size > 0 and #data > size then
+    return "552 5.3.4 Message too big for the next server"
+  end
+  if ascii(data) then
+    return nil
+  end
+  -- RFC 6532 headers (UTF-8 outside quoted or encoded words) need SMTPUTF8 all the way.
+  if utf8 and not utf8_sent then
+    local head = data:match("^(.-\r\n)\r\n") or data
+    if not ascii(head) then
+      return "554 5.6.7 SMTPUTF8 required but not supported by the next server"
+    end
+  end
+  if not (extensions["8BITMIME"] or utf8_sent) then
+    return "554 5.6.3 Conversion required but not supported"
+  end
+  return nil
+end
 
 function M.close(session)
   if session.upstream then
     session.upstream:close()
     session.upstream = nil
   end
+  session.upstream_busy = false
+  session.relay = nil
 end
 
--- Sends MAIL on the session's upstream connection, reusing the one of its last transaction
--- when it is still good (a new TCP connection, greeting and EHLO per message is most of a
--- relay's cost). Returns code, text, or nil and why.
-local function mail(session, mailfrom, params)
+-- The transaction in progress upstream is no longer the client's (it sent MAIL again, or RSET
+-- and MAIL): the next M.open clears it first.
+function M.forget(session)
+  session.relay = nil
+end
+
+-- The session's upstream connection, ready for a new transaction: the last one's when it is
+-- still good (a new TCP connection, greeting and EHLO per message is most of a relay's cost),
+-- cleared with RSET when a transaction was left open there. Returns up, reused | nil, err.
+local function ready(session)
   local up = session.upstream
-  if up and session.upstream_open then
-    -- The client abandoned its last transaction (RSET, or a refusal): clear it upstream too.
+  if up and session.upstream_busy then
+    session.upstream_busy = false
     local code = up:rset()
-    if not code or code >= 400 then
+    if not code or code >= 300 then
       M.close(session)
       up = nil
     end
   end
-  local reused = up ~= nil
-  if not up then
-    local err
-    up, err = smtpd.connect(M.upstream)
-    if not up then return nil, err end
-    session.upstream = up
-  end
-  local pass = {}
-  for _, param in ipairs(params or {}) do
-    if up.extensions[needs[param:match("^[^=]+")]] then
-      pass[#pass + 1] = param
-    end
-  end
-  local code, text = up:mail(mailfrom, table.concat(pass, " "))
-  if not code and reused then
-    -- The upstream let an idle connection go; one fresh try.
-    M.close(session)
-    return mail(session, mailfrom, params)
-  end
-  return code, text
+  if up then return up, true end
+  local err
+  up, err = smtpd.connect(M.upstream)
+  if not up then return nil, err end
+  session.upstream = up
+  return up, false
 end
 
--- Sends MAIL upstream. Returns nil when the upstream took it, or the reply for our client.
+-- Starts the client's transaction upstream with MAIL. Returns nil when the upstream took it,
+-- or the reply for our client.
 function M.open(session, mailfrom, params)
-  local code, text = mail(session, mailfrom, params)
+  session.relay = nil
+  local up, reused_or_err = ready(session)
+  if not up then
+    return M.unavailable(reused_or_err)
+  end
+  local reused = reused_or_err
+  if not ascii(mailfrom) and not up.extensions.SMTPUTF8 then
+    smtpd.log("info", "upstream offers no SMTPUTF8: refused sender", mailfrom)
+    return M.NEEDS_SMTPUTF8
+  end
+  local pass, utf8, utf8_sent = M.mail_params(up.extensions, params)
+  local code, text = up:mail(mailfrom, pass)
+  if reused and (not code or code == 421) then
+    -- The upstream let an idle connection go; one fresh try.
+    M.close(session)
+    return M.open(session, mailfrom, params)
+  end
   if not code then
     M.close(session)
     return M.unavailable(text)
   end
-  session.upstream_open = code < 400
-  if code >= 400 then
+  if code >= 200 and code < 300 then
+    session.upstream_busy = true
+    session.relay = { rcpts = {}, keys = {}, utf8 = utf8, utf8_sent = utf8_sent }
+    return nil
+  end
+  if code >= 400 and code < 600 then
     return smtpd.reply(code, text)
   end
+  M.close(session)
+  return M.unavailable("unexpected reply to MAIL: " .. code)
+end
+
+-- The recipients the upstream accepted in this transaction, each once, in RCPT order.
+function M.recipients(session)
+  return session.relay and session.relay.rcpts or {}
 end
 
 -- Asks the upstream about one recipient: nil when accepted, else the reply for our client.
 function M.rcpt(session, address)
-  local up = session.upstream
-  if not up then
-    return M.unavailable("no connection for this transaction")
+  local up, relay = session.upstream, session.relay
+  if not (up and relay) then
+    return M.unavailable("no upstream transaction for this recipient")
+  end
+  local key = M.address_key(address)
+  if relay.keys[key] then
+    return nil -- the upstream has it already: one copy per address
+  end
+  if not ascii(address) and not relay.utf8_sent then
+    return M.NEEDS_SMTPUTF8
   end
   local code, text = up:rcpt(address)
   if not code then
     M.close(session)
     return M.unavailable(text)
   end
-  if code >= 400 then
+  if code >= 200 and code < 300 then
+    relay.keys[key] = true
+    relay.rcpts[#relay.rcpts + 1] = address
+    return nil
+  end
+  if code >= 400 and code < 600 then
     return smtpd.reply(code, text)
   end
+  M.close(session)
+  return M.unavailable("unexpected reply to RCPT: " .. code)
 end
 
--- Sends the message; returns the upstream's answer as our reply. The connection stays open
--- for the client's next transaction; on_disconnect closes it.
-function M.data(session, data)
-  local up = session.upstream
-  if not up then
-    return M.unavailable("no connection for this transaction")
+-- Why the message cannot go upstream as the transaction stands, or nil: the connection was
+-- lost after recipients were taken, or the message needs what the upstream does not offer.
+-- Nothing has been sent when this refuses.
+function M.check(session, data)
+  local up, relay = session.upstream, session.relay
+  if not (up and relay) then
+    return M.unavailable("no upstream transaction for this message")
   end
+  local refusal = M.content_refusal(up.extensions, data, relay.utf8, relay.utf8_sent)
+  if refusal then
+    smtpd.log("info", "not sent upstream:", refusal)
+  end
+  return refusal
+end
+
+-- Sends the message; returns the reply for our client and its code (2xx: the upstream took
+-- it). The connection stays open for the client's next transaction; on_disconnect closes it.
+function M.data(session, data)
+  local refusal = M.check(session, data)
+  if refusal then
+    return refusal, tonumber(refusal:sub(1, 3))
+  end
+  local up = session.upstream
+  session.relay = nil
   local code, text = up:data(data)
   if not code then
     M.close(session)
-    return M.unavailable(text)
+    -- Said once the message may be there: a lost answer after the final dot is the one way
+    -- a 451 can leave a copy upstream (RFC 1047).
+    return M.unavailable("no answer to the message (" .. tostring(text)
+                         .. "); if it was lost after the message was sent, the upstream may "
+                         .. "have kept a copy"), 451
   end
-  session.upstream_open = false
-  return smtpd.reply(code, text)
+  session.upstream_busy = false
+  if code >= 200 and code < 600 and code // 100 ~= 3 then
+    return smtpd.reply(code, text), code
+  end
+  M.close(session)
+  return M.unavailable("unexpected reply to the message: " .. code), 451
 end
 
 return M
