@@ -111,13 +111,17 @@ function M.content_refusal(extensions, data, utf8, utf8_sent)
   return nil
 end
 
+-- Lets the connection go. A transaction in progress on it is marked lost, not forgotten: the
+-- recipients it took were answered 250, so its message must get 451, never 250 for nothing.
 function M.close(session)
   if session.upstream then
     session.upstream:close()
     session.upstream = nil
   end
   session.upstream_busy = false
-  session.relay = nil
+  if session.relay then
+    session.relay.lost = true
+  end
 end
 
 -- The transaction in progress upstream is no longer the client's (it sent MAIL again, or RSET
@@ -191,7 +195,7 @@ end
 -- Asks the upstream about one recipient: nil when accepted, else the reply for our client.
 function M.rcpt(session, address)
   local up, relay = session.upstream, session.relay
-  if not (up and relay) then
+  if not (up and relay) or relay.lost then
     return M.unavailable("no upstream transaction for this recipient")
   end
   local key = M.address_key(address)
@@ -223,7 +227,7 @@ end
 -- Nothing has been sent when this refuses.
 function M.check(session, data)
   local up, relay = session.upstream, session.relay
-  if not (up and relay) then
+  if not (up and relay) or relay.lost then
     return M.unavailable("no upstream transaction for this message")
   end
   local refusal = M.content_refusal(up.extensions, data, relay.utf8, relay.utf8_sent)

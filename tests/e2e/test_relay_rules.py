@@ -80,7 +80,7 @@ def parse_received(lines):
 
 class Scripted(RawServer):
     """An SMTP server on a raw socket whose EHLO keywords (`exts`) and replies are the test's:
-    `rcpt_replies` {address: reply bytes}, `final` (the reply after the message, bytes).
+    `rcpt_replies` {address: reply bytes, or None to hang up}, `final` (the reply after the message, bytes).
     messages: {"mail": MAIL line, "rcpts": [...], "data": bytes unstuffed} per accepted message.
     Events: "mail", ("rcpt", address), "rset", "data_command", "delivered", "quit"."""
 
@@ -116,6 +116,10 @@ class Scripted(RawServer):
                 address = line.decode("utf-8", "surrogateescape").split("<", 1)[1].split(">")[0]
                 self.note(("rcpt", address))
                 reply = self.rcpt_replies.get(address, b"250 2.1.5 ok\r\n")
+                if reply is None:
+                    self.note("hung up")
+                    conn.close()
+                    return
                 if reply.startswith(b"2"):
                     tx["rcpts"].append(address)
                 conn.send(reply)
@@ -591,6 +595,17 @@ class TestMixedOutcomes(RulesTestCase):
                 r = self.send(c, ["test@lists.example", "bob@example.net"])
                 self.assertEqual(r[-1].lines, [final.decode().strip()])
                 self.assertEqual(self.calls(), [])
+
+    def test_upstream_lost_after_a_recipient_was_taken(self):
+        """The upstream took bob, then went away: bob's copy cannot go, so the message gets
+        451 before Mailman has it (not 250 with bob left out, nor a list copy to repeat)."""
+        up = self.start_scripted(rcpt_replies={"carol@example.net": None})
+        srv = self.start_mailman(up)
+        c = self.session(srv)
+        r = self.send(c, ["bob@example.net", "carol@example.net", "test@lists.example"])
+        self.assertEqual([x.code for x in r], [250, 250, 451, 250, 354, 451], r)
+        self.assertEqual(self.calls(), [])
+        self.assertEqual(up.messages, [])
 
     def test_list_failure_after_the_upstream_says_so(self):
         up = self.start_aio()
