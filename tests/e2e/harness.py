@@ -114,6 +114,20 @@ def proc_status(pid, field):
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+def tcp_queues(local_port, remote_port):
+    """(tx_queue, rx_queue) of the 127.0.0.1 TCP socket local_port <-> remote_port, from
+    /proc/net/tcp: bytes written and not yet acknowledged by the peer, bytes received and not
+    yet read by the socket's owner."""
+    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                tx, rx = fields[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    raise AssertionError(f"no socket 127.0.0.1:{local_port} <-> :{remote_port}")
+
+
 def run_threads(n, target, timeout=60):
     """Runs target(i) in n threads released together; returns the list of results: the
     exception a thread raised, or ("ok", value) for the value it returned."""
@@ -418,6 +432,35 @@ class LuaSmtpd:
         """Waits for a stderr line matching regex (timeout scaled by SLOWDOWN); returns the
         re.Match (its .string is the whole line)."""
         return self.log.wait(regex, timeout, start)[1]
+
+    def client_sockets(self):
+        """How many TCP connections to this server's port it still holds open (ESTABLISHED,
+        or CLOSE_WAIT: the client has gone, the server has not let go), from /proc/net/tcp."""
+        port = f":{self.port:04X}"
+        n = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as f:
+                    rows = f.readlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if fields[1].endswith(port) and fields[3] in ("01", "08"):
+                    n += 1
+        return n
+
+    def fd_count(self):
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def assert_no_log(self, regex, watch, start=0):
+        """Fails if a stderr line at index >= start matches regex within `watch` seconds
+        (scaled by SLOWDOWN): the caller says why that long is enough."""
+        try:
+            _, m = self.log.wait(regex, watch, start)
+        except AssertionError:
+            return
+        raise AssertionError(f"unexpected stderr line {m.string!r}; stderr:\n{self.log.text()}")
 
     def log_lines(self, level=None):
         lines = self.log.snapshot()

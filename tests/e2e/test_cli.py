@@ -12,7 +12,7 @@ import time
 import unittest
 
 from harness import (Closed, LuaSmtpd, ServerTestCase, SMTPClient, binary, fixture,
-                     read_records, wait_until)
+                     on_free_port, read_records, wait_until)
 
 EHLO = "EHLO client.example"
 BODY = b"Subject: t\r\n\r\nbody\r\n.\r\n"
@@ -177,16 +177,13 @@ class TestProcess(ServerTestCase):
         self.assertEqual(self.connect(srv).greeting.code, 220)
 
     def test_fixed_port(self):
-        for _ in range(3):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            try:
-                srv = self.start_server("sink", listen=f"127.0.0.1:{port}")
-                break
-            except AssertionError:
-                continue  # someone took the port meanwhile
-        self.assertEqual(srv.port, port)
+        ports = []
+
+        def start(port):
+            ports.append(port)
+            return self.start_server("sink", listen=f"127.0.0.1:{port}")
+        srv = on_free_port(start, "luasmtpd")
+        self.assertEqual(srv.port, ports[-1])
 
     def test_ipv6_loopback(self):
         if not ipv6_loopback():
@@ -250,10 +247,8 @@ class TestSignals(ServerTestCase):
         for sig in self.SIGNALS:
             with self.subTest(signal=sig.name):
                 srv = self.start_server(handler, probe=probe)
-                t0 = time.monotonic()
                 srv.send_signal(sig)
-                self.assertEqual(srv.wait_exit(5), 0)
-                self.assertLess(time.monotonic() - t0, 3)
+                self.assertEqual(srv.wait_exit(10), 0)
                 with self.assertRaises(OSError):
                     socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
 

@@ -6,33 +6,9 @@ import struct
 import threading
 import unittest
 
-from harness import ServerTestCase, read_records
+from harness import ServerTestCase, failures, read_records, run_threads, wait_until
 
 EHLO = "EHLO client.example"
-
-
-def run_threads(n, target, timeout=60):
-    """Runs target(i) in n threads started together; returns the list of exceptions
-    (None for success) once all are done, or raises if some are still running."""
-    barrier = threading.Barrier(n)
-    results = [AssertionError("did not finish")] * n
-
-    def run(i):
-        try:
-            barrier.wait(10)
-            target(i)
-            results[i] = None
-        except BaseException as e:  # reported by the caller
-            results[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    if any(t.is_alive() for t in threads):
-        raise AssertionError(f"client threads still running after {timeout}s")
-    return results
 
 
 class TestConcurrency(ServerTestCase):
@@ -51,7 +27,7 @@ class TestConcurrency(ServerTestCase):
                 refused = s.sendmail(f"sender{i}@b.example", [f"rcpt{i}@d.example"], msg)
                 assert refused == {}, refused
 
-        errors = [(i, e) for i, e in enumerate(run_threads(n, client)) if e is not None]
+        errors = failures(run_threads(n, client))
         self.assertEqual(errors, [])
         recs = read_records(self.dir)
         self.assertEqual(len(recs), n)
@@ -89,7 +65,7 @@ class TestConcurrency(ServerTestCase):
 
         closer = threading.Thread(target=close_vanishing, daemon=True)
         closer.start()
-        errors = [(i, e) for i, e in enumerate(run_threads(10, client)) if e is not None]
+        errors = failures(run_threads(10, client))
         closer.join(10)
         self.assertEqual(errors, [])
         # One more message after the vanished socket is gone: the server still serves.
@@ -104,7 +80,11 @@ class TestConcurrency(ServerTestCase):
 
     def test_vanish_at_every_stage(self):
         """Clients that drop after connect, EHLO, MAIL, RCPT, DATA, mid-line and mid-
-        pipeline leave nothing behind and do not disturb the server."""
+        pipeline leave nothing behind (no message, no socket, no descriptor) and do not
+        disturb the server."""
+        # The harness's probe and setUp's connections are gone first: the baseline.
+        wait_until(lambda: self.srv.client_sockets() == 0, 10, what="no client connections")
+        fds = self.srv.fd_count()
         stages = [
             b"",
             b"EHLO x\r\n",
@@ -132,6 +112,11 @@ class TestConcurrency(ServerTestCase):
         recs = read_records(self.dir)
         self.assertEqual([r.mailfrom for r in recs], ["after@b.example"])
         self.assertTrue(self.srv.alive())
+        # Every session let its socket go, and the server holds no more descriptors than
+        # before (the log says each vanished client left).
+        wait_until(lambda: self.srv.client_sockets() == 0, 10, what="every session closed")
+        wait_until(lambda: self.srv.fd_count() == fds, 10,
+                   what=f"{fds} descriptors again (now {self.srv.fd_count()})")
 
     def test_slow_client_does_not_block_others(self):
         """A client stalled mid-command does not hold up other sessions."""

@@ -7,10 +7,9 @@ import smtplib
 import subprocess
 import socket
 import tempfile
-import time
 import unittest
 
-from harness import ServerTestCase, read_records, wait_records
+from harness import ServerTestCase, read_records, tcp_queues, wait_records, wait_until
 
 EHLO = "EHLO client.example"
 
@@ -129,9 +128,14 @@ class TestData(ServerTestCase):
         r_c.cmd("RCPT TO:<c@d.example>")
         r_c.cmd("DATA")
         r_c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ours, theirs = r_c.local_port(), self.srv.port
         for piece in (b"line\r", b"\n", b".", b"\r", b"\n"):
             r_c.send(piece)
-            time.sleep(0.05)  # separate segments, so the server reads them one by one
+            # The server has read this piece (nothing in flight, nothing unread) before the
+            # next is sent, so each is a read of its own.
+            wait_until(lambda: tcp_queues(ours, theirs)[0] == 0 and
+                       tcp_queues(theirs, ours)[1] == 0, 10, interval=0.005,
+                       what="the server to read the piece")
         self.assertEqual(r_c.reply().code, 250)
         self.assertEqual(self.only_record().data, b"line\r\n")
 

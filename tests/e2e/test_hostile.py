@@ -34,20 +34,6 @@ def proc_kib(pid, field):
     return harness.proc_status(pid, field)
 
 
-def tcp_queues(local_port, remote_port):
-    """(tx_queue, rx_queue) of the 127.0.0.1 TCP socket local_port <-> remote_port, from
-    /proc/net/tcp: bytes written and not yet acknowledged by the peer, bytes received and not
-    yet read by the socket's owner."""
-    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if (fields[1], fields[2]) == want:
-                tx, rx = fields[4].split(":")
-                return int(tx, 16), int(rx, 16)
-    raise AssertionError(f"no socket 127.0.0.1:{local_port} <-> :{remote_port}")
-
-
 def send_until_full(sock, data, limit):
     """Sends `data` without blocking until the socket takes no more (the peer does not read)
     or `limit` seconds pass; returns how many bytes went."""
@@ -94,7 +80,7 @@ class HostileTestCase(ServerTestCase):
     def full_transaction(self, srv, mailfrom="good@b.example", body=b"Subject: ok\r\n\r\nok\r\n"):
         """A well-behaved smtplib client's whole transaction; returns its duration."""
         t0 = time.monotonic()
-        with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=harness.bound(10)) as s:
             s.ehlo("good.example")
             self.assertEqual(s.sendmail(mailfrom, ["c@d.example"], body), {})
         return time.monotonic() - t0
@@ -161,8 +147,8 @@ class TestMemoryBounds(HostileTestCase):
         def consumed():
             # Bytes the server has read: sent, less what is still in either socket's queue.
             # Nothing else moves while this client neither sends nor reads.
-            client_tx, _ = tcp_queues(c.local_port(), srv.port)
-            _, server_rx = tcp_queues(srv.port, c.local_port())
+            client_tx, _ = harness.tcp_queues(c.local_port(), srv.port)
+            _, server_rx = harness.tcp_queues(srv.port, c.local_port())
             return sent - client_tx - server_rx
 
         # Wait for the server to stop: what it consumed is the same over 0.5 s (at the rate it
@@ -180,7 +166,7 @@ class TestMemoryBounds(HostileTestCase):
         while time.monotonic() < end:
             self.assertEqual(consumed(), stopped_at, "the server still reads")
             time.sleep(0.05)
-        queue = tcp_queues(srv.port, c.local_port())[1]
+        queue = harness.tcp_queues(srv.port, c.local_port())[1]
         self.assertGreater(queue, 0, "the server read everything")
         grown = proc_kib(srv.pid, "VmHWM") - before
         print(f"(burst of {len(burst)} bytes: {sent} sent before the client read; "
@@ -241,7 +227,7 @@ class TestHostileCrowd(HostileTestCase):
     def test_thousand_hostile_connections(self):
         """1000 connections at once, each silent, or stuck in half a command, or dripping
         random bytes, or stalled mid-DATA: a well-behaved smtplib client still gets its whole
-        transaction done within a second."""
+        transaction done as if alone."""
         n = 1000
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = min(hard, 4 * n) if hard != resource.RLIM_INFINITY else 4 * n
@@ -286,7 +272,8 @@ class TestHostileCrowd(HostileTestCase):
             finally:
                 stop.set()
                 t.join(5)
-            self.assertLess(max(times), 1.0, times)
+            # Served as if alone (a few ms each); 5 s leaves room for a loaded machine.
+            self.assertLess(max(times), harness.bound(5.0), times)
             self.assertTrue(srv.alive())
         finally:
             for s in socks:
@@ -295,7 +282,7 @@ class TestHostileCrowd(HostileTestCase):
         self.assertEqual([r.mailfrom for r in recs],
                          ["good0@b.example", "good1@b.example", "good2@b.example"])
         # Once the crowd is gone the server is still fine.
-        self.assertLess(self.full_transaction(srv, mailfrom="after@b.example"), 1.0)
+        self.assertLess(self.full_transaction(srv, mailfrom="after@b.example"), harness.bound(5.0))
 
 
 class TestGarbage(HostileTestCase):

@@ -5,6 +5,7 @@ handlers/limits_trace.lua (notes every Lua entry point, to show a refused connec
 limits_runaway.lua (scripts that never end or eat memory) and record.lua."""
 
 import os
+import select
 import shutil
 import socket
 import tempfile
@@ -13,21 +14,12 @@ import time
 import unittest
 
 import harness
-from harness import SMTPClient, ServerTestCase, read_records, wait_until
+from harness import SMTPClient, ServerTestCase, proc_status, read_records, wait_until
 
 EHLO = "EHLO client.example"
 BODY = b"Subject: limits\r\n\r\nbody\r\n"
 # A handler that fails is logged at level error, with its traceback.
 HANDLER_FAILED = r"error: session \d+: (process_message|on_rcpt) failed"
-
-
-def proc_status(pid, field):
-    """A field of /proc/PID/status in KiB (VmRSS, VmHWM)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 class TraceTestCase(ServerTestCase):
@@ -80,7 +72,7 @@ class TestTimeouts(ServerTestCase):
                 self.assertEqual(r.lines, ["421 4.4.2 test.example Error: timeout exceeded"])
                 self.assertTrue(c.wait_closed(3), "still open after the 421")
                 self.assertGreater(elapsed, 0.8)
-                self.assertLess(elapsed, 3)
+                self.assertLess(elapsed, 1 + harness.bound(4), "not the 1 s timeout")
         srv.wait_log(r"info: session \d+: timeout, closing")
 
     def test_data_timeout_is_between_pieces(self):
@@ -97,16 +89,15 @@ class TestTimeouts(ServerTestCase):
         while time.monotonic() - start < 3:
             c.send(b"piece\r\n")
             last = time.monotonic()
-            # Nothing may come back meanwhile: a reply within 0.5 s fails the test.
-            with self.assertRaises(AssertionError):
-                c.reply(timeout=0.5)
-            self.assertEqual(c.buf, b"")
+            # Nothing may come back meanwhile: a reply within 0.5 s (the pace of the pieces,
+            # which must stay under the 2 s data timeout) fails the test.
+            self.assertEqual(select.select([c.sock], [], [], 0.5)[0], [], "a reply came")
         r = c.reply(timeout=6)
         elapsed = time.monotonic() - last
         self.assertEqual(r.lines, ["421 4.4.2 test.example Error: timeout exceeded"])
         self.assertTrue(c.wait_closed(3))
         self.assertGreater(elapsed, 1.5)
-        self.assertLess(elapsed, 4)
+        self.assertLess(elapsed, 2 + harness.bound(4), "not the 2 s data timeout")
         self.assertEqual(read_records(d), [])
 
     def test_data_timeout_shorter_than_command_timeout(self):
@@ -126,7 +117,7 @@ class TestTimeouts(ServerTestCase):
         self.assertEqual(r.lines, ["421 4.4.2 test.example Error: timeout exceeded"])
         self.assertTrue(c.wait_closed(3))
         self.assertGreater(elapsed, 0.8)
-        self.assertLess(elapsed, 3)
+        self.assertLess(elapsed, 1 + harness.bound(4), "not the 1 s data timeout")
         self.assertEqual(read_records(d), [])
 
     def test_min_data_rate(self):
@@ -164,7 +155,7 @@ class TestTimeouts(ServerTestCase):
         elapsed = time.monotonic() - t0
         self.assertEqual(r.lines, ["421 4.4.2 test.example Error: timeout exceeded"])
         self.assertGreaterEqual(elapsed, 29.5)
-        self.assertLess(elapsed, 40)
+        self.assertLess(elapsed, 35 + harness.bound(10), "not the rate check")
         self.assertGreater(len(sent), 25, "the drip did not keep going")
         self.assertTrue(c.wait_closed(3))
         srv.wait_log(r"info: session \d+: data rate too low, closing")
@@ -347,9 +338,10 @@ class TestPerConnectionCaps(ServerTestCase):
 
 class TestGreetDelay(TraceTestCase):
     def test_client_that_talks_first(self):
-        """--greet-delay 800: a client that sends before the greeting gets 554 5.5.0 at once
-        (and no 220), is closed, and no command of it reaches Lua."""
-        srv = self.start_traced(args=["--greet-delay", "800"])
+        """--greet-delay 5000: a client that sends before the greeting gets 554 5.5.0 at once
+        (well before the 5 s are over, and no 220), is closed, and no command of it reaches
+        Lua."""
+        srv = self.start_traced(args=["--greet-delay", "5000"])
         c = SMTPClient(srv.port, greeting=False)
         self.addCleanup(c.close)
         t0 = time.monotonic()
@@ -357,7 +349,7 @@ class TestGreetDelay(TraceTestCase):
                b"DATA\r\nSubject: x\r\n\r\nx\r\n.\r\n")
         r = c.reply()
         self.assertEqual(r.lines, ["554 5.5.0 test.example Error: talked before the greeting"])
-        self.assertLess(time.monotonic() - t0, 0.7)
+        self.assertLess(time.monotonic() - t0, 4.0, "the 554 waited for the greet delay")
         self.assertTrue(c.wait_closed(3))
         self.assertEqual(c.buf, b"", "more than the 554")
         srv.wait_log(r"info: session \d+: 127\.0\.0\.1 talked before the greeting, refused")
@@ -376,7 +368,7 @@ class TestGreetDelay(TraceTestCase):
         elapsed = time.monotonic() - t0
         self.assertEqual(r.code, 220, r)
         self.assertGreater(elapsed, 0.75)
-        self.assertLess(elapsed, 2.0)
+        self.assertLess(elapsed, 0.8 + harness.bound(4), "not the 0.8 s greet delay")
         c.cmd(EHLO)
         self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").code, 250)
         self.assertEqual(c.cmd("RCPT TO:<c@d.example>").code, 250)
@@ -403,24 +395,22 @@ class TestLuaBudget(ServerTestCase):
 
     def test_endless_handlers(self):
         """The default budget (200M instructions): `while true do end`, and a loop around a
-        pcall of an endless function, each answer 451 4.3.0 within a couple of seconds; the
-        next message on the same connection, and on another, is served."""
+        pcall of an endless function, each answer 451 4.3.0 (the log says the budget ended
+        them); the next message on the same connection, and on another, is served."""
         srv = self.start_runaway()
         c = self.connect(srv)
         c.cmd(EHLO)
         for what in ("loop", "pcall"):
             with self.subTest(what=what):
-                r, elapsed = self.message(c, f"{what}@d.example")
+                r, _ = self.message(c, f"{what}@d.example", timeout=60)
                 self.assertEqual(r.lines,
                                  ["451 4.3.0 Error: the message handler failed; try again later"])
-                self.assertLess(elapsed, 3)
                 r, _ = self.message(c, "ok@d.example")
                 self.assertEqual(r.lines, ["250 2.0.0 served ok"])
         other = self.connect(srv)
         other.cmd(EHLO)
-        r, elapsed = self.message(other, "ok@d.example")
+        r, _ = self.message(other, "ok@d.example")
         self.assertEqual(r.lines, ["250 2.0.0 served ok"])
-        self.assertLess(elapsed, 1)
         srv.wait_log(r"error: session \d+: process_message failed .*budget of 200000000 Lua "
                      r"instructions")
 
@@ -431,10 +421,8 @@ class TestLuaBudget(ServerTestCase):
         c = self.connect(srv)
         c.cmd(EHLO)
         self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").code, 250)
-        t0 = time.monotonic()
-        r = c.cmd("RCPT TO:<hookloop@d.example>")
+        r = c.cmd("RCPT TO:<hookloop@d.example>", timeout=60)
         self.assertEqual(r.lines, ["451 4.3.0 Error: the script failed; try again later"])
-        self.assertLess(time.monotonic() - t0, 3)
         self.assertEqual(c.cmd("RCPT TO:<fine@d.example>").code, 250)
         self.assertEqual(c.cmd("DATA").code, 354)
         c.send(BODY + b".\r\n")
@@ -447,9 +435,8 @@ class TestLuaBudget(ServerTestCase):
         srv = self.start_runaway(args=["--lua-instructions", "1000000"])
         c = self.connect(srv)
         c.cmd(EHLO)
-        r, elapsed = self.message(c, "loop@d.example")
+        r, _ = self.message(c, "loop@d.example")
         self.assertEqual(r.code, 451, r)
-        self.assertLess(elapsed, 1)
         r, _ = self.message(c, "ok@d.example")
         self.assertEqual(r.lines, ["250 2.0.0 served ok"])
         srv.wait_log(r"budget of 1000000 Lua instructions")

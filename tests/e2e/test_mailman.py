@@ -9,11 +9,10 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
 import unittest
 
 from harness import ServerTestCase, wait_until
-from upstreams import SmtpSink, parse_sink_dump, sink_body
+from upstreams import AioUpstream, SmtpSink, parse_sink_dump, sink_body
 
 EHLO = "EHLO client.example"
 WARN = r" warn: "
@@ -245,68 +244,16 @@ class TestMailman2(MailmanTestCase):
         self.assertEqual(sink.dumps(), [])
 
 
-class LmtpLists:
-    """aiosmtpd's LMTP server standing in for Mailman 3: RCPT is accepted for the addresses of
-    known lists, refused '550 5.1.1 no such list' otherwise; each DATA is recorded."""
-
-    def __init__(self, lists):
-        from aiosmtpd.controller import Controller
-        from aiosmtpd.lmtp import LMTP
-
-        self.lists = set(lists)
-        self.messages = []
-        self.rcpts_asked = []
-        self.cond = threading.Condition()
-        outer = self
-
-        class Handler:
-            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-                with outer.cond:
-                    outer.rcpts_asked.append(address)
-                local, _, domain = address.lower().partition("@")
-                if local not in outer.lists:
-                    return "550 5.1.1 no such list"
-                envelope.rcpt_tos.append(address)
-                return "250 2.1.5 OK"
-
-            async def handle_DATA(self, server, session, envelope):
-                with outer.cond:
-                    outer.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
-                                           envelope.original_content))
-                    outer.cond.notify_all()
-                return "\r\n".join("250 2.0.0 delivered" for _ in envelope.rcpt_tos)
-
-        class _Controller(Controller):
-            def factory(self):
-                return LMTP(self.handler, **self.SMTP_kwargs)
-
-        from harness import free_port
-        last = None
-        for _ in range(3):
-            self.port = free_port()
-            ctl = _Controller(Handler(), hostname="127.0.0.1", port=self.port,
-                              server_hostname="mailman3.example", ready_timeout=10)
-            try:
-                ctl.start()
-                self.controller = ctl
-                return
-            except Exception as e:
-                last = e
-        raise AssertionError(f"LMTP server did not start: {last!r}")
-
-    def wait_messages(self, n, timeout=10):
-        with self.cond:
-            if not self.cond.wait_for(lambda: len(self.messages) >= n, timeout):
-                raise AssertionError(f"LMTP server got {len(self.messages)} messages, not {n}")
-            return list(self.messages)
-
-    def close(self):
-        self.controller.stop()
-
-
 class TestMailman3(MailmanTestCase):
     def start_lmtp(self):
-        lmtp = LmtpLists(["ant", "ant-request", "bee", "bee-bounces"])
+        """aiosmtpd's LMTP server standing in for Mailman 3: RCPT is accepted for the
+        addresses of known lists, refused '550 5.1.1 no such list' otherwise."""
+        lists = {"ant", "ant-request", "bee", "bee-bounces"}
+
+        def refusal(address):
+            local = address.lower().partition("@")[0]
+            return None if local in lists else "550 5.1.1 no such list"
+        lmtp = AioUpstream(lmtp=True, refuse_rcpt=refusal, hostname="mailman3.example")
         self.addCleanup(lmtp.close)
         return lmtp
 
@@ -318,10 +265,10 @@ class TestMailman3(MailmanTestCase):
         others = ["bob@example.net", "nolist-admin@lists.example"]
         self.assertAccepted(self.send(srv, [lists[0], others[0], lists[1], others[1],
                                             lists[2]]))
-        ((mailfrom, rcpts, data),) = lmtp.wait_messages(1)
-        self.assertEqual(mailfrom, SENDER)
-        self.assertEqual(rcpts, lists)
-        self.assertEqual(data, MESSAGE)
+        (got,) = lmtp.wait_messages(1)
+        self.assertEqual(got["mail_from"], SENDER)
+        self.assertEqual(got["rcpt_tos"], lists)
+        self.assertEqual(got["data"], MESSAGE)
         wait_until(lambda: sink.dumps(), 10, what="the upstream got the message")
         (dump,) = sink.dumps()
         fields, body = parse_sink_dump(dump)
@@ -333,8 +280,8 @@ class TestMailman3(MailmanTestCase):
         lmtp = self.start_lmtp()
         srv = self.start_mailman(None, mailman_lmtp=f"127.0.0.1:{lmtp.port}")
         self.assertAccepted(self.send(srv, ["ant@lists.example"]))
-        ((_, rcpts, data),) = lmtp.wait_messages(1)
-        self.assertEqual(rcpts, ["ant@lists.example"])
+        (got,) = lmtp.wait_messages(1)
+        self.assertEqual(got["rcpt_tos"], ["ant@lists.example"])
 
     def test_only_non_list_mail(self):
         """Every address looks like a list to ask Mailman about; when Mailman refuses them all,

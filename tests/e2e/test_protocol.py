@@ -11,6 +11,7 @@ the tests after the table assert luasmtpd's behaviour by itself.
 """
 
 import re
+import select
 import socket
 import time
 import unittest
@@ -617,10 +618,13 @@ class TestTimeout(ServerTestCase):
         self.assertTrue(c.wait_closed(5))
 
     def test_active_client_is_not_timed_out(self):
-        srv = self.start_server("sink", args=["--timeout", "2"])
+        """--timeout 3 and a NOOP every second for 5 s: every command starts the timeout
+        afresh, so the client is never cut off."""
+        srv = self.start_server("sink", args=["--timeout", "3"])
         c = self.connect(srv)
-        for _ in range(4):
-            time.sleep(0.8)
+        for _ in range(5):
+            # A pause of 1 s in which the server says nothing (no 421, no close).
+            self.assertEqual(select.select([c.sock], [], [], 1.0)[0], [], "the server spoke")
             self.assertEqual(c.cmd("NOOP").code, 250)
 
 

@@ -10,7 +10,8 @@ import tempfile
 import time
 import unittest
 
-from harness import REPLY_TIMEOUT, ServerTestCase, binary, fixture, free_port, read_records, \
+import harness
+from harness import ServerTestCase, binary, fixture, free_port, read_records, \
     wait_records, wait_until
 from upstreams import AioUpstream, RawServer, SmtpSink, parse_sink_dump, silent_handler, \
     sink_body
@@ -46,7 +47,7 @@ class RelayTestCase(ServerTestCase):
         self.addCleanup(up.close)
         return up
 
-    def send(self, srv, mailfrom, rcpts, body=BODY, timeout=REPLY_TIMEOUT):
+    def send(self, srv, mailfrom, rcpts, body=BODY, timeout=None):
         """One transaction on a new connection; returns the final reply (the earlier ones must
         be 250/354)."""
         c = self.connect(srv)
@@ -59,8 +60,8 @@ class RelayTestCase(ServerTestCase):
         return c.reply(timeout=timeout)
 
     def assertNoErrors(self, srv):
+        # Error lines are checked when the test ends (harness), when all of them have arrived.
         self.assertTrue(srv.alive())
-        self.assertEqual(srv.log_lines("error"), [], "\n".join(srv.log_lines()))
 
 
 def relayed(*refused):
@@ -142,7 +143,7 @@ class TestRelayOneShot(RelayTestCase):
         elapsed = time.monotonic() - t0
         self.assertRegex(r.lines[-1], r"^451 4\.4\.1 relay failed code=nil \S")
         self.assertGreater(elapsed, 0.8)
-        self.assertLess(elapsed, 5)
+        self.assertLess(elapsed, 1 + harness.bound(4), "not the 1 s relay timeout")
         raw.wait_event("peer closed", timeout=5)
 
     def test_refused_at_mail(self):

@@ -91,9 +91,9 @@ class SaveStyles(ReloadTestCase):
         os.unlink(self.script)
         self.observe(c, "v3")
         self.assertVersion(send_one(srv.port), "v3")
-        after_delete = srv.log.snapshot()[start:]
-        self.assertEqual([l for l in after_delete if " error: " in l or "reloading" in l], [],
-                         "the missing script must neither reload nor log an error")
+        # The missing script must not reload (errors fail the test when it ends): watched for
+        # 1 s, fifty times the 20 ms the server lets a save settle.
+        srv.assert_no_log(r"reloading", 1.0, start)
         self.reload(srv, 4, save_in_place, self.script, version_script("v4"))
         self.assertVersion(c.message(), "v4")
 
@@ -109,9 +109,10 @@ class SaveStyles(ReloadTestCase):
         # Nothing was in flight at any reload: each replaced generation closed.
         harness.wait_until(lambda: closed_generations(srv.log.snapshot()) >= {1, 2, 3, 4, 5},
                            RELOAD_TIMEOUT, what="generations 1-5 closed")
+        # One reload per save: no extra generation appears, watched for 1 s (fifty times the
+        # 20 ms a save settles in), so generation 6 stays the current one.
+        srv.assert_no_log(r"generation 7 loaded", 1.0)
         self.assertNotIn(6, closed_generations(srv.log.snapshot()))
-        # One reload per save: no extra generation appeared.
-        self.assertEqual(len([l for l in srv.log.snapshot() if " loaded from " in l]), 6)
 
     def test_missing_when_the_reload_comes_is_not_an_error(self):
         # A save, then the file deleted at once (well within the 20 ms the server lets a save
@@ -124,16 +125,16 @@ class SaveStyles(ReloadTestCase):
         start = log_mark(srv)
         save_in_place(self.script, version_script("v2"))
         os.unlink(self.script)
+        # The server's answer to the save: a reload found the file gone, or it loaded v2.
+        # Errors would fail the test when it ends.
+        outcome = srv.wait_log(r"is not there \(yet\): no reload| loaded from ", RELOAD_TIMEOUT,
+                               start)
+        loaded = 0 if "not there" in outcome.string else 1
         deadline = time.monotonic() + OBSERVE
         seen = set()
         while time.monotonic() < deadline:
             seen.add(version_of(c.message()))
-        window = srv.log.snapshot()[start:]
-        self.assertEqual([l for l in window if " error: " in l], [])
-        loaded = len([l for l in window if " loaded from " in l])
         self.assertLessEqual(seen, {"v1", "v2"} if loaded else {"v1"})
-        if not loaded:
-            self.assertTrue(any("not there" in l for l in window), "\n".join(window))
         self.reload(srv, 2 + loaded, save_in_place, self.script, version_script("v3"))
         self.assertVersion(c.message(), "v3")
 
@@ -238,8 +239,9 @@ class Sighup(ReloadTestCase):
         self.observe(c, "v1")
         save_by_rename(self.script, version_script("v2"))
         self.observe(c, "v1")
-        self.assertEqual([l for l in srv.log.snapshot()[start:] if "reloading" in l], [],
-                         "--no-reload must not reload on a save")
+        # --no-reload must not reload on a save: watched for 1 s, fifty times the 20 ms in
+        # which a watched save is picked up.
+        srv.assert_no_log(r"reloading", 1.0, start)
 
         start = log_mark(srv)
         os.kill(srv.pid, signal.SIGHUP)
@@ -601,7 +603,9 @@ class Latency(ReloadTestCase):
         median = statistics.median(latencies)
         print(f"\nRELOAD LATENCY median {median:.1f} ms max {max(latencies):.1f} ms "
               f"min {min(latencies):.1f} ms over {len(latencies)} reloads", flush=True)
-        self.assertLess(median, 100.0)
+        # The number itself is the benchmark's business; here only that a save is picked up
+        # at once, not on some later event (fifty times the 20 ms settle time).
+        self.assertLess(median, harness.bound(1000.0))
 
 
 if __name__ == "__main__":
