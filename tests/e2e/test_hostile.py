@@ -19,7 +19,8 @@ import time
 import unittest
 
 import harness
-from harness import SMTPClient, ServerTestCase, read_records, wait_records, wait_until
+from harness import SMTPClient, ServerTestCase, proc_status, read_records, wait_records, \
+    wait_until
 from upstreams import RawServer, SmtpSink, parse_sink_dump
 
 EHLO = "EHLO client.example"
@@ -28,10 +29,6 @@ MiB = 1024 * 1024
 WARN_LINE = r"^\S+ luasmtpd\[\d+\] warn: "
 BARE_LF = re.compile(rb"(?<!\r)\n")
 BARE_CR = re.compile(rb"\r(?!\n)")
-
-
-def proc_kib(pid, field):
-    return harness.proc_status(pid, field)
 
 
 def send_until_full(sock, data, limit):
@@ -117,7 +114,7 @@ class TestMemoryBounds(HostileTestCase):
         srv = self.start_server("sink")
         c = self.connect(srv, timeout=30)
         self.assertEqual(c.cmd(EHLO).code, 250)
-        before = proc_kib(srv.pid, "VmHWM")
+        before = proc_status(srv.pid, "VmHWM")
         rng = random.Random(50)
         chunk = bytes(b for b in rng.randbytes(2 * MiB) if b not in (10, 13))[:MiB]
         for _ in range(50):
@@ -125,7 +122,7 @@ class TestMemoryBounds(HostileTestCase):
         r = c.cmd(b"", timeout=30)
         self.assertEqual(r.lines, ["500 5.5.2 Error: line too long"])
         self.assertEqual(c.cmd("NOOP").code, 250)
-        grown = proc_kib(srv.pid, "VmHWM") - before
+        grown = proc_status(srv.pid, "VmHWM") - before
         if not harness.SANITIZED:  # ASan's quarantine and shadow memory, not ours
             self.assertLess(grown, 10 * 1024, f"peak RSS grew by {grown} KiB")
 
@@ -137,7 +134,7 @@ class TestMemoryBounds(HostileTestCase):
         srv = self.start_server("sink")
         c = self.connect(srv, timeout=30)
         self.assertEqual(c.cmd(EHLO).code, 250)
-        before = proc_kib(srv.pid, "VmHWM")
+        before = proc_status(srv.pid, "VmHWM")
         n = 1_000_000
         # Every 1000th command is HELP DATA, so the order of the replies shows.
         burst = (b"NOOP\r\n" * 999 + b"HELP DATA\r\n") * (n // 1000)
@@ -168,7 +165,7 @@ class TestMemoryBounds(HostileTestCase):
             time.sleep(0.05)
         queue = harness.tcp_queues(srv.port, c.local_port())[1]
         self.assertGreater(queue, 0, "the server read everything")
-        grown = proc_kib(srv.pid, "VmHWM") - before
+        grown = proc_status(srv.pid, "VmHWM") - before
         print(f"(burst of {len(burst)} bytes: {sent} sent before the client read; "
               f"{queue} unread in the server's receive queue)")
         if not harness.SANITIZED:  # ASan's quarantine and shadow memory, not ours
@@ -192,7 +189,7 @@ class TestMemoryBounds(HostileTestCase):
                       min(len(got), len(expected)))
             self.fail(f"replies differ at byte {at}: {got[at - 40:at + 40]!r}")
         self.assertEqual(c.cmd("NOOP").code, 250)
-        grown = proc_kib(srv.pid, "VmHWM") - before
+        grown = proc_status(srv.pid, "VmHWM") - before
         if not harness.SANITIZED:  # ASan's quarantine and shadow memory, not ours
             self.assertLess(grown, 10 * 1024, f"peak RSS grew by {grown} KiB")
 
@@ -205,15 +202,15 @@ class TestMemoryBounds(HostileTestCase):
         self.assertEqual(c.cmd("MAIL FROM:<big@b.example>").code, 250)
         self.assertEqual(c.cmd("RCPT TO:<c@d.example>").code, 250)
         self.assertEqual(c.cmd("DATA").code, 354)
-        before = proc_kib(srv.pid, "VmHWM")
+        before = proc_status(srv.pid, "VmHWM")
         chunk = (b"x" * 1022 + b"\r\n") * 1024  # 1 MiB of lines
         for _ in range(50):
             c.send(chunk)
-        grown_streaming = proc_kib(srv.pid, "VmHWM") - before
+        grown_streaming = proc_status(srv.pid, "VmHWM") - before
         c.send(b".\r\n")
         r = c.reply(timeout=30)
         self.assertEqual(r.lines, ["552 5.3.4 Error: Too much mail data"])
-        grown = proc_kib(srv.pid, "VmHWM") - before
+        grown = proc_status(srv.pid, "VmHWM") - before
         if not harness.SANITIZED:  # ASan's quarantine and shadow memory, not ours
             self.assertLess(grown_streaming, 10 * 1024, f"peak RSS grew by {grown_streaming} KiB")
         if not harness.SANITIZED:  # ASan's quarantine and shadow memory, not ours
@@ -282,7 +279,8 @@ class TestHostileCrowd(HostileTestCase):
         self.assertEqual([r.mailfrom for r in recs],
                          ["good0@b.example", "good1@b.example", "good2@b.example"])
         # Once the crowd is gone the server is still fine.
-        self.assertLess(self.full_transaction(srv, mailfrom="after@b.example"), harness.bound(5.0))
+        self.assertLess(self.full_transaction(srv, mailfrom="after@b.example"),
+                        harness.bound(5.0))
 
 
 class TestGarbage(HostileTestCase):
