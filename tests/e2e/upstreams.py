@@ -20,7 +20,8 @@ import tempfile
 import threading
 import time
 
-from harness import Events, START_TIMEOUT, on_free_port, register_process, stop_process, wait_greeting
+from harness import (Events, START_TIMEOUT, on_free_port, register_process, stop_process,
+                     wait_greeting)
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
