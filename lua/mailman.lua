@@ -153,13 +153,15 @@ local function lmtp_transaction(tx)
     up, refusal = nil, proxy.NEEDS_SMTPUTF8
   elseif up then
     local pass, utf8, utf8_sent = proxy.mail_params(up.extensions, tx.params)
-    local code, text = up:mail(tx.mailfrom, pass)
+    local code, text, unsendable = proxy.ask(up, "mail", tx.mailfrom, pass)
     if code and code >= 200 and code < 300 then
       tx.lmtp, tx.lmtp_utf8, tx.lmtp_utf8_sent = up, utf8, utf8_sent
       return up
     end
     up:close()
-    if code and code >= 500 and code < 600 then
+    if unsendable then
+      refusal = proxy.UNSENDABLE
+    elseif code and code >= 500 and code < 600 then
       refusal = smtpd.reply(code, text)
     else
       smtpd.log("warn", "mailman lmtp: MAIL:", code or text)
@@ -179,7 +181,8 @@ local function mailman3_rcpt(tx, address)
   if tx.lmtp_keys[key] ~= nil then return tx.lmtp_keys[key] end
   local up, refusal = lmtp_transaction(tx)
   if not up then return nil, refusal end
-  local code, text = up:rcpt(address)
+  local code, text, unsendable = proxy.ask(up, "rcpt", address)
+  if unsendable then return nil, proxy.UNSENDABLE end
   if not code then
     -- The recipients it took so far went with the connection: DATA will see it (lmtp_lost).
     smtpd.log("warn", "mailman lmtp: RCPT:", text)

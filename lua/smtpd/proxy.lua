@@ -111,6 +111,21 @@ function M.content_refusal(extensions, data, utf8, utf8_sent)
   return nil
 end
 
+-- Runs up:mail or up:rcpt. They raise for an address they cannot put on the wire though our
+-- parser took it (a quoted local part holding ">"): a condition no retry changes, so the
+-- caller answers 553 instead of the 451 a Lua error would give, retried forever. The third
+-- result is true then.
+function M.ask(up, method, address, params)
+  local ok, code, text = pcall(up[method], up, address, params)
+  if not ok then
+    smtpd.log("warn", "cannot relay <" .. address .. ">:", code)
+    return nil, nil, true
+  end
+  return code, text
+end
+
+M.UNSENDABLE = "553 5.1.3 This address cannot be relayed"
+
 -- Lets the connection go. A transaction in progress on it is marked lost, not forgotten: the
 -- recipients it took were answered 250, so its message must get 451, never 250 for nothing.
 function M.close(session)
@@ -165,7 +180,10 @@ function M.open(session, mailfrom, params)
     return M.NEEDS_SMTPUTF8
   end
   local pass, utf8, utf8_sent = M.mail_params(up.extensions, params)
-  local code, text = up:mail(mailfrom, pass)
+  local code, text, unsendable = M.ask(up, "mail", mailfrom, pass)
+  if unsendable then
+    return M.UNSENDABLE
+  end
   if reused and (not code or code == 421) then
     -- The upstream let an idle connection go; one fresh try.
     M.close(session)
@@ -205,7 +223,10 @@ function M.rcpt(session, address)
   if not ascii(address) and not relay.utf8_sent then
     return M.NEEDS_SMTPUTF8
   end
-  local code, text = up:rcpt(address)
+  local code, text, unsendable = M.ask(up, "rcpt", address)
+  if unsendable then
+    return M.UNSENDABLE
+  end
   if not code then
     M.close(session)
     return M.unavailable(text)

@@ -117,7 +117,7 @@ class Scripted(RawServer):
                 self.note("mail")
                 conn.send("250 2.1.0 ok\r\n")
             elif verb == b"RCPT":
-                address = line.decode("utf-8", "surrogateescape").split("<", 1)[1].split(">")[0]
+                address = line.decode("utf-8", "surrogateescape").split("<", 1)[1].rsplit(">", 1)[0]
                 self.note(("rcpt", address))
                 reply = self.rcpt_replies.get(address, b"250 2.1.5 ok\r\n")
                 if reply is None:
@@ -449,6 +449,26 @@ class TestNothingTheUpstreamDidNotOffer(RulesTestCase):
         r = self.send(c, ["c@d.example"], body=body)
         self.assertReply(r[-1], 552, re.compile(r"^552 5\.3\.4 "))
         self.assertEqual(up.count("data_command"), 0)
+
+    def test_quoted_address_is_carried_or_refused_for_good(self):
+        """Issue item 8: a quoted local part holding ">" passes our parser. The relay client
+        carries it, or, if it cannot, the client hears 553: never the 451 of a script error,
+        which it would retry forever."""
+        up = self.start_scripted()
+        srv = self.start_proxy(up)
+        c = self.session(srv)
+        for command, address in (("MAIL FROM", '"a>b"@b.example'), ("RCPT TO", '"c>d"@d.example')):
+            r = c.cmd(f"{command}:<{address}>")
+            if r.code == 250:
+                up.wait_event("mail" if command == "MAIL FROM" else ("rcpt", address))
+            else:
+                self.assertReply(r, 553, re.compile(r"^553 5\.1\.3 "))
+                if command == "MAIL FROM":
+                    self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<c@d.example>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(BODY) + b".\r\n")
+        self.assertEqual(c.reply().code, 250)
 
     def test_mailman_refuses_the_whole_message_before_any_delivery(self):
         up = self.start_scripted(exts=())
