@@ -266,7 +266,8 @@ local function for_list(data, mailfrom, command)
   end
   if command == "join" or command == "leave" then
     data = message.remove_header(data, "Subject")
-    data = message.add_header(data, "Subject: " .. (command == "join" and "subscribe" or "unsubscribe"))
+    local subject = command == "join" and "subscribe" or "unsubscribe"
+    data = message.add_header(data, "Subject: " .. subject)
   end
   return data
 end
@@ -305,7 +306,7 @@ function process_message(peer, mailfrom, rcpttos, data, options)
   end
   if not refusal and #lmtp_rcpts > 0 then
     if not tx.lmtp then
-      refusal = tx.lmtp_lost and UNAVAILABLE or nil
+      refusal = UNAVAILABLE -- lost after it took recipients (lmtp_lost)
     else
       refusal = proxy.content_refusal(tx.lmtp.extensions, lmtp_data, tx.lmtp_utf8,
                                       tx.lmtp_utf8_sent)
@@ -350,8 +351,11 @@ function process_message(peer, mailfrom, rcpttos, data, options)
     end
     local bad, first
     for i, rcpt in ipairs(lmtp_rcpts) do
-      local r = results[i] or { 451, "4.4.1 No answer from the mailing list service" }
-      if r[1] >= 200 and r[1] < 300 then
+      local r = results[i]
+      if not (r and r[1] >= 200 and r[1] < 300 or r and r[1] >= 400 and r[1] < 600) then
+        r = { 451, "4.4.1 No answer from the mailing list service" }
+      end
+      if r[1] < 300 then
         delivered[#delivered + 1] = rcpt
         first = first or r
       elseif not bad or (r[1] < 500 and bad[1] >= 500) then

@@ -308,8 +308,8 @@ class TestUpstreamReplyText(RulesTestCase):
         cases = [(b"554 5.7.1 no\x00 way\r\n", 554), (b"451 4.3.0 " + b"x" * 700 + b"\r\n", 451)]
         for final, code in cases:
             with self.subTest(final=final[:30]):
-                up = self.start_scripted(final=final,
-                                         rcpt_replies={"bad@d.example": b"550 5.1.1 no\x01 such\r\n"})
+                refusal = b"550 5.1.1 no\x01 such\r\n"
+                up = self.start_scripted(final=final, rcpt_replies={"bad@d.example": refusal})
                 srv = self.start_proxy(up)
                 c = self.session(srv)
                 r = self.send(c, ["bad@d.example", "c@d.example"])
