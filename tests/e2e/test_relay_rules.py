@@ -97,6 +97,9 @@ class Scripted(RawServer):
         super().__init__(self._serve)
 
     def _serve(self, server, conn):
+        # The proxy keeps its upstream connection between transactions: idle is normal here
+        # (close() shuts the socket down to end this thread).
+        conn.sock.settimeout(60)
         conn.send("220 raw.example ESMTP\r\n")
         tx = None
         while True:
