@@ -803,6 +803,23 @@ class Record:
                 f"data={self.data[:60]!r}...)")
 
 
+RECEIVED = re.compile(rb"^Received: from \S+ \(.*?\) by \S+ with \w+ id \S+(?:\s+for <[^>]*>)?;"
+                      rb" \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}$", re.S)
+
+
+def without_received(data, eol=b"\r\n"):
+    """A message that a relaying handler passed on, less the Received: field it put on top
+    (lua/smtpd/received.lua), which must be there and well formed; lines end in `eol`."""
+    end = 0
+    while True:
+        end = data.index(eol, end) + len(eol)
+        if data[end:end + 1] not in (b" ", b"\t"):  # not a folded continuation line
+            break
+    field = re.sub(rb"\r?\n[ \t]+", b" ", data[:end - len(eol)])  # unfolded
+    assert RECEIVED.match(field), f"no Received: field on top: {data[:200]!r}"
+    return data[end:]
+
+
 def read_records(directory):
     """The messages record.lua wrote into `directory`, in order. A message counts once its .env
     file exists (record.lua renames it into place after the .eml)."""
