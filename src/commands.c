@@ -302,6 +302,7 @@ cmd_mail(struct session *s, char *arg)
         session_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
         return;
     }
+    session_begin_transaction(s);
     session_ask_hook(s, LRT_HOOK_MAIL, SMTP_VERB_MAIL, path.address, params, n);
 }
 

@@ -513,21 +513,41 @@ lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int pee
     return ls;
 }
 
+static void
+session_table_set(struct lrt_session *ls, const char *field, const char *value)
+{
+    lua_State *L = ls->gen->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
+    if (value != NULL)
+        lua_pushstring(L, value);
+    else
+        lua_pushnil(L);
+    lua_setfield(L, -2, field);
+    lua_pop(L, 1);
+}
+
 void
 lrt_session_set_helo(struct lrt_session *ls, const char *helo)
 {
     free(ls->helo);
     ls->helo = strdup(helo);
-    lua_State *L = ls->gen->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
-    lua_pushstring(L, helo);
-    lua_setfield(L, -2, "helo");
-    lua_pop(L, 1);
+    session_table_set(ls, "helo", helo);
+}
+
+void
+lrt_session_begin_transaction(struct lrt_session *ls, const char *id)
+{
+    if (!ls->in_transaction)
+        session_table_move(ls);
+    ls->in_transaction = true; /* from here to its end it stays on this generation */
+    session_table_set(ls, "transaction_id", id);
 }
 
 void
 lrt_session_end_transaction(struct lrt_session *ls)
 {
+    if (ls->in_transaction)
+        session_table_set(ls, "transaction_id", NULL);
     /* Between transactions is the moment to leave an old generation, so it can close. */
     ls->in_transaction = false;
     session_table_move(ls);
@@ -567,10 +587,9 @@ struct lrt_call *
 lrt_call_hook(struct lrt_session *ls, enum lrt_hook hook, const char *arg,
               const struct strv *params, lrt_done_fn done, void *done_arg)
 {
-    if (hook != LRT_HOOK_RCPT && !ls->in_transaction)
+    /* MAIL and RCPT run inside the transaction lrt_session_begin_transaction opened. */
+    if (!ls->in_transaction)
         session_table_move(ls);
-    if (hook == LRT_HOOK_MAIL)
-        ls->in_transaction = true; /* from here to its end it stays on this generation */
     const char *name = hook_names[hook];
     lua_State *L = ls->gen->L;
     int type = lua_getglobal(L, name);
@@ -621,7 +640,9 @@ lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_d
     lua_pushlstring(co, msg->data->data ? msg->data->data : "", msg->data->len);
     /* Lua has its copy: the session's goes now, so a big message is held twice only briefly. */
     buf_free(msg->data);
-    lua_createtable(co, 0, 5);
+    lua_createtable(co, 0, 6);
+    lua_pushstring(co, msg->id ? msg->id : "");
+    lua_setfield(co, -2, "id");
     push_strv(co, &msg->env->mail_options);
     lua_setfield(co, -2, "mail_options");
     push_strv(co, &msg->env->rcpt_options);

@@ -2,7 +2,8 @@
  * calls into the Lua runtime (hooks and the handler). Commands are framed by lines with a
  * length cap while buffering and answered in commands.c; DATA is decoded as it arrives; the
  * message goes to the handler through the runtime's C interface, and no command is read while
- * a hook or the handler decides.
+ * a hook or the handler decides. A client's half-close ends only its input: what it sent before
+ * is answered; only a connection that is gone (reset, failed write) cancels work in flight.
  * Only session_enter() changes s->state; only event callbacks free a session, never
  * session_pump(), so nothing below the pump ever touches a freed session. */
 #include "luasmtpd/session.h"
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "luasmtpd/log.h"
@@ -184,9 +186,29 @@ enforce_error_limit(struct session *s)
     }
 }
 
+/* Unique for the life of the server, across workers and their restarts: the time of this
+ * process's first transaction (seconds, 8 hex digits) and its pid (6, as Linux pids stay below
+ * 2^22) make a prefix no other process has (two processes share a pid only after the pid space
+ * wrapped, never within a second), and a counter follows. The widths are fixed, so no two
+ * prefix-and-counter pairs print alike. Upper-case hex: an RFC 5322 atom, as Received: wants
+ * for its id, and short. */
+void
+session_begin_transaction(struct session *s)
+{
+    struct session_group *g = s->g;
+    if (g->txn_count == 0) {
+        g->txn_epoch = (unsigned long)time(NULL);
+        g->txn_pid = (unsigned long)getpid();
+    }
+    snprintf(s->txn_id, sizeof(s->txn_id), "%08lX%06lX%lX", g->txn_epoch, g->txn_pid,
+             ++g->txn_count);
+    lrt_session_begin_transaction(s->ls, s->txn_id);
+}
+
 void
 session_reset_transaction(struct session *s)
 {
+    s->txn_id[0] = '\0';
     envelope_reset(&s->env);
     buf_free(&s->message);
     lrt_session_end_transaction(s->ls);
@@ -329,10 +351,10 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
         buf_append_str(&wire, "451 4.3.0 Error: the message handler failed; try again later\r\n");
         break;
     }
-    log_info("session %lu: message %lu from <%s> for %zu recipient(s), %zu bytes: %d "
+    log_info("session %lu: message %lu from <%s> for %zu recipient(s), %zu bytes, id %s: %d "
              "(generation %u)",
              s->id, ++s->messages, s->env.mailfrom ? s->env.mailfrom : "", s->env.rcpts.n,
-             s->decoder.size, code, lrt_session_generation(s->ls));
+             s->decoder.size, s->txn_id, code, lrt_session_generation(s->ls));
     s->message_reply = true;
     session_reply_bytes(s, wire.data, wire.len);
     s->message_reply = false;
@@ -353,14 +375,15 @@ finish_data(struct session *s)
         else
             session_reply_const(s, "451 4.3.0 Error: out of memory");
         s->message_reply = false;
-        log_info("session %lu: message from <%s> refused: %zu bytes%s", s->id, s->env.mailfrom,
-                 s->decoder.size, s->decoder.overflow ? " over the size limit" : "");
+        log_info("session %lu: message from <%s> refused: %zu bytes%s, id %s", s->id,
+                 s->env.mailfrom, s->decoder.size,
+                 s->decoder.overflow ? " over the size limit" : "", s->txn_id);
         session_reset_transaction(s);
         session_enter(s, SESSION_COMMAND);
         return;
     }
     session_enter(s, SESSION_HANDLER);
-    struct lrt_message msg = {.env = &s->env, .data = &s->message};
+    struct lrt_message msg = {.env = &s->env, .data = &s->message, .id = s->txn_id};
     /* on_handler_done may run before this returns; it leaves s->call NULL then. */
     struct lrt_call *call = lrt_process_message(s->ls, &msg, on_handler_done, s);
     if (call != NULL)
@@ -373,6 +396,9 @@ read_data(struct session *s, struct evbuffer *in)
 {
     struct evbuffer_iovec vec[16];
     while (!smtp_data_done(&s->decoder)) {
+        /* Not a peek count of 0: an empty buffer may still hold an empty chain. */
+        if (evbuffer_get_length(in) == 0)
+            return false;
         int n = evbuffer_peek(in, -1, NULL, vec, 16);
         if (n <= 0)
             return false;
@@ -387,6 +413,28 @@ read_data(struct session *s, struct evbuffer *in)
     return true;
 }
 
+/* The client half-closed and everything it sent before has been answered (RFC 5321 3.8: a
+ * server that sees the connection end closes it). An unfinished line is no command; an
+ * unfinished message is no message: it never reaches the handler. */
+static void
+end_of_input(struct session *s, struct evbuffer *in)
+{
+    size_t left = evbuffer_get_length(in);
+    if (s->state == SESSION_DATA) {
+        log_info("session %lu: client left during DATA: message from <%s> discarded after %zu "
+                 "bytes, id %s",
+                 s->id, s->env.mailfrom ? s->env.mailfrom : "", s->decoder.size, s->txn_id);
+        session_reset_transaction(s);
+    } else if (left > 0 || s->discarding) {
+        log_info("session %lu: client left with an unterminated command line (%zu bytes)", s->id,
+                 left);
+    } else {
+        log_debug("session %lu: end of input", s->id);
+    }
+    evbuffer_drain(in, left);
+    session_close_after_flush(s);
+}
+
 static void
 session_pump(struct session *s)
 {
@@ -396,11 +444,20 @@ session_pump(struct session *s)
     struct evbuffer *in = bufferevent_get_input(s->bev);
     struct evbuffer *out = bufferevent_get_output(s->bev);
     while (s->state == SESSION_COMMAND || s->state == SESSION_DATA) {
-        if (evbuffer_get_length(out) > OUTPUT_PAUSE)
-            break; /* on_write resumes once the client has read its replies */
+        /* Replies of this pump wait in s->out: they count, or one read of small commands
+         * with long replies would queue many times OUTPUT_PAUSE. Once they are handed on,
+         * only what the socket did not take holds us back; on_write resumes when it has. */
+        if (evbuffer_get_length(out) + evbuffer_get_length(s->out) > OUTPUT_PAUSE) {
+            session_flush(s);
+            if (evbuffer_get_length(out) > 0)
+                break;
+        }
         bool progressed = s->state == SESSION_DATA ? read_data(s, in) : read_command(s, in);
-        if (!progressed)
+        if (!progressed) {
+            if (s->read_eof)
+                end_of_input(s, in);
             break;
+        }
         enforce_error_limit(s);
         shut_down_if_idle(s);
     }
@@ -449,7 +506,8 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     evutil_timersub(&now, &s->last_activity, &idle);
     if (s->state == SESSION_CLOSING) {
         if (evutil_timercmp(&idle, &limit, >=)) {
-            session_free(s); /* the client does not read its last reply */
+            log_info("session %lu: the client does not read its replies, dropped", s->id);
+            session_free(s);
             return;
         }
     } else if (!client_owes_us(s)) {
@@ -476,6 +534,9 @@ static void
 on_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
+    /* The client read all we sent: for one that half-closed, the only sign it is still there,
+     * so a slow reader of a long pipeline is not timed out while it keeps reading. */
+    event_base_gettimeofday_cached(s->g->base, &s->last_activity);
     if (s->state == SESSION_CLOSING) {
         session_flush(s);
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
@@ -490,11 +551,24 @@ on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct session *s = arg;
+    /* A FIN only says the client sends no more; it may still read (a pipelining client that
+     * half-closes after QUIT does). Its commands are answered, a hook or the handler that waits
+     * included, and the pump closes once they are. libevent stops reading by itself. */
+    if ((what & BEV_EVENT_EOF) && !(what & (BEV_EVENT_ERROR | BEV_EVENT_WRITING))) {
+        s->read_eof = true;
+        if (s->state != SESSION_CLOSING)
+            session_pump(s);
+        return;
+    }
+    /* A reset or a failed write: nobody is left to answer, so what waits is cancelled. */
     if (what & BEV_EVENT_ERROR)
         log_debug("session %lu: connection error", s->id);
     if (s->state == SESSION_HANDLER || s->state == SESSION_DATA || s->state == SESSION_HOOK)
-        log_info("session %lu: client left during %s", s->id,
-                 s->state == SESSION_DATA ? "DATA" : "the handler");
+        log_info("session %lu: client left during %s%s%s", s->id,
+                 s->state == SESSION_DATA      ? "DATA"
+                 : s->state == SESSION_HANDLER ? "the handler"
+                                               : "a hook",
+                 s->txn_id[0] ? ", id " : "", s->txn_id);
     session_free(s);
 }
 

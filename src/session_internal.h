@@ -23,6 +23,8 @@
 #define INPUT_HIGH_WATERMARK (256 * 1024)
 #define MAX_SINGLE_READ (256 * 1024)
 #define LINE_MAX_BYTES (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
+/* A transaction id: 8 + 6 hex digits of prefix and a counter of at most 16. */
+#define SESSION_TXN_ID_MAX 32
 /* Once a DATA has run this long, it must keep up the minimum rate. */
 #define DATA_RATE_GRACE_SEC 30
 
@@ -59,6 +61,8 @@ struct session {
     bool greeted;           /* the 220 went out; input before it is a pregreet */
     bool counted;           /* in g->per_client */
     bool message_reply;     /* the reply being written answers a message, not a command */
+    bool read_eof;          /* the client half-closed: what is buffered is all that will come */
+    char txn_id[SESSION_TXN_ID_MAX]; /* the open transaction's id; "" between transactions */
     struct timeval data_started;
     /* The command a hook decides on, kept until its answer comes. */
     enum smtp_verb hook_verb;
@@ -76,6 +80,8 @@ void session_reply(struct session *s, const char *fmt, ...) __attribute__((forma
 void session_enter(struct session *s, enum session_state state);
 /* Sends nothing more after what is queued; the session is freed once it is flushed. */
 void session_close_after_flush(struct session *s);
+/* MAIL starts a transaction: it gets its id, which the script sees from on_mail on. */
+void session_begin_transaction(struct session *s);
 void session_reset_transaction(struct session *s);
 /* Asks the script's hook about a command; the command goes on when it answers. */
 void session_ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, const char *arg,

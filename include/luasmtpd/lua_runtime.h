@@ -32,6 +32,7 @@ struct lrt_options {
 struct lrt_message {
     const struct envelope *env;
     struct buf *data; /* taken: the runtime frees it once Lua holds its copy */
+    const char *id;   /* the transaction's id, options.id */
 };
 
 enum lrt_outcome {
@@ -60,6 +61,9 @@ void lrt_free(struct lrt *rt);
 struct lrt_session *lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr,
                                     int peer_port);
 void lrt_session_set_helo(struct lrt_session *ls, const char *helo);
+/* MAIL: the transaction starts on the current generation; the script sees `id` as
+ * session.transaction_id until it ends. */
+void lrt_session_begin_transaction(struct lrt_session *ls, const char *id);
 void lrt_session_end_transaction(struct lrt_session *ls);
 unsigned lrt_session_generation(const struct lrt_session *ls);
 void lrt_session_free(struct lrt_session *ls);

@@ -24,6 +24,10 @@ struct session_group {
     unsigned count;
     struct peer_count *per_client;
     unsigned long next_id;
+    /* Transaction ids: this process's first transaction time and pid, set then, and a count. */
+    unsigned long txn_epoch;
+    unsigned long txn_pid;
+    unsigned long txn_count;
     bool draining;
     void (*on_empty)(void *arg); /* called when draining and the last session closed */
     void *on_empty_arg;
