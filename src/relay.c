@@ -1,10 +1,14 @@
 /* One relay transaction over a relay connection (see relay.h): MAIL, the RCPTs (pipelined
- * when offered), DATA only when someone was accepted, and the final reply or replies. */
+ * when offered), DATA only when someone was accepted, and the final reply or replies. Command
+ * lines are built in growable buffers: an address is as long as the caller made it. */
 #include "luasmtpd/relay.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "luasmtpd/buf.h"
 
 struct relay {
     struct relay_conn *conn;
@@ -19,11 +23,11 @@ struct relay {
     bool mail_failed;
     size_t rcpt_replies_seen;
     size_t accepted;
+    size_t *accepted_at; /* the indexes of the accepted recipients, in RCPT order */
     size_t data_replies_seen;
     struct relay_result result;
 };
 
-/* The message needs BODY=8BITMIME when a byte has the high bit set (RFC 6152). */
 static bool
 has_8bit(const char *data, size_t len)
 {
@@ -31,6 +35,39 @@ has_8bit(const char *data, size_t len)
         if ((unsigned char)data[i] & 0x80)
             return true;
     return false;
+}
+
+/* 8-bit bytes in the header section (up to the first empty line): internationalised header
+ * fields, which need SMTPUTF8 (RFC 6532) where an 8-bit body needs only 8BITMIME. */
+static bool
+header_has_8bit(const char *data, size_t len)
+{
+    const char *p = data, *end = data + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = nl ? nl : end;
+        size_t n = (size_t)(line_end - p);
+        if (n == 0 || (n == 1 && *p == '\r'))
+            return false;
+        if (has_8bit(p, n))
+            return true;
+        p = nl ? nl + 1 : end;
+    }
+    return false;
+}
+
+/* RFC 6531 3.2: an address beyond ASCII, or header fields beyond ASCII in a transaction the
+ * client marked SMTPUTF8, cannot go to a server without SMTPUTF8. A client that marked pure
+ * ASCII mail SMTPUTF8 asked for nothing the server must have. */
+static bool
+needs_smtputf8(const struct relay *r)
+{
+    if (has_8bit(r->mailfrom, strlen(r->mailfrom)))
+        return true;
+    for (size_t i = 0; i < r->n_rcpts; i++)
+        if (has_8bit(r->rcpts[i], strlen(r->rcpts[i])))
+            return true;
+    return r->smtputf8 && header_has_8bit(r->data, r->len);
 }
 
 static void
@@ -50,6 +87,7 @@ relay_free(struct relay *r)
         free(r->result.rcpt_replies[i].text);
     }
     free(r->rcpts);
+    free(r->accepted_at);
     free(r->result.rcpt_replies);
     free(r->result.reply.text);
     free(r->mailfrom);
@@ -64,55 +102,48 @@ finish(struct relay *r, enum relay_failure kind)
     relay_free(r);
 }
 
+/* The whole transaction failed with `kind`; a fatal kind carries no code. */
+static void
+fail_with(struct relay *r, enum relay_failure kind, const struct relay_reply *reply)
+{
+    set_reply(&r->result.reply, relay_failure_is_fatal(kind) ? 0 : reply->code, reply->text);
+    finish(r, kind);
+}
+
 static void
 on_data_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
 {
     struct relay *r = arg;
-    if (!relay_conn_lmtp(r->conn)) {
-        set_reply(&r->result.reply, reply->code, reply->text);
-        finish(r, kind);
+    /* DATA refused, the message refused before its end, or the connection lost: the whole
+     * transaction failed (RELAY_UNKNOWN when the end of the message had gone out). */
+    if (relay_failure_is_fatal(kind) || !reply->end_of_data || !relay_conn_lmtp(r->conn)) {
+        fail_with(r, kind, reply);
         return;
     }
     /* LMTP (RFC 2033 4.2): one reply per accepted recipient, in RCPT order. */
-    size_t seen = 0;
-    for (size_t i = 0; i < r->n_rcpts; i++) {
-        if (r->result.rcpt_replies[i].code >= 400 || r->result.rcpt_replies[i].code == 0)
-            continue;
-        if (seen++ == r->data_replies_seen) {
-            /* No reply at all (the connection died) counts as a temporary refusal. */
-            set_reply(&r->result.rcpt_replies[i], reply->code ? reply->code : 451, reply->text);
-            break;
-        }
-    }
-    if (kind == RELAY_OK)
-        set_reply(&r->result.reply, reply->code, reply->text);
-    else if (r->result.reply.code == 0)
+    set_reply(&r->result.rcpt_replies[r->accepted_at[r->data_replies_seen]], reply->code,
+              reply->text);
+    if (kind == RELAY_OK || r->result.reply.code == 0)
         set_reply(&r->result.reply, reply->code, reply->text);
     if (++r->data_replies_seen < r->accepted)
         return;
-    bool delivered = false;
-    for (size_t i = 0; i < r->n_rcpts; i++)
-        if (r->result.rcpt_replies[i].code / 100 == 2)
-            delivered = true;
-    /* Per-recipient refusals are in rcpt_replies; a transport failure fails the whole. */
-    finish(r, delivered || kind == RELAY_TEMPFAIL || kind == RELAY_PERMFAIL ? RELAY_OK : kind);
+    finish(r, RELAY_OK);
 }
 
 static void
 on_rcpt_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
 {
     struct relay *r = arg;
+    if (relay_failure_is_fatal(kind)) {
+        fail_with(r, kind, reply);
+        return;
+    }
     size_t i = r->rcpt_replies_seen++;
     set_reply(&r->result.rcpt_replies[i], reply->code, reply->text);
     if (kind == RELAY_OK)
-        r->accepted++;
+        r->accepted_at[r->accepted++] = i;
     if (r->rcpt_replies_seen < r->n_rcpts)
         return;
-    if (reply->code == 0 && kind != RELAY_OK) {
-        set_reply(&r->result.reply, 0, reply->text);
-        finish(r, kind); /* the connection failed */
-        return;
-    }
     if (r->mail_failed) {
         finish(r, relay_reply_kind(&r->result.reply));
         return;
@@ -124,18 +155,35 @@ on_rcpt_reply(void *arg, enum relay_failure kind, const struct relay_reply *repl
         finish(r, RELAY_OK);
         return;
     }
-    relay_conn_data(r->conn, r->data, r->len, relay_conn_lmtp(r->conn) ? (unsigned)r->accepted : 1,
-                    on_data_reply, r);
+    if (relay_conn_data(r->conn, r->data, r->len,
+                        relay_conn_lmtp(r->conn) ? (unsigned)r->accepted : 1, on_data_reply,
+                        r) == -1) {
+        set_reply(&r->result.reply, 0, "out of memory");
+        finish(r, RELAY_PROTOCOL);
+    }
 }
 
 static void
 on_mail_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
 {
     struct relay *r = arg;
-    if (kind != RELAY_OK) {
-        r->mail_failed = true;
+    if (relay_failure_is_fatal(kind)) {
+        fail_with(r, kind, reply);
+    } else if (kind != RELAY_OK) {
+        r->mail_failed = true; /* the RCPT replies still come; then this is the result */
         set_reply(&r->result.reply, reply->code, reply->text);
     }
+}
+
+/* A permanent failure of our own making, before anything of the transaction is sent. */
+static void
+refuse(struct relay *r, int code, const char *fmt, const char *peer)
+{
+    struct buf text = {0};
+    buf_printf(&text, fmt, peer);
+    set_reply(&r->result.reply, code, text.data ? text.data : "");
+    buf_free(&text);
+    finish(r, RELAY_PERMFAIL);
 }
 
 static void
@@ -150,18 +198,41 @@ on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
         return;
     }
     unsigned ext = relay_conn_extensions(conn);
-    char line[1200];
-    int n = snprintf(line, sizeof(line), "MAIL FROM:<%s>", r->mailfrom);
-    if (ext & RELAY_EXT_SIZE)
-        n += snprintf(line + n, sizeof(line) - (size_t)n, " SIZE=%zu", r->len);
-    if ((ext & RELAY_EXT_8BITMIME) && has_8bit(r->data, r->len))
-        n += snprintf(line + n, sizeof(line) - (size_t)n, " BODY=8BITMIME");
-    if ((ext & RELAY_EXT_SMTPUTF8) && r->smtputf8)
-        snprintf(line + n, sizeof(line) - (size_t)n, " SMTPUTF8");
-    relay_conn_command(conn, line, on_mail_reply, r);
-    for (size_t i = 0; i < r->n_rcpts; i++) {
-        snprintf(line, sizeof(line), "RCPT TO:<%s>", r->rcpts[i]);
-        relay_conn_command(conn, line, on_rcpt_reply, r);
+    bool eight_bit = has_8bit(r->data, r->len);
+    bool utf8 = needs_smtputf8(r);
+    if (utf8 && !(ext & RELAY_EXT_SMTPUTF8)) {
+        refuse(r, 553, "5.6.7 SMTPUTF8 is required, but was not offered by %s",
+               relay_conn_peer(conn));
+        return;
+    }
+    if (eight_bit && !(ext & RELAY_EXT_8BITMIME)) {
+        refuse(r, 554, "5.6.3 8-bit data, but 8BITMIME was not offered by %s",
+               relay_conn_peer(conn));
+        return;
+    }
+    struct buf line = {0};
+    int rc = buf_printf(&line, "MAIL FROM:<%s>", r->mailfrom);
+    if (rc == 0 && (ext & RELAY_EXT_SIZE))
+        rc = buf_printf(&line, " SIZE=%zu", r->len);
+    if (rc == 0 && eight_bit)
+        rc = buf_append_str(&line, " BODY=8BITMIME");
+    if (rc == 0 && (ext & RELAY_EXT_SMTPUTF8) && (utf8 || r->smtputf8))
+        rc = buf_append_str(&line, " SMTPUTF8");
+    if (rc == 0)
+        rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, on_mail_reply, r);
+    for (size_t i = 0; rc == 0 && i < r->n_rcpts; i++) {
+        buf_reset(&line);
+        rc = buf_printf(&line, "RCPT TO:<%s>", r->rcpts[i]);
+        if (rc == 0)
+            rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, on_rcpt_reply,
+                                    r);
+    }
+    buf_free(&line);
+    if (rc == -1) {
+        /* Whatever was queued is abandoned with the connection: no callback will come. */
+        set_reply(&r->result.reply, 0, errno == EINVAL ? "a line break in an address"
+                                                       : "out of memory");
+        finish(r, RELAY_PROTOCOL);
     }
 }
 
@@ -169,6 +240,16 @@ struct relay *
 relay_start(struct event_base *base, struct evdns_base *dns, const struct relay_request *req,
             relay_done_fn done, void *arg)
 {
+    if (strpbrk(req->mailfrom, "\r\n") != NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    for (size_t i = 0; i < req->n_rcpts; i++) {
+        if (strpbrk(req->rcpts[i], "\r\n") != NULL) {
+            errno = EINVAL;
+            return NULL;
+        }
+    }
     struct relay *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return NULL;
@@ -179,9 +260,11 @@ relay_start(struct event_base *base, struct evdns_base *dns, const struct relay_
     r->smtputf8 = req->smtputf8;
     r->mailfrom = strdup(req->mailfrom);
     r->rcpts = calloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(char *));
+    r->accepted_at = calloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(size_t));
     r->result.rcpt_replies = calloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(struct relay_reply));
     r->result.n_rcpts = req->n_rcpts;
-    bool ok = r->mailfrom && r->rcpts && r->result.rcpt_replies && req->n_rcpts > 0;
+    bool ok = r->mailfrom && r->rcpts && r->accepted_at && r->result.rcpt_replies &&
+              req->n_rcpts > 0;
     for (size_t i = 0; ok && i < req->n_rcpts; i++) {
         r->rcpts[i] = strdup(req->rcpts[i]);
         ok = r->rcpts[i] != NULL;
@@ -190,7 +273,9 @@ relay_start(struct event_base *base, struct evdns_base *dns, const struct relay_
     if (ok)
         r->conn = relay_conn_open(base, dns, &req->conn, on_ready, r);
     if (!ok || r->conn == NULL) {
+        int saved = errno;
         relay_free(r);
+        errno = saved;
         return NULL;
     }
     return r;

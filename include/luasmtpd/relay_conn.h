@@ -1,7 +1,13 @@
 /* An asynchronous SMTP/LMTP client connection on libevent: resolves without blocking, connects
  * (trying each address), reads the greeting, says EHLO (HELO when refused; LHLO for LMTP), then
  * runs commands in order, pipelined when the server offers PIPELINING, and sends message bodies
- * with flow control. Every stage has a timeout. It knows nothing of Lua. */
+ * with flow control. Every stage has a timeout. It knows nothing of Lua.
+ *
+ * What it promises its callers: a reply is handed on as a success only when it is of the class
+ * the command calls for (2xx, 3xx for DATA's go-ahead); a reply of the wrong class, one nobody
+ * asked for, a malformed one, a close or a timeout fails the connection, and every command
+ * still waiting gets that failure with no reply code. Reply text is cleaned before anyone sees
+ * it (see relay_reply), so it can be passed on as our own reply. */
 #ifndef LUASMTPD_RELAY_CONN_H
 #define LUASMTPD_RELAY_CONN_H
 
@@ -18,19 +24,37 @@ enum relay_failure {
     RELAY_TIMED_OUT,
     RELAY_TEMPFAIL,       /* the server answered 4xx */
     RELAY_PERMFAIL,       /* the server answered 5xx */
-    RELAY_PROTOCOL,       /* a malformed reply, or the connection closed */
+    RELAY_PROTOCOL,       /* a malformed, unsolicited or wrong-class reply, or a close */
+    /* The connection failed (timeout, close, nonsense) after the end of the message had left
+     * us and before its reply came: the server may have delivered it. The one outcome where a
+     * failure may leave a copy behind; callers must say so. */
+    RELAY_UNKNOWN,
 };
 
 const char *relay_failure_name(enum relay_failure kind);
 
-/* A server reply. `text` holds the lines' texts joined by "\n", without their codes; 0 as
- * the code means there was no reply (see the failure kind). */
+/* True for the kinds that mean the connection is gone (no reply, no code), as opposed to a
+ * reply (RELAY_OK) or a refusal the server gave (RELAY_TEMPFAIL, RELAY_PERMFAIL). */
+bool relay_failure_is_fatal(enum relay_failure kind);
+
+/* Longest line of reply text we hand on (without the code and its separator): short enough
+ * that the text, passed on as our own reply even with an enhanced status code put in front
+ * of it, stays within RFC 5321's 512 bytes a line (smtp_reply.c's limit). */
+#define RELAY_TEXT_LINE_MAX 480
+
+/* A server reply. `text` holds the lines' texts joined by "\n", without their codes, each
+ * line cut to RELAY_TEXT_LINE_MAX bytes and every byte outside printable ASCII replaced by
+ * '?' (a tab by a space). `code` is 0 when there was no reply: then `text` says what failed.
+ * `end_of_data` is true for a reply (or the failure) that answers the end of a message, as
+ * opposed to a command (DATA itself included). */
 struct relay_reply {
     int code;
     char *text;
+    bool end_of_data;
 };
 
-/* Sorts a reply (or no reply) into a failure kind: 2xx/3xx ok, 4xx, 5xx. */
+/* Sorts a reply code into a kind: 2xx/3xx ok, 4xx, 5xx; anything else is a protocol error.
+ * It does not know which class a command calls for; the connection checks that. */
 enum relay_failure relay_reply_kind(const struct relay_reply *reply);
 
 enum relay_ext {
@@ -40,11 +64,22 @@ enum relay_ext {
     RELAY_EXT_SMTPUTF8 = 1 << 3,
 };
 
+/* The timeouts, in seconds, per stage (RFC 5321 4.5.3.2). `timeout` bounds the connect, the
+ * greeting, each command's reply and each step of sending a message (a write that makes no
+ * progress); `data_timeout` bounds the wait for the reply after the end of the message (each
+ * reply, for LMTP), which RFC 5321 4.5.3.2.6 sets at 10 minutes because the server may be
+ * delivering meanwhile: cutting it short leaves a copy upstream and a retry makes a second. */
+#define RELAY_DEFAULT_TIMEOUT 60.0
+#define RELAY_DEFAULT_DATA_TIMEOUT 600.0
+/* The wait for the 221 after QUIT at relay_conn_close (at most `timeout`). */
+#define RELAY_QUIT_TIMEOUT 10.0
+
 struct relay_conn_options {
     const char *host;
     unsigned short port;
-    const char *helo;  /* the name we give in EHLO */
-    double timeout;    /* seconds per stage */
+    const char *helo;    /* the name we give in EHLO; a CR or LF in it is refused */
+    double timeout;      /* seconds; 0 for RELAY_DEFAULT_TIMEOUT */
+    double data_timeout; /* seconds; 0 for RELAY_DEFAULT_DATA_TIMEOUT */
     bool lmtp;
 };
 
@@ -55,21 +90,40 @@ typedef void (*relay_ready_fn)(void *arg, struct relay_conn *conn, enum relay_fa
                                const struct relay_reply *reply);
 typedef void (*relay_reply_fn)(void *arg, enum relay_failure kind, const struct relay_reply *reply);
 
+/* NULL when out of memory, or when opts->helo holds a CR or LF (errno EINVAL). */
 struct relay_conn *relay_conn_open(struct event_base *base, struct evdns_base *dns,
                                    const struct relay_conn_options *opts, relay_ready_fn ready,
                                    void *arg);
-/* Queues a command line (without CRLF); `done` gets its reply, in order. Once the connection
- * failed, every queued and later command gets the failure. */
-void relay_conn_command(struct relay_conn *conn, const char *line, relay_reply_fn done, void *arg);
-/* Queues DATA; after 354 sends `data` (any line ends; they are sent as CRLF and dot-stuffed),
- * then waits for `nreplies` final replies (one for SMTP, one per accepted recipient for LMTP),
- * each given to `done`. The caller keeps `data` alive until the last reply or the close. */
-void relay_conn_data(struct relay_conn *conn, const char *data, size_t len, unsigned nreplies,
-                     relay_reply_fn done, void *arg);
+
+/* Which reply class counts as success for a command: 2xx for every command we know (MAIL,
+ * RCPT, RSET, NOOP, QUIT, ...); 2xx or 3xx for a command the caller passes through. */
+enum relay_expect {
+    RELAY_EXPECT_2XX,
+    RELAY_EXPECT_2XX_3XX,
+};
+
+/* Queues a command line (without CRLF); `done` gets its reply, in order, from the event loop.
+ * Once the connection failed, every queued and later command gets the failure. -1 (errno
+ * EINVAL) when the line holds a CR, LF or NUL, or ENOMEM: then nothing was queued and `done`
+ * will not run. */
+int relay_conn_command(struct relay_conn *conn, const char *line, size_t len,
+                       enum relay_expect expect, relay_reply_fn done, void *arg);
+/* Queues DATA; after a 3xx sends `data` (any line ends; they are sent as CRLF and
+ * dot-stuffed), then waits for `nreplies` final replies (one for SMTP, one per accepted
+ * recipient for LMTP), each given to `done` with end_of_data set. When DATA itself is
+ * refused (4xx/5xx), `done` runs once with that refusal and end_of_data false. The caller
+ * keeps `data` alive until the last reply or the close. -1 (ENOMEM): nothing queued. */
+int relay_conn_data(struct relay_conn *conn, const char *data, size_t len, unsigned nreplies,
+                    relay_reply_fn done, void *arg);
 unsigned relay_conn_extensions(const struct relay_conn *conn);
 size_t relay_conn_size_limit(const struct relay_conn *conn);
 bool relay_conn_lmtp(const struct relay_conn *conn);
-/* Sends QUIT when the connection is usable and closes it; no callback runs after this. */
+/* "host:port" as given, for messages. */
+const char *relay_conn_peer(const struct relay_conn *conn);
+/* Lets the connection go; no callback runs after this and it returns at once. When the
+ * connection is idle it says QUIT and waits in the background (at most RELAY_QUIT_TIMEOUT)
+ * for the 221 before closing, so the server does not log a lost connection; when a command
+ * or a message is half way, it closes at once, which tells the server to deliver nothing. */
 void relay_conn_close(struct relay_conn *conn);
 
 #endif
