@@ -1,6 +1,6 @@
 -- Hands list mail to Mailman the way MTAs do, and relays everything else upstream as
 -- pureproxy does. What Python's MailmanProxy did, made right: hyphenated list names work, the
--- server never blocks on a delivery, and no outcome is hidden from the client.
+-- server never blocks on a delivery, and a message is delivered whole or not at all.
 --
 -- Mailman 2 (default): a recipient whose local part is LIST or LIST-SUFFIX, for a list that
 -- has a directory under `mailman_lists`, is piped to `<mailman_wrapper> <command> LIST`
@@ -12,19 +12,21 @@
 -- there gets 550 5.1.1 (relaying it could loop back), and other domains are relayed without
 -- asking Mailman. Without it every domain may have lists.
 --
+-- One destination per transaction, so that its one answer is the client's answer and a 4xx or
+-- 5xx after the message leaves no copy anywhere (there is no queue to hold a part that went).
+-- The first accepted recipient fixes it: the upstream (any number of relayed recipients, one
+-- answer for all), one Mailman 3 list address (LMTP answers per recipient), or one wrapper
+-- command for one list. A recipient that needs another destination gets TOO_MANY, a 452 (RFC
+-- 5321 4.5.3.1.10, 3.3): the client sends it in a later transaction, as Postfix's does, and
+-- nothing of this transaction reaches it. While the destination is a Mailman 3 address, no
+-- other address is put to Mailman (the LMTP server would deliver to it too); while it is the
+-- upstream, Mailman 3 is still asked, on an LMTP transaction that never gets the message.
+--
 -- Recipients given twice count once: a list command (post, request, ...) runs once per message
 -- (list names are case-insensitive), an LMTP recipient is asked once (address in any case), a
 -- relayed one goes upstream once (domain in any case, local part exactly).
 -- Mailman down (lists directory or wrapper missing, LMTP unreachable): the recipients that may
 -- be lists get 451 at RCPT, those at other domains (with mailman_domains) still go upstream.
---
--- After DATA, every check that can refuse is made before anything is delivered (lost
--- connections, what the upstream does not offer); then the upstream relay, then Mailman 3's
--- LMTP, then the wrapper (other commands first, posts last), stopping at the first failure, so
--- the part most likely to refuse goes first and a refusal there leaves no copy anywhere. 250
--- only when every part worked; with one upstream alone its reply (queue id) is passed on. If a
--- part fails after another worked, the client gets that failure (451, or 5xx) with the list of
--- recipients already served: a retry duplicates for them, which beats losing the rest.
 -- Settings: mailman_wrapper (/usr/lib/mailman/mail/mailman), mailman_lists
 -- (/var/lib/mailman/lists), mailman_lmtp, mailman_domains, mailman_timeout (seconds, 120), and
 -- those of lua/smtpd/proxy.lua for the rest.
@@ -48,6 +50,16 @@ end
 
 local UNAVAILABLE = "451 4.4.1 Mailing list service unavailable, try again later"
 local NO_SUCH_LIST = "550 5.1.1 No such list"
+-- For a recipient this transaction's destination cannot take. RFC 3463's X.5.3 ("too many
+-- recipients") and RFC 5321's 452 are what a client reads as "send the rest again, later":
+-- the code alone says it, the text tells a person why.
+local TOO_MANY = "452 4.5.3 Too many recipients for one delivery; send this one in another "
+                 .. "transaction"
+
+-- The destinations a transaction can have (tx.dest): RELAY, or a table made below for one
+-- Mailman 3 address ({lmtp = true, key, rcpt}) or one wrapper command ({key, list, command,
+-- rcpt}). The same key, the same delivery: that is how a duplicate recipient counts once.
+local RELAY = { key = "relay" }
 
 -- The wrapper's commands (Mailman 2.1's aliases); Python's smtpd knew the first six.
 local suffixes = {
@@ -100,8 +112,9 @@ local function candidates(address)
   end
 end
 
--- Mailman 2: true (list mail, noted for DATA), false (no such list), or nil and a reply.
-local function mailman2_rcpt(tx, address)
+-- Mailman 2: the wrapper command for the address (list mail), false (no such list), or nil
+-- and a reply.
+local function mailman2_rcpt(address)
   if not list_looking(address) then return false end
   if exists(lists_dir) ~= true then
     smtpd.log("warn", "mailman: cannot read the lists directory", lists_dir)
@@ -115,12 +128,8 @@ local function mailman2_rcpt(tx, address)
         smtpd.log("warn", "mailman: no wrapper at", wrapper)
         return nil, UNAVAILABLE
       end
-      local key = command .. " " .. list
-      if not tx.list_keys[key] then
-        tx.list_keys[key] = true
-        tx.lists[#tx.lists + 1] = { list = list, command = command, rcpt = address }
-      end
-      return true
+      return { key = "wrapper " .. command .. " " .. list, list = list, command = command,
+               rcpt = address }
     end
   end
   return false
@@ -173,27 +182,31 @@ local function lmtp_transaction(tx)
   return nil, refusal
 end
 
--- Mailman 3: the list server's own answer decides. true (a list took it), false (not a list),
--- or nil and a reply when Mailman cannot take it now.
+-- Mailman 3: the list server's own answer decides. The destination for the address (a list
+-- took it), false (not a list), or nil and a reply when it cannot be told now.
 local function mailman3_rcpt(tx, address)
   if not list_looking(address) then return false end
   local key = address:lower()
   if tx.lmtp_keys[key] ~= nil then return tx.lmtp_keys[key] end
+  if tx.dest and tx.dest.lmtp then
+    -- Asking would be delivering: a list that took this address would get the message too.
+    return nil, TOO_MANY
+  end
   local up, refusal = lmtp_transaction(tx)
   if not up then return nil, refusal end
   local code, text, unsendable = proxy.ask(up, "rcpt", address)
   if unsendable then return nil, proxy.UNSENDABLE end
   if not code then
-    -- The recipients it took so far went with the connection: DATA will see it (lmtp_lost).
     smtpd.log("warn", "mailman lmtp: RCPT:", text)
     close_lmtp(tx)
-    tx.lmtp_lost, tx.lmtp_refusal = #tx.lmtp_rcpts > 0, UNAVAILABLE
+    tx.lmtp_refusal = UNAVAILABLE
     return nil, UNAVAILABLE
   end
   if code >= 200 and code < 300 then
-    tx.lmtp_keys[key] = true
-    tx.lmtp_rcpts[#tx.lmtp_rcpts + 1] = address
-    return true
+    -- With the upstream as the destination this LMTP transaction is only a question: it
+    -- never gets the message, and the address gets TOO_MANY.
+    tx.lmtp_keys[key] = { lmtp = true, key = "lmtp " .. key, rcpt = address }
+    return tx.lmtp_keys[key]
   end
   if code >= 500 and code < 600 then
     tx.lmtp_keys[key] = false
@@ -202,12 +215,23 @@ local function mailman3_rcpt(tx, address)
   return nil, code >= 400 and code < 500 and smtpd.reply(code, text) or UNAVAILABLE
 end
 
+-- A list recipient: the transaction's destination when it has none yet or this is it again.
+local function take(tx, dest)
+  if tx.dest == nil then
+    tx.dest = dest
+  elseif tx.dest.key ~= dest.key then
+    return TOO_MANY
+  end
+  return nil
+end
+
 -- Not list mail: relayed, for the clients allowed to, on an upstream transaction opened at the
 -- first such recipient.
 local function relay_rcpt(session, tx, address)
   if not proxy.may_relay(session.peer[1]) then
     return "554 5.7.1 Relaying denied for " .. session.peer[1]
   end
+  if tx.dest and tx.dest ~= RELAY then return TOO_MANY end -- the upstream never hears of it
   if tx.relay_refusal then return tx.relay_refusal end
   if not tx.relaying then
     local refusal = proxy.open(session, tx.mailfrom, tx.params)
@@ -217,7 +241,9 @@ local function relay_rcpt(session, tx, address)
     end
     tx.relaying = true
   end
-  return proxy.rcpt(session, address)
+  local refusal = proxy.rcpt(session, address)
+  if refusal == nil then tx.dest = RELAY end
+  return refusal
 end
 
 function on_mail(session, address, params)
@@ -227,8 +253,8 @@ function on_mail(session, address, params)
   proxy.forget(session)
   session.tx = {
     mailfrom = address, params = params,
-    lists = {}, list_keys = {},         -- Mailman 2 deliveries, one per list command
-    lmtp_rcpts = {}, lmtp_keys = {},    -- Mailman 3: taken (true) or not a list (false)
+    dest = nil,      -- RELAY or a list destination, fixed by the first accepted recipient
+    lmtp_keys = {},  -- Mailman 3's answers: a list destination, or false (not a list)
     relaying = false,
   }
 end
@@ -242,21 +268,21 @@ end
 function on_rcpt(session, address, params)
   local tx = session.tx
   if list_domain(address) then
-    local is_list, reply
+    local dest, reply
     if lmtp_host then
-      is_list, reply = mailman3_rcpt(tx, address)
+      dest, reply = mailman3_rcpt(tx, address)
     else
-      is_list, reply = mailman2_rcpt(tx, address)
+      dest, reply = mailman2_rcpt(address)
     end
-    if is_list == nil then return reply end
-    if is_list then return nil end
+    if dest == nil then return reply end
+    if dest then return take(tx, dest) end
     if domains then return NO_SUCH_LIST end
   end
   return relay_rcpt(session, tx, address)
 end
 
 -- The message as the wrapper gets it: From: and Date: when missing (RFC 5322 3.6), and for
--- join/leave the Subject Mailman reads the request from, for this delivery alone.
+-- join/leave the Subject Mailman reads the request from.
 local function for_list(data, mailfrom, command)
   if not message.header(data, "From") and mailfrom ~= "" then
     data = message.add_header(data, "From: " .. mailfrom)
@@ -272,114 +298,70 @@ local function for_list(data, mailfrom, command)
   return data
 end
 
--- A reply's text without its codes, one line per line.
-local function reply_text(reply)
-  return (reply:gsub("%d%d%d[ -]?([^\n]*)", "%1"))
+-- Mailman 3: the LMTP transaction holds this one recipient, so its one reply is the answer.
+local function deliver_lmtp(tx, dest, data, options)
+  data = received.add(data, options, { rcpts = { dest.rcpt } })
+  local refusal = proxy.content_refusal(tx.lmtp.extensions, data, tx.lmtp_utf8,
+                                        tx.lmtp_utf8_sent)
+  if refusal then
+    quit_lmtp(tx)
+    return refusal
+  end
+  local results, err, code = tx.lmtp:data(data)
+  if not results then
+    close_lmtp(tx)
+    smtpd.log("warn", "mailman lmtp: message to", dest.rcpt .. ":", err)
+    if code then return smtpd.reply(code, err) end -- DATA refused: nothing went
+    return smtpd.reply(451, "4.4.1 Mailing list service failed, try again later: "
+                            .. tostring(err))
+  end
+  quit_lmtp(tx)
+  local r = results[1]
+  if r and (r[1] >= 200 and r[1] < 300 or r[1] >= 400 and r[1] < 600) then
+    return smtpd.reply(r[1], r[2])
+  end
+  smtpd.log("warn", "mailman lmtp: reply of the wrong class after the message to",
+            dest.rcpt .. ":", tostring(r and r[1]))
+  return "451 4.4.1 No answer from the mailing list service"
 end
 
--- Wrapper deliveries in the order they run: posts last, since a duplicate post reaches every
--- subscriber; RCPT order otherwise.
-local function run_order(lists)
-  local order = {}
-  for _, entry in ipairs(lists) do
-    if entry.command ~= "" then order[#order + 1] = entry end
+-- Mailman 2: one run of the wrapper; its exit status is the answer.
+local function deliver_wrapper(dest, data, mailfrom, options)
+  if exists(wrapper) == false then
+    smtpd.log("warn", "mailman: no wrapper at", wrapper)
+    return UNAVAILABLE
   end
-  for _, entry in ipairs(lists) do
-    if entry.command == "" then order[#order + 1] = entry end
+  local command = dest.command == "" and "post" or dest.command
+  local status, output, kind = smtpd.pipe(
+    { wrapper, command, dest.list },
+    received.add(for_list(data, mailfrom, dest.command), options, { rcpts = { dest.rcpt } }),
+    { timeout = timeout })
+  local reply = delivery.reply(status, output, kind)
+  if reply then
+    smtpd.log("warn", "mailman", command, dest.list .. ":", reply)
   end
-  return order
+  if kind == "timeout" or kind == "signal" then
+    -- Killed after it read the message: like an answer lost after the final dot, the one way
+    -- this 451 can leave a copy.
+    smtpd.log("warn", "mailman", command, dest.list .. ": the wrapper ended by", kind,
+              "after it had the message; Mailman may have kept a copy")
+  end
+  return reply
 end
 
 function process_message(peer, mailfrom, rcpttos, data, options)
   local session = options.session
   local tx = session.tx
-  local relayed = tx.relaying and proxy.recipients(session) or {}
-  local lmtp_rcpts = tx.lmtp_rcpts
-  local lists = run_order(tx.lists)
-  local up_data = #relayed > 0 and received.add(data, options, { rcpts = relayed })
-  local lmtp_data = #lmtp_rcpts > 0 and received.add(data, options, { rcpts = lmtp_rcpts })
-
-  -- 1. Whatever can refuse the message before any part of it is delivered.
-  local refusal
-  if up_data then
-    refusal = proxy.check(session, up_data)
+  -- Every accepted recipient fixed or matched tx.dest, and the core takes DATA only after one.
+  local dest = assert(tx.dest, "mailman: a message with no destination")
+  if dest.lmtp then
+    return deliver_lmtp(tx, dest, data, options)
   end
-  if not refusal and #lmtp_rcpts > 0 then
-    if not tx.lmtp then
-      refusal = UNAVAILABLE -- lost after it took recipients (lmtp_lost)
-    else
-      refusal = proxy.content_refusal(tx.lmtp.extensions, lmtp_data, tx.lmtp_utf8,
-                                      tx.lmtp_utf8_sent)
-    end
+  if dest ~= RELAY then
+    return deliver_wrapper(dest, data, mailfrom, options)
   end
-  if not refusal and #lists > 0 and exists(wrapper) == false then
-    smtpd.log("warn", "mailman: no wrapper at", wrapper)
-    refusal = UNAVAILABLE
-  end
-  if refusal then
-    quit_lmtp(tx)
-    return refusal
-  end
-
-  -- 2. The deliveries, stopping at the first that fails.
-  local delivered = {}
-  local function failed(reply)
-    quit_lmtp(tx)
-    if #delivered == 0 then return reply end
-    smtpd.log("warn", "mailman: delivered to", table.concat(delivered, ", "),
-              "but then:", reply)
-    return smtpd.reply(tonumber(reply:sub(1, 3)), reply_text(reply)
-                       .. "\nAlready delivered to " .. table.concat(delivered, ", ")
-                       .. " (a retry sends them another copy)")
-  end
-  local only -- the one upstream's reply, passed on when it was the only delivery
-
-  if up_data then
-    local reply, code = proxy.data(session, up_data)
-    if code >= 300 then return failed(reply) end
-    smtpd.log("info", "mailman: upstream took it:", reply)
-    for _, rcpt in ipairs(relayed) do delivered[#delivered + 1] = rcpt end
-    only = reply
-  end
-
-  if lmtp_data then
-    local results, err = tx.lmtp:data(lmtp_data)
-    if not results then
-      close_lmtp(tx)
-      return failed(smtpd.reply(451, "4.4.1 Mailing list service failed, try again later: "
-                                     .. tostring(err)))
-    end
-    local bad, first
-    for i, rcpt in ipairs(lmtp_rcpts) do
-      local r = results[i]
-      if not (r and r[1] >= 200 and r[1] < 300 or r and r[1] >= 400 and r[1] < 600) then
-        r = { 451, "4.4.1 No answer from the mailing list service" }
-      end
-      if r[1] < 300 then
-        delivered[#delivered + 1] = rcpt
-        first = first or r
-      elseif not bad or (r[1] < 500 and bad[1] >= 500) then
-        bad = r -- a temporary failure wins: a retry may still work
-      end
-    end
-    if bad then return failed(smtpd.reply(bad[1], bad[2])) end
-    quit_lmtp(tx)
-    only = not up_data and smtpd.reply(first[1], first[2]) or nil
-  end
-
-  for _, entry in ipairs(lists) do
-    local command = entry.command == "" and "post" or entry.command
-    local status, output, kind = smtpd.pipe(
-      { wrapper, command, entry.list },
-      received.add(for_list(data, mailfrom, entry.command), options, { rcpts = { entry.rcpt } }),
-      { timeout = timeout })
-    local reply = delivery.reply(status, output, kind)
-    if reply then
-      smtpd.log("warn", "mailman", command, entry.list .. ":", reply)
-      return failed(reply)
-    end
-    delivered[#delivered + 1] = entry.rcpt
-    only = nil
-  end
-  return only
+  local reply = proxy.data(session, received.add(data, options,
+                                                 { rcpts = proxy.recipients(session) }))
+  quit_lmtp(tx) -- Mailman 3 was only asked: the lists it took wait for their own transactions
+  return reply
 end

@@ -1,7 +1,7 @@
 """The rules every relaying handler (pureproxy, mailman) keeps, case by case from issue 11: each
 transaction starts clean upstream, any 2xx after the message is delivery whatever its text,
 recipients count once, nothing goes to an upstream that did not offer it, a Received: line on
-top, mailman_domains, and what the client hears when parts of a message fare differently.
+top, mailman_domains, and mailman's one destination per transaction.
 
 Upstreams: aiosmtpd (AioUpstream, SMTP and LMTP), and a scripted raw server (`Scripted` below)
 whose EHLO keywords and replies each test chooses, down to control bytes and over-long lines.
@@ -22,6 +22,9 @@ from upstreams import AioUpstream, RawServer
 EHLO = "EHLO client.example"
 SENDER = "alice@example.org"
 WARN = r"^\S+ luasmtpd\[\d+\] warn: "
+# mailman's answer to a recipient for another destination than its transaction's.
+TOO_MANY = ("452 4.5.3 Too many recipients for one delivery; send this one in another "
+            "transaction")
 BODY = (b"Subject: rules\r\nFrom: Alice <alice@example.org>\r\n"
         b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\nbody line\r\n")
 EIGHT_BIT = b"Subject: bytes\r\n\r\n\xc3\xa9t\xc3\xa9\r\n"
@@ -370,13 +373,18 @@ class TestRecipientsCountOnce(RulesTestCase):
         self.assertEqual(up.count(("rcpt", "c@D.Example")), 0)
 
     def test_mailman_posts_once(self):
+        """One destination per transaction (the others get 452): the duplicates of each."""
         up = self.start_aio()
         srv = self.start_mailman(up)
         c = self.session(srv)
         r = self.send(c, ["test@lists.example", "TEST@Lists.Example", "test@lists.example",
-                          "test-request@lists.example", "Test-Request@lists.example",
-                          "bob@example.net", "bob@EXAMPLE.net"])
-        self.assertTrue(all(x.code in (250, 354) for x in r), r)
+                          "test-request@lists.example", "bob@example.net"])
+        self.assertEqual([x.code for x in r], [250, 250, 250, 250, 452, 452, 354, 250], r)
+        r = self.send(c, ["test-request@lists.example", "Test-Request@lists.example",
+                          "bob@example.net"])
+        self.assertEqual([x.code for x in r], [250, 250, 250, 452, 354, 250], r)
+        r = self.send(c, ["bob@example.net", "bob@EXAMPLE.net"])
+        self.assertEqual([x.code for x in r], [250, 250, 250, 354, 250], r)
         self.assertEqual([argv for argv, _ in self.calls()],
                          [["post", "test"], ["request", "test"]])
         (msg,) = up.wait_messages(1)
@@ -474,10 +482,12 @@ class TestNothingTheUpstreamDidNotOffer(RulesTestCase):
         self.assertEqual(c.reply().code, 250)
 
     def test_mailman_refuses_the_whole_message_before_any_delivery(self):
+        """The list recipient is deferred (452), so the refusal leaves it no copy either."""
         up = self.start_scripted(exts=())
         srv = self.start_mailman(up)
         c = self.session(srv)
-        r = self.send(c, ["test@lists.example", "bob@example.net"], body=EIGHT_BIT)
+        r = self.send(c, ["bob@example.net", "test@lists.example"], body=EIGHT_BIT)
+        self.assertReply(r[2], 452, TOO_MANY)
         self.assertReply(r[-1], 554, re.compile(r"^554 5\.6\.3 "))
         self.assertEqual(self.calls(), [])
         self.assertEqual(up.count("data_command"), 0)
@@ -520,10 +530,10 @@ class TestReceived(RulesTestCase):
         up = self.start_aio()
         srv = self.start_mailman(up)
         c = self.session(srv)
-        r = self.send(c, ["test@lists.example", "bob@example.net"])
-        self.assertEqual(r[-1].code, 250, r)
+        self.assertEqual(self.send(c, ["test@lists.example"])[-1].code, 250)
         ((argv, wrapped),) = self.calls()
         self.assertEqual(self.check_received(wrapped, srv, "test@lists.example"), BODY)
+        self.assertEqual(self.send(c, ["bob@example.net"])[-1].code, 250)
         (msg,) = up.wait_messages(1)
         self.assertEqual(self.check_received(msg["data"], srv, "bob@example.net"), BODY)
 
@@ -578,14 +588,18 @@ class TestMailmanDomains(RulesTestCase):
         self.assertReply(c.cmd("RCPT TO:<bob@other-lists.EXAMPLE>"), 550,
                          "550 5.1.1 No such list")
         self.assertEqual(c.cmd("RCPT TO:<test@lists.example>").code, 250)
-        self.assertEqual(c.cmd("RCPT TO:<foo@other-lists.example>").code, 250)
-        # A list's name at another domain is no list: relayed.
-        self.assertEqual(c.cmd("RCPT TO:<test@example.net>").code, 250)
-        self.assertEqual(c.cmd("RCPT TO:<bob@example.net>").code, 250)
+        # Lists, and not lists, of other destinations: deferred; no list still gets 550.
+        self.assertReply(c.cmd("RCPT TO:<foo@other-lists.example>"), 452, TOO_MANY)
+        self.assertReply(c.cmd("RCPT TO:<test@example.net>"), 452, TOO_MANY)
+        self.assertReply(c.cmd("RCPT TO:<nolist@lists.example>"), 550,
+                         "550 5.1.1 No such list")
         self.assertEqual(c.cmd("DATA").code, 354)
         c.send(stuff(BODY) + b".\r\n")
         self.assertEqual(c.reply().code, 250)
+        self.assertEqual(self.send(c, ["foo@other-lists.example"])[-1].code, 250)
         self.assertEqual([argv for argv, _ in self.calls()], [["post", "foo"], ["post", "test"]])
+        # A list's name at another domain is no list: relayed.
+        self.assertEqual(self.send(c, ["test@example.net", "bob@example.net"])[-1].code, 250)
         (msg,) = up.wait_messages(1)
         self.assertEqual(msg["rcpt_tos"], ["test@example.net", "bob@example.net"])
 
@@ -645,17 +659,24 @@ class TestMailmanDomains(RulesTestCase):
                          ["250 2.0.0 queued as aio"])
         self.assertEqual(self.send(c, ["ant@lists.example"])[-1].lines,
                          ["250 2.0.0 <ant@lists.example> delivered"])
-        both = self.send(c, ["ant@lists.example", "bob@example.net"])[-1]
-        self.assertEqual(both.code, 250)
-        self.assertNotIn("aio", " ".join(both.lines))
+        # There is only ever one: the transaction's destination.
+        r = self.send(c, ["ant@lists.example", "bob@example.net"])
+        self.assertReply(r[2], 452, TOO_MANY)
+        self.assertEqual(r[-1].lines, ["250 2.0.0 <ant@lists.example> delivered"])
+        r = self.send(c, ["bob@example.net", "ant@lists.example"])
+        self.assertReply(r[2], 452, TOO_MANY)
+        self.assertEqual(r[-1].lines, ["250 2.0.0 queued as aio"])
 
 
-class TestMixedOutcomes(RulesTestCase):
-    """Item 7: the parts of a message are delivered in an order that lets a refusal come before
-    anything is committed where it can: the upstream first (the part most likely to refuse),
-    then Mailman, posts last (a duplicate post reaches every subscriber), stopping at the first
-    failure. What remains: a part that fails after another worked; the client then hears the
-    failure and which recipients already have the message."""
+class TestOneDestination(RulesTestCase):
+    """Item 7: mailman has no queue, so a transaction has one destination (the upstream, one
+    Mailman 3 address, one wrapper command for one list), fixed by its first accepted
+    recipient; a recipient for another gets TOO_MANY (452: the client sends it in another
+    transaction). The destination's answer after the message is the client's, and a 4xx or
+    5xx leaves no copy anywhere, since nothing else was given the message. Each check that
+    something did NOT get a copy looks after the client's reply to the final dot: the server
+    answers only after the upstream's DATA, the LMTP session and the wrapper are over, so a
+    copy sent anywhere would be recorded by then."""
 
     def test_upstream_refusal_leaves_no_copy(self):
         for final in (b"451 4.7.1 greylisted\r\n", b"554 5.7.1 no thanks\r\n"):
@@ -663,53 +684,103 @@ class TestMixedOutcomes(RulesTestCase):
                 up = self.start_scripted(final=final)
                 srv = self.start_mailman(up)
                 c = self.session(srv)
-                r = self.send(c, ["test@lists.example", "bob@example.net"])
+                r = self.send(c, ["bob@example.net", "test@lists.example"])
+                self.assertReply(r[2], 452, TOO_MANY)
                 self.assertEqual(r[-1].lines, [final.decode().strip()])
                 self.assertEqual(self.calls(), [])
 
     def test_upstream_lost_after_a_recipient_was_taken(self):
         """The upstream took bob, then went away: bob's copy cannot go, so the message gets
-        451 before Mailman has it (not 250 with bob left out, nor a list copy to repeat)."""
+        451 (not 250 with bob left out), and the list, deferred, has nothing to repeat."""
         up = self.start_scripted(rcpt_replies={"carol@example.net": None})
         srv = self.start_mailman(up)
         c = self.session(srv)
         r = self.send(c, ["bob@example.net", "carol@example.net", "test@lists.example"])
-        self.assertEqual([x.code for x in r], [250, 250, 451, 250, 354, 451], r)
+        self.assertEqual([x.code for x in r], [250, 250, 451, 452, 354, 451], r)
         self.assertEqual(self.calls(), [])
         self.assertEqual(up.messages, [])
 
-    def test_list_failure_after_the_upstream_says_so(self):
+    def test_wrapper_tempfail_where_the_upstream_would_take_it(self):
+        """Before: the upstream took bob's copy, then the wrapper failed (75) and the client
+        got 451 and sent bob a second copy with its retry. Now bob is another transaction's,
+        and a client that retries what it was told to retry gets one copy everywhere."""
         up = self.start_aio()
         srv = self.start_mailman(up)
         self.set_exit(75)
         c = self.session(srv)
         r = self.send(c, ["test@lists.example", "bob@example.net"])
-        self.assertEqual(r[-1].code, 451, r)
-        self.assertRegex(r[-1].lines[-1], r"^451 4\.3\.0 Already delivered to bob@example\.net")
+        self.assertReply(r[2], 452, TOO_MANY)
+        self.assertReply(r[-1], 451, re.compile(r"^451 4\.3\.0 Delivery deferred: "))
         self.assertValidReply(r[-1])
-        self.assertEqual(len(up.wait_messages(1)), 1)
-        srv.wait_log(r"warn: script: mailman: delivered to bob@example\.net but then: 451")
+        self.assertEqual(len(r[-1].lines), 1, r[-1])  # no "already delivered" to tell of
+        self.assertEqual(up.count(("rcpt", "bob@example.net")), 0)
+        self.assertEqual(up.messages, [])
+        srv.wait_log(r"warn: script: mailman post test: 451")
+        # The client's next transactions: the 452'd recipient, then, once the wrapper works,
+        # the list again.
+        self.assertEqual(self.send(c, ["bob@example.net"])[-1].code, 250)
+        self.set_exit(0)
+        self.assertEqual(self.send(c, ["test@lists.example"])[-1].code, 250)
+        (msg,) = up.wait_messages(1)
+        self.assertEqual(msg["rcpt_tos"], ["bob@example.net"])
+        # Two runs of the wrapper: the one that exited 75 (EX_TEMPFAIL: Mailman kept nothing)
+        # and the one that took it.
+        self.assertEqual([argv for argv, _ in self.calls()], [["post", "test"]] * 2)
+        self.assertEqual(len(up.messages), 1)
 
-    def test_first_list_failure_stops_the_rest(self):
+    def test_two_commands_of_one_list(self):
         srv = self.start_mailman(None)
         self.set_exit(75, "request")
         c = self.session(srv)
-        r = self.send(c, ["test@lists.example", "test-request@lists.example"])
+        r = self.send(c, ["test-request@lists.example", "test@lists.example"])
+        self.assertReply(r[2], 452, TOO_MANY)
         self.assertEqual(r[-1].code, 451, r)
-        self.assertEqual(r[-1].lines, [r[-1].lines[0]])  # nothing was delivered: no list
-        # The request ran first and failed; the post, which would reach every subscriber,
-        # never ran, so the client's retry duplicates nothing.
+        self.assertEqual(r[-1].lines, [r[-1].lines[0]])
+        # The post, which would reach every subscriber, was this transaction's to defer.
         self.assertEqual([argv for argv, _ in self.calls()], [["request", "test"]])
+        self.assertEqual(self.send(c, ["test@lists.example"])[-1].code, 250)
+        self.assertEqual([argv for argv, _ in self.calls()],
+                         [["post", "test"], ["request", "test"]])
 
-    def test_lmtp_partial_failure(self):
-        lmtp = self.start_aio(lmtp=True, data_replies={"bee@lists.example": "452 4.2.2 full"})
+    def test_lmtp_answer_is_the_answer(self):
+        """One Mailman 3 address per transaction: LMTP's reply for it is the client's, its
+        text cleaned; the second address is not even put to Mailman (it would be this
+        message's recipient then)."""
+        lmtp = self.start_aio(lmtp=True,
+                              data_replies={"bee@lists.example": "452 4.2.2 full\x01"})
         srv = self.start_mailman(None, mailman_lmtp=f"127.0.0.1:{lmtp.port}")
         c = self.session(srv)
         r = self.send(c, ["ant@lists.example", "bee@lists.example"])
-        self.assertEqual(r[-1].lines,
-                         ["452-4.2.2 full",
-                          "452 4.2.2 Already delivered to ant@lists.example (a retry sends "
-                          "them another copy)"])
+        self.assertReply(r[2], 452, TOO_MANY)
+        self.assertEqual(r[-1].lines, ["250 2.0.0 <ant@lists.example> delivered"])
+        self.assertEqual(lmtp.count(("rcpt", "bee@lists.example")), 0)
+        r = self.send(c, ["bee@lists.example"])
+        self.assertEqual(r[-1].lines, ["452 4.2.2 full?"])
+        self.assertEqual([m["rcpt_tos"] for m in lmtp.wait_messages(2)],
+                         [["ant@lists.example"], ["bee@lists.example"]])
+
+    def test_lmtp_asked_while_relaying_never_gets_the_message(self):
+        """With the upstream as the destination, Mailman 3 is still asked about each
+        list-looking address (only its answer tells a list from an address to relay). The
+        LMTP transaction that took a list's address ends with QUIT, never with the message."""
+        up = self.start_scripted()
+        lmtp = self.start_scripted(lmtp=True, final=b"250 2.0.0 delivered\r\n",
+                                   rcpt_replies={"bob@example.net": b"550 5.1.1 no list\r\n"})
+        srv = self.start_mailman(up, mailman_lmtp=f"127.0.0.1:{lmtp.port}")
+        c = self.session(srv)
+        r = self.send(c, ["bob@example.net", "ant@lists.example"])
+        self.assertEqual([x.code for x in r], [250, 250, 452, 354, 250], r)
+        self.assertEqual(r[-1].lines, ["250 2.0.0 queued as RAW1"])
+        self.assertEqual([m["rcpts"] for m in up.messages], [["bob@example.net"]])
+        self.assertEqual(lmtp.count(("rcpt", "ant@lists.example")), 1)
+        lmtp.wait_event("quit")
+        self.assertEqual(lmtp.count("data_command"), 0)
+        self.assertEqual(lmtp.messages, [])
+        # The next transaction delivers the list's copy, over LMTP alone.
+        r = self.send(c, ["ant@lists.example"])
+        self.assertEqual(r[-1].lines, ["250 2.0.0 delivered"])
+        self.assertEqual([m["rcpts"] for m in lmtp.messages], [["ant@lists.example"]])
+        self.assertEqual(len(up.messages), 1)
 
 
 if __name__ == "__main__":
