@@ -307,11 +307,12 @@ local function deliver_lmtp(tx, dest, data, options)
     quit_lmtp(tx)
     return refusal
   end
-  local results, err, code = tx.lmtp:data(data)
+  local results, err = tx.lmtp:data(data)
   if not results then
     close_lmtp(tx)
-    smtpd.log("warn", "mailman lmtp: message to", dest.rcpt .. ":", err)
-    if code then return smtpd.reply(code, err) end -- DATA refused: nothing went
+    -- An answer lost after the final dot: the one way this 451 can leave a copy.
+    smtpd.log("warn", "mailman lmtp: message to", dest.rcpt .. ":", tostring(err) .. ";",
+              "if it was lost after the message was sent, Mailman may have kept a copy")
     return smtpd.reply(451, "4.4.1 Mailing list service failed, try again later: "
                             .. tostring(err))
   end

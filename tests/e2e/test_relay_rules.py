@@ -759,6 +759,19 @@ class TestOneDestination(RulesTestCase):
         self.assertEqual([m["rcpt_tos"] for m in lmtp.wait_messages(2)],
                          [["ant@lists.example"], ["bee@lists.example"]])
 
+    def test_lmtp_answer_lost_after_the_message_is_logged(self):
+        """The one case where the 451 may leave a copy: Mailman 3 had the whole message,
+        then hung up before its answer. The log says a copy may be there."""
+        lmtp = self.start_scripted(lmtp=True, final=None)
+        srv = self.start_mailman(None, mailman_lmtp=f"127.0.0.1:{lmtp.port}")
+        c = self.session(srv)
+        r = self.send(c, ["ant@lists.example"])
+        self.assertReply(r[-1], 451, re.compile(r"^451 4\.4\.1 Mailing list service failed"))
+        self.assertValidReply(r[-1])
+        self.assertEqual(len(lmtp.messages), 1)
+        srv.wait_log(r"warn: script: mailman lmtp: message to ant@lists\.example: .*Mailman may "
+                     r"have kept a copy")
+
     def test_lmtp_asked_while_relaying_never_gets_the_message(self):
         """With the upstream as the destination, Mailman 3 is still asked about each
         list-looking address (only its answer tells a list from an address to relay). The
