@@ -8,6 +8,7 @@
  * session_pump(), so nothing below the pump ever touches a freed session. */
 #include "luasmtpd/session.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -62,16 +63,19 @@ session_reply(struct session *s, const char *fmt, ...)
     session_reply_bytes(s, line, (size_t)n);
 }
 
-/* A fixed reply, without formatting: the common ones are on every message's path. */
-
+/* A write the socket refuses (reset, EPIPE) means the client is gone: s->write_failed stops the
+ * pump from starting more work for nobody; the bufferevent's own write then fails too, and
+ * on_event frees the session. */
 static void
 session_flush(struct session *s)
 {
     if (evbuffer_get_length(s->out) == 0)
         return;
     struct evbuffer *pending = bufferevent_get_output(s->bev);
-    if (evbuffer_get_length(pending) == 0)
-        evbuffer_write(s->out, bufferevent_getfd(s->bev));
+    if (evbuffer_get_length(pending) == 0 &&
+        evbuffer_write(s->out, bufferevent_getfd(s->bev)) == -1 && errno != EAGAIN &&
+        errno != EWOULDBLOCK && errno != EINTR)
+        s->write_failed = true;
     /* What the socket did not take now, the bufferevent sends when it can. */
     if (evbuffer_get_length(s->out) > 0)
         bufferevent_write_buffer(s->bev, s->out);
@@ -382,6 +386,17 @@ finish_data(struct session *s)
         session_enter(s, SESSION_COMMAND);
         return;
     }
+    /* The replies so far go out first: a client known to be gone gets no handler run (a relay
+     * whose answer nobody would hear, so a retry would make a second copy). */
+    session_flush(s);
+    if (s->write_failed) {
+        log_info("session %lu: client left before its message was handled: message from <%s> "
+                 "discarded, %zu bytes, id %s",
+                 s->id, s->env.mailfrom ? s->env.mailfrom : "", s->decoder.size, s->txn_id);
+        session_reset_transaction(s);
+        session_enter(s, SESSION_COMMAND);
+        return;
+    }
     session_enter(s, SESSION_HANDLER);
     struct lrt_message msg = {.env = &s->env, .data = &s->message, .id = s->txn_id};
     /* on_handler_done may run before this returns; it leaves s->call NULL then. */
@@ -443,7 +458,7 @@ session_pump(struct session *s)
     s->pumping = true;
     struct evbuffer *in = bufferevent_get_input(s->bev);
     struct evbuffer *out = bufferevent_get_output(s->bev);
-    while (s->state == SESSION_COMMAND || s->state == SESSION_DATA) {
+    while (!s->write_failed && (s->state == SESSION_COMMAND || s->state == SESSION_DATA)) {
         /* Replies of this pump wait in s->out: they count, or one read of small commands
          * with long replies would queue many times OUTPUT_PAUSE. Once they are handed on,
          * only what the socket did not take holds us back; on_write resumes when it has. */
@@ -454,7 +469,7 @@ session_pump(struct session *s)
         }
         bool progressed = s->state == SESSION_DATA ? read_data(s, in) : read_command(s, in);
         if (!progressed) {
-            if (s->read_eof)
+            if (s->read_eof && !s->write_failed)
                 end_of_input(s, in);
             break;
         }
@@ -563,11 +578,13 @@ on_event(struct bufferevent *bev, short what, void *arg)
     /* A reset or a failed write: nobody is left to answer, so what waits is cancelled. */
     if (what & BEV_EVENT_ERROR)
         log_debug("session %lu: connection error", s->id);
-    if (s->state == SESSION_HANDLER || s->state == SESSION_DATA || s->state == SESSION_HOOK)
+    if (s->state == SESSION_HANDLER || s->state == SESSION_DATA || s->state == SESSION_HOOK ||
+        (s->state == SESSION_COMMAND && s->txn_id[0] != '\0'))
         log_info("session %lu: client left during %s%s%s", s->id,
                  s->state == SESSION_DATA      ? "DATA"
                  : s->state == SESSION_HANDLER ? "the handler"
-                                               : "a hook",
+                 : s->state == SESSION_HOOK    ? "a hook"
+                                               : "the transaction",
                  s->txn_id[0] ? ", id " : "", s->txn_id);
     session_free(s);
 }

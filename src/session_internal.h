@@ -62,6 +62,7 @@ struct session {
     bool counted;           /* in g->per_client */
     bool message_reply;     /* the reply being written answers a message, not a command */
     bool read_eof;          /* the client half-closed: what is buffered is all that will come */
+    bool write_failed;      /* the socket refused a write: the client is gone */
     char txn_id[SESSION_TXN_ID_MAX]; /* the open transaction's id; "" between transactions */
     struct timeval data_started;
     /* The command a hook decides on, kept until its answer comes. */
