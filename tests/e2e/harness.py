@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -677,6 +678,13 @@ class SMTPClient:
                 self.sock.close()
             finally:
                 self.sock = None
+
+    def reset(self):
+        """Closes with a reset (SO_LINGER 0) instead of a FIN: the client is gone for sure (a
+        FIN alone is a half-close, after which the server still answers what it read)."""
+        if self.sock is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close()
 
     def _bound(self, timeout):
         return self.timeout if timeout is None else bound(timeout)

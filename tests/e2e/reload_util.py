@@ -75,7 +75,7 @@ def closed_generations(lines):
 
 
 MESSAGE_LINE = re.compile(r"info: session \d+: message \d+ from <[^>]*> for \d+ recipient\(s\), "
-                          r"\d+ bytes: (\d{3}) \(generation (\d+)\)$")
+                          r"\d+ bytes, id [0-9A-F]+: (\d{3}) \(generation (\d+)\)$")
 
 
 def message_lines(lines):

@@ -545,7 +545,9 @@ class TestVanishing(HostileTestCase):
         stages = ["connect", "ehlo", "mail", "rcpt", "data", "mid_body", "almost_dot",
                   "slow_child"]
         for stage in stages:
-            for how in ("fin", "rst"):
+            # A FIN after the final dot is a client that will still read its reply (a
+            # half-close: test_session_eof); only a reset says it is gone.
+            for how in ("rst",) if stage == "slow_child" else ("fin", "rst"):
                 with self.subTest(stage=stage, how=how):
                     c = SMTPClient(srv.port)
                     try:
