@@ -373,6 +373,8 @@ serve(void *arg, int *fds, int n)
         event_free(srv.shutdown_timer);
 out:
     lrt_free(rt);
+    /* Deliveries cancelled by the shutdown whose children have not been reaped yet. */
+    pipe_shutdown();
     reload_free(srv.reload);
     if (dns != NULL)
         evdns_base_free(dns, 0);

@@ -23,6 +23,7 @@
 #define WRITE_CHUNK (64 * 1024)
 
 struct pipe_job {
+    struct pipe_job *prev_live, *next_live;   /* every job not yet freed, for pipe_shutdown */
     struct pipe_job *next_queued;
     struct pipe_job *prev_running, *next_running; /* children watched through SIGCHLD */
     struct event_base *base;
@@ -50,6 +51,7 @@ static struct pipe_job *queue_head, *queue_tail;
  * the handler is set up before the first fork, and each signal checks every child it knows. */
 static struct event *sigchld_event;
 static struct pipe_job *watched;
+static struct pipe_job *live;
 
 void
 pipe_set_max_children(unsigned max)
@@ -115,6 +117,12 @@ static void start_queued(void);
 static void
 job_free(struct pipe_job *job)
 {
+    if (job->prev_live != NULL)
+        job->prev_live->next_live = job->next_live;
+    else if (live == job)
+        live = job->next_live;
+    if (job->next_live != NULL)
+        job->next_live->prev_live = job->prev_live;
     unwatch(job);
     close_fd(&job->stdin_fd, &job->stdin_ev);
     close_fd(&job->output_fd, &job->output_ev);
@@ -479,6 +487,10 @@ pipe_spawn(struct event_base *base, const struct pipe_request *req, pipe_done_fn
         job_free(job);
         return NULL;
     }
+    job->next_live = live;
+    if (live != NULL)
+        live->prev_live = job;
+    live = job;
     struct timeval now = {0, 0};
     evtimer_add(job->timer, &now);
     return job;
@@ -509,5 +521,26 @@ pipe_cancel(struct pipe_job *job)
         kill(job->pid, SIGTERM);
         struct timeval grace = {.tv_sec = KILL_GRACE_SEC};
         evtimer_add(job->timer, &grace); /* then SIGKILL; on_exit_event reaps and frees */
+    }
+}
+
+void
+pipe_shutdown(void)
+{
+    while (live != NULL) {
+        struct pipe_job *job = live;
+        if (job->pid > 0 && !job->exited) {
+            kill(job->pid, SIGKILL);
+            while (waitpid(job->pid, NULL, 0) == -1 && errno == EINTR)
+                ;
+        }
+        if (job->running)
+            running_children--;
+        job_free(job);
+    }
+    queue_head = queue_tail = NULL;
+    if (sigchld_event != NULL) {
+        event_free(sigchld_event);
+        sigchld_event = NULL;
     }
 }

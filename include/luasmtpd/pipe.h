@@ -46,5 +46,8 @@ struct pipe_job *pipe_spawn(struct event_base *base, const struct pipe_request *
                             pipe_done_fn done, void *arg);
 /* `done` will not be called; a running child is killed and reaped in the background. */
 void pipe_cancel(struct pipe_job *job);
+/* When the loop is over: kills (SIGKILL) and reaps what is still running, frees every job,
+ * calls no `done`. Before the event base is freed. */
+void pipe_shutdown(void);
 
 #endif

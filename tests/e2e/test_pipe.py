@@ -250,6 +250,23 @@ class TestPipe(PipeTestCase):
         self.assertTrue(srv.alive())
         self.assertEqual(self.run_cmd(srv, "exit0")[:2], ("0", "nil"))
 
+    def test_server_stops_while_a_cancelled_child_dies(self):
+        """A client resets while its child ignores SIGTERM, and the server is stopped within
+        the 2 s before SIGKILL would follow: the server exits cleanly (its memory freed: the
+        sanitizer build checks) and takes the child with it, no orphan left running."""
+        srv = self.start(timeout="60")
+        c = self.connect(srv)
+        c.cmd(EHLO)
+        c.cmd("MAIL FROM:<sender@example.org>")
+        c.cmd("RCPT TO:<stubborn@pipe.example>")
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(MESSAGE) + b".\r\n")
+        pid = self.pid_from("stubborn.pid")
+        c.reset()
+        srv.wait_log(r"client left during the handler")
+        self.assertEqual(srv.stop(), 0)
+        self.assertGone(pid)
+
     def test_command_that_does_not_exist(self):
         srv = self.start()
         for cmd, name in (("missing", "/nonexistent/luasmtpd-no-such-command"),
