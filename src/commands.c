@@ -30,7 +30,7 @@ commands_accept_helo(struct session *s, const char *name, bool extended)
     free(s->helo);
     s->helo = strdup(name);
     s->esmtp = extended;
-    lrt_session_set_helo(s->ls, name);
+    lrt_session_set_helo(s->ls, name, extended);
     if (!extended) {
         session_reply(s, "250 %s", s->g->hostname);
         return;

@@ -69,6 +69,7 @@ struct lrt_session {
     char *peer_addr;
     int peer_port;
     char *helo;
+    bool esmtp; /* the greeting was EHLO (LHLO), not HELO: Received: says ESMTP or SMTP */
 };
 
 static int traceback_handler(lua_State *L);
@@ -488,6 +489,8 @@ session_table_move(struct lrt_session *ls)
     if (ls->helo != NULL) {
         lua_pushstring(L, ls->helo);
         lua_setfield(L, -2, "helo");
+        lua_pushboolean(L, ls->esmtp);
+        lua_setfield(L, -2, "esmtp");
     }
     ls->table_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     ls->gen = gen;
@@ -527,11 +530,17 @@ session_table_set(struct lrt_session *ls, const char *field, const char *value)
 }
 
 void
-lrt_session_set_helo(struct lrt_session *ls, const char *helo)
+lrt_session_set_helo(struct lrt_session *ls, const char *helo, bool esmtp)
 {
     free(ls->helo);
     ls->helo = strdup(helo);
+    ls->esmtp = esmtp;
     session_table_set(ls, "helo", helo);
+    lua_State *L = ls->gen->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
+    lua_pushboolean(L, esmtp);
+    lua_setfield(L, -2, "esmtp");
+    lua_pop(L, 1);
 }
 
 void

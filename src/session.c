@@ -40,8 +40,18 @@ void
 session_reply_bytes(struct session *s, const char *bytes, size_t n)
 {
     log_debug("session %lu: > %.*s", s->id, (int)(n > 2 ? n - 2 : n), bytes);
-    /* Postfix's hard error limit counts every 4xx/5xx answer to a command. */
-    if ((bytes[0] == '4' || bytes[0] == '5') && !s->message_reply && memcmp(bytes, "421", 3) != 0)
+    /* Postfix's hard error limit counts every 4xx/5xx answer to a command, except "too many
+     * recipients" (452 4.5.3): that one asks the client to send the recipient again in another
+     * transaction, which it can only do on this connection if the refusals do not close it.
+     * Past --max-recipients of them they count too (Postfix's recipient overshoot limit). */
+    bool counted = (bytes[0] == '4' || bytes[0] == '5') && !s->message_reply &&
+                   memcmp(bytes, "421", 3) != 0;
+    bool too_many = n >= 9 && memcmp(bytes, "452", 3) == 0 && memcmp(bytes + 4, "4.5.3", 5) == 0;
+    if (too_many && s->overshoot < s->g->cfg->max_recipients) {
+        s->overshoot++;
+        counted = false;
+    }
+    if (counted)
         s->errors++;
     evbuffer_add(s->out, bytes, n);
 }

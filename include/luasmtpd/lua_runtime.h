@@ -60,7 +60,7 @@ void lrt_free(struct lrt *rt);
  * session moves to the current one (its table then starts afresh). */
 struct lrt_session *lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr,
                                     int peer_port);
-void lrt_session_set_helo(struct lrt_session *ls, const char *helo);
+void lrt_session_set_helo(struct lrt_session *ls, const char *helo, bool esmtp);
 /* MAIL: the transaction starts on the current generation; the script sees `id` as
  * session.transaction_id until it ends. */
 void lrt_session_begin_transaction(struct lrt_session *ls, const char *id);

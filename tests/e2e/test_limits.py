@@ -14,7 +14,8 @@ import time
 import unittest
 
 import harness
-from harness import SMTPClient, ServerTestCase, proc_status, read_records, wait_until
+from harness import SMTPClient, ServerTestCase, proc_status, read_records, wait_records, \
+    wait_until
 
 EHLO = "EHLO client.example"
 BODY = b"Subject: limits\r\n\r\nbody\r\n"
@@ -260,6 +261,29 @@ class TestPerConnectionCaps(ServerTestCase):
         recs = read_records(d)
         self.assertEqual([x.rcpttos for x in recs],
                          [[f"r{n}{i}@d.example" for i in range(3)] for n in range(2)])
+
+    def test_too_many_recipients_is_no_error_until_the_overshoot(self):
+        """--max-recipients 5 --max-errors 3: the 452 4.5.3 for recipients over the limit
+        asks the client to send them in another transaction, so it does not count as an
+        error, or the connection could not carry the rest; past another 5 such refusals in
+        the session (Postfix's recipient overshoot limit) each counts, and the third closes."""
+        srv, d = self.start_recording(args=["--max-recipients", "5", "--max-errors", "3"])
+        c = self.connect(srv)
+        c.cmd(EHLO)
+        rcpts = [f"r{i}@d.example" for i in range(9)]
+        r = self.send_message(c, rcpts=rcpts)
+        self.assertEqual([x.code for x in r], [250] + [250] * 5 + [452] * 4 + [354, 250], r)
+        self.assertEqual(c.cmd("MAIL FROM:<b@b.example>").code, 250)
+        for i in range(5):
+            self.assertEqual(c.cmd(f"RCPT TO:<s{i}@d.example>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<over0@d.example>").code, 452)  # the 5th overshoot
+        self.assertEqual(c.cmd("RCPT TO:<over1@d.example>").code, 452)  # error 1
+        self.assertEqual(c.cmd("RCPT TO:<over2@d.example>").code, 452)  # error 2
+        c.send(b"RCPT TO:<over3@d.example>\r\n")                     # error 3
+        self.assertEqual(c.reply().code, 452)
+        self.assertEqual(c.reply().code, 421)
+        self.assertTrue(c.wait_closed(10))
+        self.assertEqual([x.rcpttos for x in wait_records(d, 1)], [rcpts[:5]])
 
     def test_max_messages(self):
         """--max-messages 2: the MAIL after two messages gets 421 4.7.0 and the connection
