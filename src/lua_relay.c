@@ -35,8 +35,10 @@ waiting_call(lua_State *L, const char *what)
 {
     struct lrt_call *call = lrt_call_of(L);
     if (call == NULL)
-        luaL_error(L, "%s: can only be used inside a handler or hook, not while loading the "
-                      "script or from a coroutine the script made", what);
+        luaL_error(L,
+                   "%s: can only be used inside a handler or hook, not while loading the "
+                   "script or from a coroutine the script made",
+                   what);
     return call;
 }
 
@@ -88,7 +90,9 @@ address_problem(const char *s, size_t len)
     return NULL;
 }
 
-/* The string field `name` of the table at index 1 (NULL when absent and optional). */
+/* The string field `name` of the table at index 1 (NULL when absent and optional). The
+ * string is left on the stack, which keeps it alive until the binding returns (a field an
+ * __index made up is held by nothing else); the relay copies what it keeps at once. */
 static const char *
 string_field(lua_State *L, const char *what, const char *name, bool required, size_t *len)
 {
@@ -99,11 +103,7 @@ string_field(lua_State *L, const char *what, const char *name, bool required, si
     }
     if (type != LUA_TSTRING)
         luaL_error(L, "%s: field '%s' must be a string, not %s", what, name, luaL_typename(L, -1));
-    /* The string stays valid after the pop: the argument table, on the coroutine's stack
-     * until the binding returns, holds it, and the relay copies what it keeps at once. */
-    const char *s = lua_tolstring(L, -1, len);
-    lua_pop(L, 1);
-    return s;
+    return lua_tolstring(L, -1, len);
 }
 
 static double
@@ -510,8 +510,8 @@ closed_result(lua_State *L)
 
 /* Sends one command line; the reply comes back as code, text. */
 static int
-send_command(lua_State *L, struct upstream *up, struct lrt_call *call, const char *line,
-             size_t len, enum relay_expect expect, relay_reply_fn done)
+send_command(lua_State *L, struct upstream *up, struct lrt_call *call, const char *line, size_t len,
+             enum relay_expect expect, relay_reply_fn done)
 {
     if (up->closed || up->conn == NULL)
         return closed_result(L);
@@ -723,8 +723,9 @@ l_upstream_index(lua_State *L)
 }
 
 static const luaL_Reg upstream_methods[] = {
-    {"mail", l_upstream_mail},   {"rcpt", l_upstream_rcpt}, {"data", l_upstream_data},
-    {"rset", l_upstream_rset},   {"quit", l_upstream_quit}, {"command", l_upstream_command},
+    {"mail", l_upstream_mail},   {"rcpt", l_upstream_rcpt},
+    {"data", l_upstream_data},   {"rset", l_upstream_rset},
+    {"quit", l_upstream_quit},   {"command", l_upstream_command},
     {"close", l_upstream_close}, {NULL, NULL},
 };
 

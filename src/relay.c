@@ -150,8 +150,7 @@ on_rcpt_reply(void *arg, enum relay_failure kind, const struct relay_reply *repl
     }
     if (r->accepted == 0) {
         /* Every recipient refused: the per-recipient answers are the result. */
-        set_reply(&r->result.reply, r->result.rcpt_replies[0].code,
-                  r->result.rcpt_replies[0].text);
+        set_reply(&r->result.reply, r->result.rcpt_replies[0].code, r->result.rcpt_replies[0].text);
         finish(r, RELAY_OK);
         return;
     }
@@ -224,14 +223,13 @@ on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
         buf_reset(&line);
         rc = buf_printf(&line, "RCPT TO:<%s>", r->rcpts[i]);
         if (rc == 0)
-            rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, on_rcpt_reply,
-                                    r);
+            rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, on_rcpt_reply, r);
     }
     buf_free(&line);
     if (rc == -1) {
         /* Whatever was queued is abandoned with the connection: no callback will come. */
-        set_reply(&r->result.reply, 0, errno == EINVAL ? "a line break in an address"
-                                                       : "out of memory");
+        set_reply(&r->result.reply, 0,
+                  errno == EINVAL ? "a line break in an address" : "out of memory");
         finish(r, RELAY_PROTOCOL);
     }
 }
@@ -263,8 +261,8 @@ relay_start(struct event_base *base, struct evdns_base *dns, const struct relay_
     r->accepted_at = calloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(size_t));
     r->result.rcpt_replies = calloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(struct relay_reply));
     r->result.n_rcpts = req->n_rcpts;
-    bool ok = r->mailfrom && r->rcpts && r->accepted_at && r->result.rcpt_replies &&
-              req->n_rcpts > 0;
+    bool ok =
+        r->mailfrom && r->rcpts && r->accepted_at && r->result.rcpt_replies && req->n_rcpts > 0;
     for (size_t i = 0; ok && i < req->n_rcpts; i++) {
         r->rcpts[i] = strdup(req->rcpts[i]);
         ok = r->rcpts[i] != NULL;

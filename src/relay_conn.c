@@ -289,8 +289,7 @@ deliver_failure(struct relay_conn *conn)
     }
 }
 
-static void
-fail(struct relay_conn *conn, enum relay_failure kind, const char *fmt, ...)
+static void fail(struct relay_conn *conn, enum relay_failure kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static void
@@ -436,8 +435,8 @@ complete_pending(struct relay_conn *conn, struct relay_reply *reply)
     switch (p->kind) {
     case PENDING_COMMAND:
         if (cls == 1 || (cls == 3 && p->expect == RELAY_EXPECT_2XX)) {
-            fail(conn, RELAY_PROTOCOL, "%s answered %.*s with %d %s", conn->peer,
-                 verb_length(p), p->line, reply->code, text);
+            fail(conn, RELAY_PROTOCOL, "%s answered %.*s with %d %s", conn->peer, verb_length(p),
+                 p->line, reply->code, text);
             return;
         }
         break;
@@ -454,8 +453,8 @@ complete_pending(struct relay_conn *conn, struct relay_reply *reply)
         }
         if (kind == RELAY_OK) {
             /* A 2xx here asks for no data: taking it as delivery is how mail gets lost. */
-            fail(conn, RELAY_PROTOCOL, "%s answered DATA with %d %s instead of 354",
-                 conn->peer, reply->code, text);
+            fail(conn, RELAY_PROTOCOL, "%s answered DATA with %d %s instead of 354", conn->peer,
+                 reply->code, text);
             return;
         }
         break; /* DATA refused: one answer, however many replies the body would have had */
@@ -477,8 +476,8 @@ complete_pending(struct relay_conn *conn, struct relay_reply *reply)
             return;
         }
         if (cls == 1 || cls == 3) {
-            fail(conn, RELAY_PROTOCOL, "%s answered the end of the message with %d %s",
-                 conn->peer, reply->code, text);
+            fail(conn, RELAY_PROTOCOL, "%s answered the end of the message with %d %s", conn->peer,
+                 reply->code, text);
             return;
         }
         reply->end_of_data = true;
@@ -605,8 +604,8 @@ read_replies(struct relay_conn *conn)
             return;
         const char *line = conn->line.data;
         size_t n = conn->line.len;
-        bool ok = n >= 3 && line[0] >= '1' && line[0] <= '5' && is_digit(line[1]) &&
-                  is_digit(line[2]);
+        bool ok =
+            n >= 3 && line[0] >= '1' && line[0] <= '5' && is_digit(line[1]) && is_digit(line[2]);
         int code = ok ? (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0') : 0;
         if (ok && conn->reply_lines > 0 && code != conn->reply_code)
             ok = false;
@@ -844,8 +843,8 @@ on_kick(evutil_socket_t fd, short what, void *arg)
     if (conn->state == CONN_STARTING) {
         conn->state = CONN_RESOLVING;
         arm_timer(conn, conn->timeout);
-        struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                                        .ai_protocol = IPPROTO_TCP};
+        struct evutil_addrinfo hints = {
+            .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_protocol = IPPROTO_TCP};
         char port[8];
         snprintf(port, sizeof(port), "%u", conn->port);
         /* The callback may run before this returns, for a numeric address. */
@@ -913,8 +912,8 @@ enqueue(struct relay_conn *conn, struct pending *p)
 }
 
 int
-relay_conn_command(struct relay_conn *conn, const char *line, size_t len,
-                   enum relay_expect expect, relay_reply_fn done, void *arg)
+relay_conn_command(struct relay_conn *conn, const char *line, size_t len, enum relay_expect expect,
+                   relay_reply_fn done, void *arg)
 {
     if (memchr(line, '\r', len) != NULL || memchr(line, '\n', len) != NULL ||
         memchr(line, '\0', len) != NULL) {

@@ -21,7 +21,7 @@ struct relay_request {
     size_t n_rcpts;
     const char *data; /* kept alive by the caller until done or cancel */
     size_t len;
-    bool smtputf8;    /* the client's transaction used SMTPUTF8 */
+    bool smtputf8; /* the client's transaction used SMTPUTF8 */
 };
 
 struct relay_result {

@@ -22,9 +22,9 @@ enum relay_failure {
     RELAY_OK = 0,
     RELAY_CONNECT_FAILED, /* could not resolve or connect */
     RELAY_TIMED_OUT,
-    RELAY_TEMPFAIL,       /* the server answered 4xx */
-    RELAY_PERMFAIL,       /* the server answered 5xx */
-    RELAY_PROTOCOL,       /* a malformed, unsolicited or wrong-class reply, or a close */
+    RELAY_TEMPFAIL, /* the server answered 4xx */
+    RELAY_PERMFAIL, /* the server answered 5xx */
+    RELAY_PROTOCOL, /* a malformed, unsolicited or wrong-class reply, or a close */
     /* The connection failed (timeout, close, nonsense) after the end of the message had left
      * us and before its reply came: the server may have delivered it. The one outcome where a
      * failure may leave a copy behind; callers must say so. */
