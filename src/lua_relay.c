@@ -542,8 +542,9 @@ path_command(lua_State *L, const char *verb, size_t *line_len)
     const char *why = address_problem(address, len);
     if (why != NULL)
         luaL_argerror(L, 2, lua_pushfstring(L, "not an address: %s", why));
-    if (line_problem(params, params_len) != NULL)
-        luaL_argerror(L, 3, lua_pushfstring(L, "parameters %s", line_problem(params, params_len)));
+    why = line_problem(params, params_len);
+    if (why != NULL)
+        luaL_argerror(L, 3, lua_pushfstring(L, "the parameter string %s", why));
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     luaL_addstring(&b, verb);

@@ -323,7 +323,10 @@ fail(struct relay_conn *conn, enum relay_failure kind, const char *fmt, ...)
 
 /* Called before we send something while no reply is owed to us: whatever the server sent by
  * then answers nothing we asked. Taking it as the answer to what we are about to send is how
- * one extra reply would shift every later one and turn a refusal into a success. */
+ * one extra reply would shift every later one and turn a refusal into a success. (An extra
+ * reply that arrives on its own, after we sent the next command, cannot be told from the
+ * answer to it by any client; one sent with the reply before it, the usual way, is caught
+ * here, and a shifted reply then meets DATA, which only a 3xx satisfies.) */
 static bool
 unsolicited(struct relay_conn *conn)
 {
