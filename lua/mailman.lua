@@ -307,7 +307,12 @@ local function deliver_lmtp(tx, dest, data, options)
     quit_lmtp(tx)
     return refusal
   end
-  local results, err = tx.lmtp:data(data)
+  local results, err, code = tx.lmtp:data(data)
+  if not results and code then
+    -- Mailman refused the DATA command itself: no message went, and its answer stands.
+    close_lmtp(tx)
+    return smtpd.reply(code, tostring(err):match("^[^:]*: %d%d%d (.*)$") or tostring(err))
+  end
   if not results then
     close_lmtp(tx)
     -- An answer lost after the final dot: the one way this 451 can leave a copy.

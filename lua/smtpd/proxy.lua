@@ -11,7 +11,9 @@
 --     8-bit message to an upstream without 8BITMIME 554 5.6.3, one over its SIZE 552 5.3.4,
 --     all before the message is sent (RFC 3463; permanent conditions, so 5xx).
 -- Settings (--set KEY=VALUE): relay_clients (who may relay: comma-separated addresses or IPv4
--- CIDR prefixes, "*" for anyone; default loopback), relay_timeout (seconds per upstream step).
+-- CIDR prefixes, "*" for anyone; default loopback), relay_timeout (seconds per upstream step,
+-- 60), relay_data_timeout (seconds for the upstream's answer after the message, 600: RFC 5321
+-- 4.5.3.2.6; an answer given up on may still mean a copy was kept, so it is long).
 local smtpd = require "smtpd"
 
 local M = {}
@@ -20,6 +22,7 @@ M.upstream = {
   host = smtpd.remote.host,
   port = smtpd.remote.port,
   timeout = tonumber(smtpd.settings.relay_timeout) or 60,
+  data_timeout = tonumber(smtpd.settings.relay_data_timeout) or 600,
 }
 
 local function ipv4_number(address)

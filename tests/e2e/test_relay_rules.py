@@ -17,6 +17,7 @@ import tempfile
 import unittest
 
 from harness import ServerTestCase, free_port, wait_until
+from hostile_upstream import HostileUpstream
 from upstreams import AioUpstream, RawServer
 
 EHLO = "EHLO client.example"
@@ -758,6 +759,18 @@ class TestOneDestination(RulesTestCase):
         self.assertEqual(r[-1].lines, ["452 4.2.2 full?"])
         self.assertEqual([m["rcpt_tos"] for m in lmtp.wait_messages(2)],
                          [["ant@lists.example"], ["bee@lists.example"]])
+
+    def test_lmtp_refusing_data_is_permanent(self):
+        """Mailman 3 refusing the DATA command with a 5xx: nothing went, and the refusal is
+        the client's answer (its text passed on), not a 451 retried for ever."""
+        lmtp = HostileUpstream({"data": "554 5.7.1 this list takes no mail"}, lmtp=True)
+        self.addCleanup(lmtp.close)
+        srv = self.start_mailman(None, mailman_lmtp=f"127.0.0.1:{lmtp.port}")
+        c = self.session(srv)
+        r = self.send(c, ["ant@lists.example"])
+        self.assertEqual(r[-2].code, 354, r)
+        self.assertEqual(r[-1].lines, ["554 5.7.1 this list takes no mail"])
+        self.assertEqual(lmtp.copies(), [])
 
     def test_lmtp_answer_lost_after_the_message_is_logged(self):
         """The one case where the 451 may leave a copy: Mailman 3 had the whole message,
