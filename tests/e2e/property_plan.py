@@ -1,0 +1,1336 @@
+"""The property test of issue 11 ("The proof"): seeded random plans for clients and for hostile
+upstreams, the lane that runs one seed, and the checker of the delivery rule.
+
+One seed is one lane: its own luasmtpd (pureproxy, mailman with a stand-in Mailman 2 wrapper, or
+mailman with a HostileUpstream as Mailman 3's LMTP server, as the seed says), its own hostile
+relay upstream, and a handful of client sessions run one after another. Inside a lane nothing
+runs in parallel, so a seed replays the same story (tests/property-run --seed N); lanes run in
+parallel, so the seconds that silent upstreams cost overlap.
+
+Every transaction has its own sender (s<seed>.t<n>@src.example) and a marker in its body
+(PROPMARK-<seed>-<n>), and its relayed recipients are its own (r<n>n<j>@dest.example), so every
+copy found anywhere is traced to one transaction. The upstreams' actions are drawn per
+transaction (MAIL, each RCPT, DATA, the end of the message) from the transaction's own random
+generator, and per connection (greeting, EHLO, RSET, QUIT) from the connection's number, so a
+transaction meets the same upstream every time its seed runs.
+
+The rule, checked per transaction once the lane is over (every upstream connection closed):
+- the client got 2xx after the final dot => each recipient it had accepted got exactly one copy
+  (at the upstream, at Mailman 3, or as one wrapper run), with this transaction's sender and
+  message, and nobody else got one;
+- 4xx/5xx after the dot, or no dot sent (RSET, refused DATA, a client that vanished mid-DATA)
+  => no copy; the one exception is an upstream that answered 2xx only after the relay's wait
+  for it was over (it got the whole message, its answer came too late to be read): then at
+  most one copy each, and luasmtpd's log must say that it "may have" been delivered;
+- the client sent the dot and left (or gave up waiting) => at most one copy each, only to
+  recipients it had accepted;
+- no copy carries another transaction's sender or recipients, and no copy is untraceable;
+- every command a client sent got its reply before the server closed (after a half-close
+  too), unless the server said 421 first; no reply ever takes longer than the bounds here.
+A 452 at RCPT (mailman: a recipient needing a second destination) is a recipient not accepted;
+the client sends it again in a transaction of its own, as a client must.
+"""
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import socket
+import stat
+import struct
+import tempfile
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+
+from harness import Closed, LuaSmtpd, SMTPClient, Timeout, bound, without_received
+from hostile_upstream import Delay, HostileUpstream
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+LUA = os.path.join(ROOT, "lua")
+
+HANDLERS = ("pureproxy", "mailman2", "mailman3")
+
+# Timeouts of the server under test (seconds). Small, so silence costs little; the upstreams'
+# slow answers keep a wide margin from each (a late or early reply only changes the story,
+# never the rule, but the margins keep the story the plan meant).
+RELAY_TIMEOUT = 2          # relay_timeout (and mailman_timeout for LMTP): per command
+DATA_TIMEOUT = 8           # the wait for the reply after the message, where it can be set
+CMD_SLOW = RELAY_TIMEOUT + 1.5   # an answer slower than the per-command timeout
+END_SLOW = RELAY_TIMEOUT + 1.5   # a final answer slower than that, within DATA_TIMEOUT
+END_LATE = DATA_TIMEOUT + 2.5    # a final answer after the relay stopped waiting
+PATIENCE = 6               # a client that gives up on a final reply that may take 600 s
+WRAPPER_TIMEOUT = 3        # mailman_timeout with Mailman 2 (scaled by SLOWDOWN)
+WRAPPER_SLEEP = 5          # how much longer than that a slow wrapper takes
+SIZE_LIMIT = 65536         # -s: a bigger message gets 552 from the core itself
+# Bounds on the client's waits (scaled by harness.SLOWDOWN): the longest chain of upstream
+# steps behind one reply (RSET, connect, greeting, EHLO, HELO, MAIL, and once more after a
+# dead reused connection) is about 9 x RELAY_TIMEOUT.
+REPLY_WAIT = 60
+FINAL_WAIT = 60
+SETTLE_WAIT = 60
+
+LISTS = ("test", "foo", "foo-bar")
+LIST_DOMAIN = "lists.example"
+RELAY_DOMAIN = "dest.example"
+SUFFIXES = ("admin", "owner", "request", "join", "leave", "bounces", "confirm", "subscribe",
+            "unsubscribe")
+LIST_ADDRESSES = ("test", "TEST", "Test", "test-request", "test-admin", "test-join",
+                  "foo", "Foo", "foo-bar", "FOO-BAR", "foo-bar-admin", "foo-owner",
+                  "test-confirm+abc123")
+
+MAYBE = re.compile(r"may have")
+MESSAGE_LINE = re.compile(r"session (\d+): message \d+ from <([^>]*)>")
+MARKER = re.compile(rb"PROPMARK-(\d+)-(\d+)")
+SENDER_OF = re.compile(r"^s(\d+)\.t(\d+)@src\.example$", re.I)
+RELAY_RCPT = re.compile(r"^r(\d+)n(\d+)@", re.I)
+
+# Extension sets the relay upstream offers (one per seed).
+RELAY_EXTENSIONS = (
+    ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 10485760", "ENHANCEDSTATUSCODES"),
+    ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 10485760", "ENHANCEDSTATUSCODES"),
+    ("8BITMIME", "ENHANCEDSTATUSCODES"),                  # no PIPELINING: one at a time
+    ("PIPELINING", "SIZE 10485760"),                      # no 8BITMIME: 8-bit mail refused
+    ("PIPELINING", "8BITMIME", "SIZE 3000"),              # small SIZE: big mail refused
+)
+LMTP_EXTENSIONS = (
+    ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"),
+    ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"),
+    ("ENHANCEDSTATUSCODES",),
+)
+
+# What an upstream does with one command: (weight, action). "slow" and "late" become Delays.
+COMMAND_ACTIONS = [(50, "ok"), (7, "4xx"), (7, "5xx"), (3, "wrong"), (5, "multiline"),
+                   (4, "long"), (4, "control"), (3, "extra"), (2, "silence"), (3, "close"),
+                   (3, "reset"), (2, "slow")]
+END_ACTIONS = [(40, "ok"), (6, "4xx"), (6, "5xx"), (3, "wrong"), (5, "multiline"),
+               (5, "long"), (5, "control"), (4, "extra"), (4, "close"), (4, "reset"),
+               (8, "slow"), (2, "silence"), (3, "late")]
+CONN_ACTIONS = [(88, "ok"), (2, "4xx"), (2, "5xx"), (1, "wrong"), (2, "multiline"), (1, "long"),
+                (1, "control"), (1, "extra"), (1, "silence"), (1, "close"), (1, "reset")]
+LATER_ACTIONS = [(80, "ok"), (4, "4xx"), (3, "5xx"), (2, "wrong"), (2, "multiline"),
+                 (1, "long"), (1, "control"), (2, "extra"), (1, "silence"), (2, "close"),
+                 (2, "reset")]
+NOT_A_LIST = [(85, "5xx"), (8, "ok"), (5, "4xx"), (2, "silence")]
+# What the Mailman 2 wrapper does: exit with a status, or outlive mailman_timeout before it
+# takes the message (killed: no copy) or after it delivered it (killed: a copy, the answer lost).
+WRAPPER_EXITS = [(64, "0"), (13, "75"), (13, "1"), (4, "sleep-before"), (6, "sleep-after")]
+
+
+def pick(rng, table):
+    total = sum(w for w, _ in table)
+    x = rng.random() * total
+    for w, item in table:
+        x -= w
+        if x < 0:
+            return item
+    return table[-1][1]
+
+
+def setting_names(path):
+    """The data-timeout settings a handler file reads (smtpd.settings.<...data_timeout...>)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"settings\s*(?:\.|\[\s*[\"'])(\w*data_timeout\w*)", text)))
+
+
+# ---- addresses and where a copy for one goes ----
+
+def relay_key(address):
+    """pureproxy's identity of a recipient: the local part exactly, the domain in any case."""
+    local, at, domain = address.rpartition("@")
+    return (local + at + domain.lower()) if at else address
+
+
+def list_command(address):
+    """(command, list) the wrapper runs for a Mailman 2 list address, or None (mailman.lua's
+    rule: the longest existing list name, a known suffix or none; '+...' ignored)."""
+    local = address.rpartition("@")[0].lower()
+    local = local.split("+", 1)[0]
+    if not re.match(r"^\w[\w._-]*$", local, re.A):
+        return None
+    parts = local.split("-")
+    for i in range(len(parts), 0, -1):
+        name, rest = "-".join(parts[:i]), "-".join(parts[i:])
+        if rest == "" or rest in SUFFIXES:
+            if name in LISTS:
+                return ("post" if rest == "" else rest, name)
+    return None
+
+
+def destinations(address):
+    """Every place a copy for `address` may legitimately be, as (kind, key)."""
+    out = {("relay", relay_key(address)), ("lmtp", address.lower())}
+    cmd = list_command(address)
+    if cmd:
+        out.add(("mm2", cmd))
+    return out
+
+
+# ---- the plan ----
+
+class Config:
+    """What a seed's lane runs: the handler and the servers' settings."""
+
+    def __init__(self, seed, handler=None):
+        rng = random.Random(f"{seed}:config")
+        self.seed = seed
+        self.handler = handler or HANDLERS[seed % len(HANDLERS)]
+        self.forced = handler is not None
+        self.domains = self.handler != "pureproxy" and rng.random() < 0.6
+        self.relay_ext = rng.choice(RELAY_EXTENSIONS)
+        self.lmtp_ext = rng.choice(LMTP_EXTENSIONS)
+        self.sessions = rng.randint(7, 10)
+        self.relay_dt = setting_names(os.path.join(LUA, "smtpd", "proxy.lua"))
+        self.lmtp_dt = ([n for n in setting_names(os.path.join(LUA, "mailman.lua"))
+                         if n not in self.relay_dt] if self.handler == "mailman3" else [])
+        # Where no setting bounds the wait for the final reply, it is 600 s: no silence and no
+        # late answer there, only clients that give up.
+        self.relay_end_bounded = bool(self.relay_dt)
+        self.lmtp_end_bounded = bool(self.lmtp_dt)
+
+    def describe(self):
+        bits = [self.handler]
+        if self.handler != "pureproxy":
+            bits.append("mailman_domains=" + (LIST_DOMAIN if self.domains else "(none)"))
+        bits.append("relay extensions " + ",".join(self.relay_ext))
+        if self.handler == "mailman3":
+            bits.append("lmtp extensions " + ",".join(self.lmtp_ext))
+        bits.append("final-reply timeout setting: " +
+                    (",".join(self.relay_dt + self.lmtp_dt) or "none (600 s)"))
+        return "; ".join(bits)
+
+    def replay(self):
+        cmd = f"tests/property-run --seed {self.seed}"
+        return cmd + (f" --handler {self.handler}" if self.forced else "")
+
+
+def _action(rng, table, end_bounded=True):
+    a = pick(rng, table)
+    if a == "slow":
+        return Delay(END_SLOW if table is END_ACTIONS else CMD_SLOW, "ok")
+    if a == "late":
+        return Delay(END_LATE, "ok") if end_bounded else "ok"
+    if a == "silence" and table is END_ACTIONS and not end_bounded:
+        return "silence"  # the client gives up (PATIENCE) instead of waiting 600 s
+    return a
+
+
+def _actions(rng, table, n=3, end_bounded=True):
+    """Actions for a stage's first n occurrences in a transaction (after that: "ok")."""
+    return [_action(rng, table, end_bounded) for _ in range(n)]
+
+
+class TxnPlan:
+    """One client transaction and what the upstreams do with it."""
+
+    def __init__(self, cfg, t, rcpts=None, followup_of=None, halfclosed=False):
+        rng = random.Random(f"{cfg.seed}:{cfg.handler}:txn:{t}")
+        self.t = t
+        self.followup_of = followup_of
+        self.sender = f"s{cfg.seed}.t{t}@src.example"
+        self.marker = f"PROPMARK-{cfg.seed}-{t}"
+        self.rcpts = rcpts if rcpts is not None else self._recipients(cfg, rng, t)
+        self.abort = pick(rng, [(80, None), (7, "rset"), (5, "vanish_data"),
+                                (3, "vanish_after_dot"), (3, "no_data"), (2, "data_anyway")])
+        self.kind = pick(rng, [(72, "plain"), (10, "big"), (6, "oversize"), (12, "8bit")])
+        self.mail_params = ""
+        if self.kind == "8bit" and rng.random() < 0.6:
+            self.mail_params = " BODY=8BITMIME"
+        elif rng.random() < 0.1:
+            self.mail_params = " SIZE=1000"
+        self.message = self._message(cfg, rng)
+        self.followup = rng.random() < 0.75
+        self.relay = {"mail": _actions(rng, COMMAND_ACTIONS),
+                      "rcpt": {relay_key(r): _actions(rng, COMMAND_ACTIONS) for r in self.rcpts},
+                      "data": _actions(rng, COMMAND_ACTIONS),
+                      "end": _actions(rng, END_ACTIONS, end_bounded=cfg.relay_end_bounded)}
+        self.lmtp = {"mail": _actions(rng, COMMAND_ACTIONS),
+                     "rcpt": {}, "data": _actions(rng, COMMAND_ACTIONS), "end": {}}
+        for r in self.rcpts:
+            key = r.lower()
+            table = COMMAND_ACTIONS if list_command(r) else NOT_A_LIST
+            self.lmtp["rcpt"][key] = _actions(rng, table)
+            self.lmtp["end"][key] = _actions(rng, END_ACTIONS, end_bounded=cfg.lmtp_end_bounded)
+        self.wrapper_exits = [pick(rng, WRAPPER_EXITS) for _ in range(3)]
+        if halfclosed:
+            # A client that half-closed cannot give up waiting in a way the server sees (after
+            # the FIN it reads nothing more, so a reset goes unnoticed until it writes): where
+            # the wait for the final reply is 600 s, the upstream closes instead of staying
+            # silent, so the lane stays short.
+            if not cfg.relay_end_bounded:
+                self.relay["end"] = ["close" if a == "silence" else a for a in self.relay["end"]]
+            if not cfg.lmtp_end_bounded:
+                for k, v in self.lmtp["end"].items():
+                    self.lmtp["end"][k] = ["close" if a == "silence" else a for a in v]
+
+    @staticmethod
+    def _recipients(cfg, rng, t):
+        n = pick(rng, [(40, 1), (30, 2), (20, 3), (10, 4)])
+        out = []
+        for j in range(n):
+            if cfg.handler == "pureproxy" or rng.random() < 0.45:
+                out.append(f"r{t}n{j}@{RELAY_DOMAIN}")
+            elif rng.random() < 0.85:
+                out.append(rng.choice(LIST_ADDRESSES) + "@" + LIST_DOMAIN)
+            else:
+                out.append(rng.choice(("nolist", "test-nosuch", "bar")) + "@" + LIST_DOMAIN)
+        # Duplicates: the same address again, the domain in another case, the local part in
+        # another case (a different mailbox for a relay, the same list for Mailman).
+        for _ in range(2):
+            if rng.random() < 0.25:
+                r = rng.choice(out)
+                local, _, domain = r.rpartition("@")
+                how = rng.randrange(3)
+                if how == 1:
+                    r = local + "@" + domain.upper()
+                elif how == 2:
+                    r = local.upper() + "@" + domain
+                out.insert(rng.randrange(len(out) + 1), r)
+        return out
+
+    def _message(self, cfg, rng):
+        head = (f"From: <{self.sender}>\r\nTo: <{self.rcpts[0]}>\r\n"
+                f"Subject: property seed {cfg.seed} transaction {self.t}\r\n"
+                f"Message-ID: <{self.marker}@src.example>\r\n"
+                "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\n")
+        lines = [self.marker, ".a line that starts with a dot", ".", ".."]
+        if self.kind == "8bit":
+            lines.append("caf\u00e9 \u2014 8-bit text")
+        size = {"big": 5000 + rng.randrange(40000), "oversize": SIZE_LIMIT + 20000}.get(
+            self.kind, rng.randrange(600))
+        filler = f"{self.marker} filler line " + "x" * 50
+        while sum(len(l) + 2 for l in lines) < size:
+            lines.append(filler)
+        return head.encode() + "".join(l + "\r\n" for l in lines).encode("utf-8")
+
+    def short_message(self):
+        """The message a blind pipelining client sends: few lines, since each may become a
+        command (and an error) when DATA is refused."""
+        return (f"From: <{self.sender}>\r\nMessage-ID: <{self.marker}@src.example>\r\n"
+                "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\n"
+                f"{self.marker}\r\n").encode()
+
+    def describe(self):
+        def fmt(actions):
+            return "[" + ", ".join(map(str, actions)) + "]"
+        out = [f"client: MAIL FROM:<{self.sender}>{self.mail_params}, RCPT {self.rcpts}, "
+               f"abort={self.abort}, message={self.kind} ({len(self.message)} bytes)"]
+        up = self.relay
+        out.append(f"relay plan: mail {fmt(up['mail'])}, rcpt " +
+                   ", ".join(f"{k} {fmt(v)}" for k, v in up["rcpt"].items()) +
+                   f", data {fmt(up['data'])}, end {fmt(up['end'])}")
+        return out
+
+
+def stuff(data):
+    return b"".join(b"." + line if line.startswith(b".") else line
+                    for line in data.splitlines(keepends=True))
+
+
+class SessionPlan:
+    def __init__(self, cfg, s):
+        rng = random.Random(f"{cfg.seed}:{cfg.handler}:session:{s}")
+        self.s = s
+        self.mode = pick(rng, [(45, "lockstep"), (40, "pipelined"), (15, "blind")])
+        self.end = pick(rng, [(50, "quit"), (30, "quit_halfclose"), (12, "vanish"),
+                              (8, "reset")])
+        if self.mode == "blind":
+            self.end = "quit_halfclose"
+        n = pick(rng, [(45, 1), (35, 2), (20, 3)])
+        if self.mode == "blind":
+            n = min(n, 2)
+        self.txns = [s * 10 + i for i in range(n)]
+
+
+# ---- the upstreams' side ----
+
+class Planner:
+    """The callable plan of one HostileUpstream: decides each action (per transaction where the
+    command names one, per connection otherwise) and records it."""
+
+    def __init__(self, lane, name):
+        self.lane = lane
+        self.name = name
+        self.lock = threading.Lock()
+        self.counts = {}
+        self.log = []  # Decision rows, in order
+
+    def _count(self, key):
+        n = self.counts.get(key, 0)
+        self.counts[key] = n + 1
+        return n
+
+    def _txn(self, step):
+        """The transaction (t) a step belongs to, or None."""
+        if step.stage == "mail":
+            m = re.match(rb"(?i)MAIL FROM:<([^>]*)>", step.line)
+            return self.lane.t_of_sender(m.group(1).decode("utf-8", "replace")) if m else None
+        txn = step.transaction
+        if txn is not None and txn.mail_from is not None:
+            t = self.lane.t_of_sender(txn.mail_from)
+            if t is not None:
+                return t
+        if step.stage == "rcpt":
+            m = re.match(rb"(?i)RCPT TO:<([^>]*)>", step.line)
+            if m:
+                r = RELAY_RCPT.match(m.group(1).decode("utf-8", "replace"))
+                if r:
+                    return int(r.group(1))
+        return None
+
+    def decide(self, step):
+        t = self._txn(step)
+        plan = self.lane.plans.get(t) if t is not None else None
+        action = None
+        if plan is not None and step.stage in ("mail", "rcpt", "data", "end"):
+            table = plan.relay if self.name == "relay" else plan.lmtp
+            actions = table[step.stage]
+            key = None
+            if step.stage == "rcpt":
+                m = re.match(rb"(?i)RCPT TO:<([^>]*)>", step.line)
+                addr = m.group(1).decode("utf-8", "surrogateescape") if m else ""
+                key = relay_key(addr) if self.name == "relay" else addr.lower()
+                actions = actions.get(key)
+            elif step.stage == "end" and self.name == "lmtp":
+                key = (step.rcpt or "").lower()
+                actions = actions.get(key)
+            if actions is not None:
+                n = self._count((t, step.stage, key))
+                action = actions[n] if n < len(actions) else "ok"
+        if action is None:
+            n = self._count((step.conn, step.stage))
+            rng = random.Random(f"{self.lane.cfg.seed}:{self.lane.cfg.handler}:{self.name}:"
+                                f"{step.conn}:{step.stage}:{n}")
+            table = CONN_ACTIONS if step.stage in ("greeting", "ehlo") else LATER_ACTIONS
+            if step.stage in ("mail", "rcpt", "data"):
+                table = COMMAND_ACTIONS
+            bounded = (self.lane.cfg.relay_end_bounded if self.name == "relay"
+                       else self.lane.cfg.lmtp_end_bounded)
+            action = _action(rng, END_ACTIONS if step.stage == "end" else table, bounded)
+        return t, action
+
+    def __call__(self, step):
+        with self.lock:
+            t, action = self.decide(step)
+            self.log.append(Decision(time.monotonic(), step.conn, step.stage, step.line,
+                                     step.rcpt, action, t, step.transaction))
+        return action
+
+    def end_action(self, txn, rcpt=None):
+        """What this upstream did with the end of txn's message (for rcpt, over LMTP)."""
+        for d in self.log:
+            if d.txn is txn and d.stage == "end" and (rcpt is None or d.rcpt == rcpt):
+                return d.action
+        return None
+
+
+class Decision:
+    __slots__ = ("when", "conn", "stage", "line", "rcpt", "action", "t", "txn")
+
+    def __init__(self, when, conn, stage, line, rcpt, action, t, txn):
+        self.when, self.conn, self.stage, self.line = when, conn, stage, line
+        self.rcpt, self.action, self.t, self.txn = rcpt, action, t, txn
+
+
+# The stand-in for Mailman 2's mail wrapper. Each run that took the message leaves NAME.stdin,
+# NAME.argv, NAME.exit and, last, NAME.done (a run counts once that exists). What it does is the
+# n-th line of DIR/exit.MARKER for the n-th run carrying that transaction's marker (0 when
+# missing): an exit status, or "sleep-before"/"sleep-after" (outlive the server's timeout before
+# it takes the message, or after). The server gives children only PATH, so the directory and
+# the sleep are written into the script. The server kills the wrapper by its PID: the sleeps
+# hold none of its pipes, so a killed run ends at once.
+WRAPPER = r"""#!/bin/sh
+d='@DIR@'
+tmp=$(mktemp "$d/run.XXXXXX") || exit 70
+cat > "$tmp.stdin"
+printf '%s\n' "$@" > "$tmp.argv"
+m=$(grep -o -m 1 'PROPMARK-[0-9]*-[0-9]*' "$tmp.stdin" | head -n 1)
+n=$(ls "$d" | grep -c "^seen\.$m\.")
+: > "$d/seen.$m.$n"
+code=$(sed -n "$((n + 1))p" "$d/exit.$m" 2>/dev/null)
+[ -n "$code" ] || code=0
+if [ "$code" = sleep-before ]; then
+  rm -f "$tmp.stdin" "$tmp.argv"
+  sleep @SLEEP@ </dev/null >/dev/null 2>&1
+  exit 0
+fi
+echo "$code" > "$tmp.exit"
+: > "$tmp.done"
+if [ "$code" = sleep-after ]; then
+  exec sleep @SLEEP@ </dev/null >/dev/null 2>&1
+fi
+echo "wrapper exiting $code"
+exit "$code"
+"""
+
+
+def wrapper_runs(directory):
+    """[(argv, stdin, exit status)] of the wrapper's finished runs."""
+    out = []
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".done"):
+            continue
+        base = os.path.join(directory, name[:-len(".done")])
+        with open(base + ".argv") as f:
+            argv = f.read().splitlines()
+        with open(base + ".stdin", "rb") as f:
+            data = f.read()
+        with open(base + ".exit") as f:
+            code = f.read().strip() or "0"
+        out.append((argv, data, code))
+    return out
+
+
+# ---- the client's side ----
+
+class SessionOver(Exception):
+    """The client ends the session here (it vanished, or the server closed)."""
+
+
+class TxnRecord:
+    """What the client did and saw in one transaction."""
+
+    def __init__(self, plan, session):
+        self.plan = plan
+        self.session = session
+        self.dialogue = []
+        self.accepted = []
+        self.deferred = []   # 452 at RCPT: to be sent in another transaction
+        self.final = None    # the reply after the dot
+        self.message = plan.message  # what the client sent as the message (unstuffed)
+        self.dot_sent = False
+        self.outcome = "not started"
+        self.started = False
+        self.t0 = self.t1 = None      # monotonic
+        self.w0 = self.w1 = None      # wall clock, for the log's timestamps
+        self.problems = []            # what the client itself saw go wrong
+
+    def begin(self):
+        self.started = True
+        self.t0, self.w0 = time.monotonic(), time.time()
+
+    def end(self, outcome):
+        if self.t1 is None:
+            self.outcome = outcome
+            self.t1, self.w1 = time.monotonic(), time.time()
+
+
+class Session:
+    """One client connection following a SessionPlan."""
+
+    def __init__(self, lane, splan):
+        self.lane = lane
+        self.plan = splan
+        self.dialogue = []
+        self.current = None       # the TxnRecord being run
+        self.c = None
+        # A MAIL the server took and no final reply or RSET ended since (a refused DATA leaves
+        # it open): the next MAIL would be nested, and its RCPTs join the old transaction.
+        self.open_txn = False
+
+    # -- I/O that records what it did --
+
+    def note(self, text):
+        (self.current.dialogue if self.current else self.dialogue).append(text)
+
+    def send(self, data):
+        for line in data.split(b"\r\n")[:-1] if data.endswith(b"\r\n") else [data]:
+            shown = line if len(line) <= 120 else line[:100] + b"...(%d bytes)" % len(line)
+            self.note("C: " + shown.decode("utf-8", "replace"))
+        self.c.send(data)
+
+    def send_message(self, data, tail=b".\r\n"):
+        lines = data.count(b"\r\n")
+        self.note(f"C: <message: {lines} lines, {len(data)} bytes>" +
+                  (" ." if tail.startswith(b".") else ""))
+        for extra in tail.split(b"\r\n")[1:-1]:
+            self.note("C: " + extra.decode())
+        self.c.send(data + tail)
+
+    def reply(self, what, timeout=REPLY_WAIT):
+        """The next reply; raises SessionOver when the server closed or did not answer."""
+        try:
+            r = self.c.reply(timeout)
+        except Timeout:
+            self.problem(f"no reply to {what} within {bound(timeout):.0f}s")
+            raise SessionOver()
+        except Closed:
+            if self.last_code == 421:
+                self.note("S: <closed after 421>")
+            else:
+                self.problem(f"the server closed the connection without answering {what}")
+            raise SessionOver()
+        except AssertionError as e:  # a malformed reply
+            self.problem(f"malformed reply to {what}: {e}")
+            raise SessionOver()
+        for line in r.lines:
+            self.note("S: " + (line if len(line) <= 160 else line[:150] + "..."))
+        self.last_code = r.code
+        if r.code == 421:
+            # The server ends the session; anything after this gets no answer, rightly.
+            self.closing = True
+        return r
+
+    def problem(self, text):
+        self.note("!! " + text)
+        rec = self.current
+        self.lane.client_problems.append((rec.plan.t if rec else None, self.plan.s, text))
+
+    # -- the session --
+
+    def run(self):
+        self.last_code = None
+        self.closing = False
+        try:
+            self.c = SMTPClient(self.lane.srv.port, timeout=REPLY_WAIT, greeting=False)
+        except OSError as e:
+            self.problem(f"cannot connect: {e}")
+            return
+        try:
+            g = self.reply("the greeting")
+            if g.code != 220:
+                raise SessionOver()
+            if self.plan.mode == "blind":
+                self.blind()
+                return
+            self.send(b"EHLO client.example\r\n")
+            if self.reply("EHLO").code != 250:
+                raise SessionOver()
+            queue = list(self.plan.txns)
+            while queue:
+                t = queue.pop(0)
+                rec = self.txn(t, last=not queue)
+                if rec is None:
+                    break
+                if rec.deferred and rec.plan.followup and not self.closing:
+                    queue.insert(0, self.lane.followup(rec))
+            self.current = None
+            self.finish()
+        except SessionOver:
+            pass
+        finally:
+            if self.current is not None and self.current.t1 is None:
+                self.current.end("session ended")
+            self.current = None
+            self.c.close()
+
+    def finish(self):
+        how = self.plan.end
+        if how in ("vanish", "reset"):
+            self.vanish(how == "reset")
+            return
+        if self.closing:
+            return
+        self.send(b"QUIT\r\n")
+        if how == "quit_halfclose":
+            self.c.sock.shutdown(socket.SHUT_WR)
+        r = self.reply("QUIT")
+        if r.code != 221:
+            self.problem(f"QUIT answered {r.code}")
+        if how == "quit_halfclose" and not self.c.wait_closed(REPLY_WAIT):
+            self.problem("no close after 221 to a half-closed client")
+
+    def vanish(self, reset):
+        self.note("C: <reset>" if reset else "C: <close>")
+        if reset:
+            self.c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.c.close()
+
+    def start_txn(self, t):
+        rec = TxnRecord(self.lane.plans[t], self.plan.s)
+        self.lane.records.append(rec)
+        self.current = rec
+        self.lane.write_exits(rec.plan)
+        rec.begin()
+        return rec
+
+    def txn(self, t, last):
+        """Runs one transaction; returns its record, or None when the session cannot go on."""
+        if self.closing:
+            return None
+        plan = self.lane.plan_of(t)
+        if self.open_txn:
+            self.send(b"RSET\r\n")
+            if self.reply("RSET").code != 250:
+                self.problem("RSET refused")
+            self.open_txn = False
+        rec = self.start_txn(t)
+        pipelined = self.plan.mode == "pipelined"
+        cmds = [f"MAIL FROM:<{plan.sender}>{plan.mail_params}".encode()]
+        cmds += [f"RCPT TO:<{r}>".encode() for r in plan.rcpts]
+        data_cmd = plan.abort not in ("rset", "no_data")
+        if plan.abort == "rset":
+            cmds.append(b"RSET")
+        elif data_cmd:
+            cmds.append(b"DATA")
+        replies = []
+        if pipelined:
+            self.send(b"".join(c + b"\r\n" for c in cmds))
+            for c in cmds:
+                replies.append(self.reply(c.decode()))
+        else:
+            for c in cmds:
+                self.send(c + b"\r\n")
+                replies.append(self.reply(c.decode()))
+                if self.closing:
+                    break
+                if c.startswith(b"MAIL") and replies[-1].code != 250 \
+                        and plan.abort != "data_anyway":
+                    break  # a client that was refused at MAIL does not go on
+        for c, r in zip(cmds, replies):
+            if c.startswith(b"MAIL"):
+                self.open_txn = 200 <= r.code < 300
+            elif c == b"RSET" and r.code == 250:
+                self.open_txn = False
+            elif c.startswith(b"RCPT"):
+                addr = c[9:-1].decode()
+                if 200 <= r.code < 300:
+                    rec.accepted.append(addr)
+                elif r.code == 452:
+                    rec.deferred.append(addr)
+        if self.closing:
+            rec.end("server said 421")
+            return None
+        if not data_cmd or len(replies) < len(cmds):
+            rec.end("abandoned (" + (plan.abort or "refused at MAIL") + ")")
+            if plan.abort == "no_data":
+                return None  # another MAIL now would be nested: end the session
+            return rec
+        if replies[-1].code != 354:
+            rec.end(f"DATA answered {replies[-1].code}")
+            return rec
+        data = stuff(plan.message)
+        if plan.abort == "vanish_data":
+            cut = len(data) // 2
+            self.note(f"C: <{cut} of {len(data)} bytes of the message>")
+            self.c.send(data[:cut])
+            self.vanish(reset=plan.t % 2 == 1)
+            rec.end("vanished mid-DATA")
+            raise SessionOver()
+        tail = b".\r\n"
+        halfclose = (last and pipelined and self.plan.end == "quit_halfclose"
+                     and plan.abort is None and not self.lane.may_give_up(plan))
+        if halfclose:
+            tail = b".\r\nQUIT\r\n"
+        self.send_message(data, tail)
+        rec.dot_sent = True
+        if halfclose:
+            self.c.sock.shutdown(socket.SHUT_WR)
+        if plan.abort == "vanish_after_dot":
+            # A FIN is a half-close to the server, which still answers: where the upstream may
+            # keep it waiting 600 s, the client resets instead, so the lane stays short.
+            self.vanish(reset=self.lane.may_give_up(plan))
+            rec.end("vanished after the dot")
+            raise SessionOver()
+        self.final_reply(rec)
+        self.open_txn = False
+        if halfclose:
+            r = self.reply("QUIT (pipelined after the dot, then half-close)")
+            if r.code != 221:
+                self.problem(f"QUIT answered {r.code}")
+            if not self.c.wait_closed(REPLY_WAIT):
+                self.problem("no close after 221 to a half-closed client")
+            self.closing = True
+            return None
+        return rec
+
+    def final_reply(self, rec):
+        """Reads the reply after the dot into rec.final; raises SessionOver when there is
+        none (the client gave up, or the server failed to answer)."""
+        plan = rec.plan
+        try:
+            if self.lane.may_give_up(plan):
+                rec.final = self.c.reply(PATIENCE)
+                for line in rec.final.lines:
+                    self.note("S: " + line[:160])
+                self.last_code = rec.final.code
+                self.closing = rec.final.code == 421
+            else:
+                bounded = self.lane.cfg.relay_end_bounded or self.lane.cfg.lmtp_end_bounded
+                rec.final = self.reply("the message",
+                                       FINAL_WAIT + (DATA_TIMEOUT if bounded else 0))
+        except Timeout:
+            self.note(f"C: <gave up waiting after {bound(PATIENCE):.0f}s>")
+            self.vanish(reset=True)  # a FIN would be a half-close, answered in 600 s
+            rec.end("gave up waiting for the final reply")
+            raise SessionOver()
+        except (Closed, AssertionError) as e:
+            self.problem(f"no final reply: {e}")
+            rec.end("no final reply")
+            raise SessionOver()
+        except SessionOver:
+            rec.end("no final reply")
+            raise
+        rec.end(f"final reply {rec.final.code}")
+
+    def blind_reply(self, what, timeout=REPLY_WAIT):
+        """A reply in the blind session; after a 421 the server closes and owes nothing more."""
+        r = self.reply(what, timeout)
+        if self.closing:
+            if not self.c.wait_closed(REPLY_WAIT):
+                self.problem("no close after 421")
+            raise SessionOver()
+        return r
+
+    def blind(self):
+        """The whole session in one write (EHLO, every transaction, message and all, QUIT),
+        then a half-close: every line must still get its reply."""
+        recs = []
+        out = [b"EHLO client.example\r\n"]
+        for t in self.plan.txns:
+            plan = self.lane.plan_of(t, halfclosed=True)
+            rec = self.start_txn(t)
+            self.current = None
+            recs.append(rec)
+            out.append(b"RSET\r\n")  # whatever the last one left open
+            out.append(f"MAIL FROM:<{plan.sender}>\r\n".encode())
+            out += [f"RCPT TO:<{r}>\r\n".encode() for r in plan.rcpts]
+            out.append(b"DATA\r\n")
+            rec.message = plan.short_message()
+            out.append(stuff(rec.message) + b".\r\n")
+        out.append(b"QUIT\r\n")
+        self.note("C: <" + " | ".join(x.decode().strip().replace("\r\n", " / ")
+                                       for x in out) + "> then half-close")
+        self.c.send(b"".join(out))
+        self.c.sock.shutdown(socket.SHUT_WR)
+        try:
+            if self.reply("EHLO").code != 250:
+                self.problem("EHLO refused")
+            for rec in recs:
+                self.current = rec
+                plan = rec.plan
+                self.blind_reply("RSET")
+                self.blind_reply("MAIL")
+                for r in plan.rcpts:
+                    reply = self.blind_reply(f"RCPT TO:<{r}>")
+                    if 200 <= reply.code < 300:
+                        rec.accepted.append(r)
+                    elif reply.code == 452:
+                        rec.deferred.append(r)
+                d = self.blind_reply("DATA")
+                rec.dot_sent = d.code == 354
+                if d.code == 354:
+                    self.final_reply(rec)
+                    if self.closing:
+                        self.c.wait_closed(REPLY_WAIT)
+                        raise SessionOver()
+                else:
+                    # Each line of the message is now a command of its own.
+                    lines = stuff(rec.message).count(b"\r\n") + 1
+                    for i in range(lines):
+                        self.blind_reply(f"line {i + 1} of a message sent after a refused DATA")
+                    rec.end(f"DATA answered {d.code}")
+                self.current = None
+            r = self.blind_reply("QUIT")
+            if r.code != 221:
+                self.problem(f"QUIT answered {r.code}")
+            if not self.c.wait_closed(REPLY_WAIT):
+                self.problem("no close after 221 to a half-closed client")
+        except SessionOver:
+            pass
+        for rec in recs:
+            rec.end(rec.outcome if rec.t1 else "session ended")
+
+
+# ---- one lane ----
+
+class Copy:
+    def __init__(self, kind, key, rcpt, sender, data, source, action=None):
+        self.kind = kind          # relay, lmtp, mm2
+        self.key = key            # the destination's identity (see destinations())
+        self.rcpt = rcpt
+        self.sender = sender      # None for the wrapper: it gets no envelope
+        self.data = data
+        self.source = source      # the upstream Transaction, or the wrapper's argv
+        self.action = action      # what the upstream did with the end of the message
+        m = MARKER.search(data or b"")
+        self.t = int(m.group(2)) if m else None
+        self.seed = int(m.group(1)) if m else None
+
+    def __repr__(self):
+        who = f"{self.kind} {self.key[1]!r}"
+        return (f"<copy at {who} from {self.sender!r}, {len(self.data or b'')} bytes, "
+                f"marker t={self.t}, end action {self.action}>")
+
+
+class Violation:
+    def __init__(self, cfg, rec, what, story):
+        self.seed = cfg.seed
+        self.cfg = cfg
+        self.t = rec.plan.t if rec else None
+        self.what = what
+        self.story = story
+
+    def __str__(self):
+        return (f"VIOLATION seed {self.seed} ({self.cfg.handler}), transaction "
+                f"{self.t}: {self.what}\n  replay: {self.cfg.replay()}\n{self.story}")
+
+
+class SeedResult:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.transactions = 0
+        self.copies = 0
+        self.outcomes = {}
+        self.violations = []
+        self.seconds = 0.0
+
+
+class Lane:
+    """Runs one seed: servers up, the sessions one after another, everything settled, checked."""
+
+    def __init__(self, seed, handler=None):
+        self.cfg = Config(seed, handler)
+        self.plans = {}
+        self.records = []
+        self.client_problems = []
+        self.sessions = {}
+        self.next_followup = 1000
+        self.lock = threading.Lock()
+        self.srv = None
+
+    def plan_of(self, t, halfclosed=False):
+        with self.lock:
+            if t not in self.plans:
+                self.plans[t] = TxnPlan(self.cfg, t, halfclosed=halfclosed)
+            return self.plans[t]
+
+    def followup(self, rec):
+        with self.lock:
+            t = self.next_followup
+            self.next_followup += 1
+            self.plans[t] = TxnPlan(self.cfg, t, rcpts=list(rec.deferred),
+                                    followup_of=rec.plan.t)
+        return t
+
+    def t_of_sender(self, sender):
+        m = SENDER_OF.match(sender)
+        if m and int(m.group(1)) == self.cfg.seed:
+            return int(m.group(2))
+        return None
+
+    def may_give_up(self, plan):
+        """Whether the client waits only PATIENCE for the final reply: where an upstream's
+        silence after the message would otherwise hold it for 600 s."""
+        if not self.cfg.relay_end_bounded and "silence" in plan.relay["end"]:
+            return True
+        if self.cfg.handler == "mailman3" and not self.cfg.lmtp_end_bounded and any(
+                "silence" in v for v in plan.lmtp["end"].values()):
+            return True
+        return False
+
+    def write_exits(self, plan):
+        if self.cfg.handler == "mailman2":
+            with open(os.path.join(self.calls_dir, f"exit.{plan.marker}"), "w") as f:
+                f.write("".join(f"{c}\n" for c in plan.wrapper_exits))
+
+    # -- servers --
+
+    def start(self):
+        cfg = self.cfg
+        self.tmp = tempfile.mkdtemp(prefix="luasmtpd-prop-")
+        self.relay_planner = Planner(self, "relay")
+        self.relay_up = HostileUpstream(self.relay_planner, extensions=cfg.relay_ext,
+                                        hostname="relay.hostile.example")
+        self.lmtp_up = None
+        sets = {"relay_timeout": str(RELAY_TIMEOUT)}
+        for name in cfg.relay_dt + cfg.lmtp_dt:
+            sets[name] = str(DATA_TIMEOUT)
+        handler = os.path.join(LUA, "pureproxy.lua")
+        if cfg.handler != "pureproxy":
+            handler = os.path.join(LUA, "mailman.lua")
+            if cfg.domains:
+                sets["mailman_domains"] = LIST_DOMAIN
+            lists = os.path.join(self.tmp, "lists")
+            os.mkdir(lists)
+            for name in LISTS:
+                os.mkdir(os.path.join(lists, name))
+            self.calls_dir = os.path.join(self.tmp, "calls")
+            os.mkdir(self.calls_dir)
+            os.chmod(self.tmp, 0o755)
+            os.chmod(self.calls_dir, 0o777)
+            wrapper = os.path.join(self.tmp, "wrapper")
+            with open(wrapper, "w") as f:
+                f.write(WRAPPER.replace("@DIR@", self.calls_dir).replace(
+                    "@SLEEP@", str(int(bound(WRAPPER_TIMEOUT) + WRAPPER_SLEEP))))
+            os.chmod(wrapper, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH |
+                     stat.S_IXOTH)
+            sets["mailman_wrapper"] = wrapper
+            sets["mailman_lists"] = lists
+            sets["mailman_timeout"] = str(bound(WRAPPER_TIMEOUT))
+        if cfg.handler == "mailman3":
+            self.lmtp_planner = Planner(self, "lmtp")
+            self.lmtp_up = HostileUpstream(self.lmtp_planner, lmtp=True,
+                                           extensions=cfg.lmtp_ext,
+                                           hostname="lmtp.hostile.example")
+            sets["mailman_lmtp"] = f"127.0.0.1:{self.lmtp_up.port}"
+            sets["mailman_timeout"] = str(RELAY_TIMEOUT)
+        self.sets = sets
+        self.srv = LuaSmtpd(handler, sets=sets, args=["-s", str(SIZE_LIMIT)],
+                            remote=f"127.0.0.1:{self.relay_up.port}")
+
+    def settle(self, up, what):
+        """Waits until the upstream is done with every connection it accepted: what it recorded
+        then is all it will ever record. False (and a problem noted) if it is not."""
+        try:
+            up.wait_event("closed", n=up.count("accepted"), timeout=SETTLE_WAIT)
+            return True
+        except AssertionError:
+            self.client_problems.append(
+                (None, None, f"{what}: connections still open {bound(SETTLE_WAIT):.0f}s after "
+                             "every client left"))
+            return False
+
+    def close(self):
+        for up in (self.relay_up, self.lmtp_up):
+            if up is not None:
+                up.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- running --
+
+    def run(self):
+        result = SeedResult(self.cfg)
+        started = time.monotonic()
+        try:
+            self.start()
+            try:
+                for s in range(self.cfg.sessions):
+                    self.sessions[s] = Session(self, SessionPlan(self.cfg, s))
+                    self.sessions[s].run()
+                self.settle(self.relay_up, "relay upstream")
+                if self.lmtp_up is not None:
+                    self.settle(self.lmtp_up, "LMTP upstream")
+            finally:
+                self.srv.stop()
+            Checker(self, result).check()
+        except Exception:  # a fault of this test, reported like a finding so it is seen
+            result.violations.append(Violation(self.cfg, None, "the property test itself failed",
+                                               traceback.format_exc()))
+        finally:
+            if self.srv is not None:
+                shutil.rmtree(self.srv.workdir, ignore_errors=True)
+            self.close()
+        result.seconds = time.monotonic() - started
+        return result
+
+
+# ---- the checker ----
+
+def _drop_headers(data, names):
+    """data with the header fields `names` (lower case) taken out of its header section."""
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in data else b"\n\n"
+    head, found, body = data.partition(sep)
+    eol = sep[:len(sep) // 2]
+    lines = head.split(eol)
+    kept, skipping = [], False
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and skipping:
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        skipping = name in names
+        if not skipping:
+            kept.append(line)
+    return eol.join(kept) + found + body
+
+
+def _log_time(line):
+    try:
+        stamp = line.split(" ", 1)[0]
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+class Checker:
+    def __init__(self, lane, result):
+        self.lane = lane
+        self.cfg = lane.cfg
+        self.result = result
+        self.log = lane.srv.log.snapshot()
+
+    def copies(self):
+        out = []
+        ups = [("relay", self.lane.relay_up, self.lane.relay_planner)]
+        if self.lane.lmtp_up is not None:
+            ups.append(("lmtp", self.lane.lmtp_up, self.lane.lmtp_planner))
+        for kind, up, planner in ups:
+            for txn in up.transactions():
+                rcpts = txn.delivered_to()
+                if not rcpts:
+                    continue
+                for r in rcpts:
+                    key = relay_key(r) if kind == "relay" else r.lower()
+                    action = planner.end_action(txn, r if txn.lmtp else None)
+                    out.append(Copy(kind, (kind, key), r, txn.mail_from, txn.data, txn, action))
+        if self.cfg.handler == "mailman2":
+            for argv, data, code in wrapper_runs(self.lane.calls_dir):
+                if code in ("0", "sleep-after") and len(argv) == 2:
+                    out.append(Copy("mm2", ("mm2", (argv[0], argv[1])), " ".join(argv), None,
+                                    data, argv, code))
+        return out
+
+    def check(self):
+        lane, res = self.lane, self.result
+        copies = self.copies()
+        by_t = {}
+        for cp in copies:
+            by_t.setdefault(cp.t, []).append(cp)
+        recs = {rec.plan.t: rec for rec in lane.records}
+        for rec in lane.records:
+            if not rec.started:
+                continue
+            res.transactions += 1
+            kind = rec.outcome.split(" (")[0]
+            res.outcomes[kind] = res.outcomes.get(kind, 0) + 1
+            mine = by_t.get(rec.plan.t, [])
+            if mine and rec.final is not None and rec.final.code >= 300:
+                res.outcomes["(of which a copy kept after a lost answer)"] = \
+                    res.outcomes.get("(of which a copy kept after a lost answer)", 0) + 1
+            res.copies += len(mine)
+            for what in self.check_txn(rec, mine):
+                res.violations.append(Violation(self.cfg, rec, what, self.story(
+                    rec, by_t.get(rec.plan.t, []))))
+        for cp in copies:
+            if cp.t is None or cp.seed != self.cfg.seed or cp.t not in recs:
+                res.violations.append(Violation(
+                    self.cfg, None, f"a copy no transaction of this seed sent: {cp!r}",
+                    f"  data: {cp.data[:400]!r}"))
+        for t, s, text in lane.client_problems:
+            rec = recs.get(t)
+            res.violations.append(Violation(self.cfg, rec, text,
+                                            self.story(rec, by_t.get(t, [])) if rec else
+                                            self.server_story()))
+        srv = lane.srv
+        if srv.returncode != 0 or srv.killed:
+            res.violations.append(Violation(self.cfg, None,
+                                            f"luasmtpd exit status {srv.returncode} after "
+                                            f"SIGTERM{' (killed)' if srv.killed else ''}",
+                                            self.server_story()))
+        bad = srv.unexpected_errors()
+        if bad:
+            res.violations.append(Violation(self.cfg, None, "error lines in luasmtpd's log",
+                                            "\n".join("    " + l for l in bad[:40])))
+
+    def check_txn(self, rec, copies):
+        plan = rec.plan
+        out = []
+        accepted = rec.accepted
+        allowed = set()
+        for r in accepted:
+            allowed |= destinations(r)
+        # Each copy on its own: sender, content, recipient.
+        for cp in copies:
+            if cp.sender is not None and cp.sender != plan.sender:
+                out.append(f"{cp!r} carries sender {cp.sender!r}, not this transaction's "
+                           f"{plan.sender!r}")
+            problem = self.content_problem(cp, rec.message)
+            if problem:
+                out.append(f"{cp!r}: {problem}")
+            if cp.key not in allowed:
+                out.append(f"{cp!r} went to {cp.rcpt!r}, not a recipient accepted in this "
+                           f"transaction (accepted: {accepted})")
+        # Never two copies at one destination.
+        seen = {}
+        for cp in copies:
+            seen.setdefault(cp.key, []).append(cp)
+        for key, cps in seen.items():
+            if len(cps) > 1:
+                out.append(f"{len(cps)} copies at {key[0]} for {key[1]!r}: {cps!r}")
+        # The upstream transactions that took this sender: no recipient of another transaction.
+        for name, up in (("relay", self.lane.relay_up), ("lmtp", self.lane.lmtp_up)):
+            if up is None:
+                continue
+            for txn in up.transactions():
+                if txn.mail_from != plan.sender or not txn.delivered:
+                    continue
+                mine = {relay_key(r) for r in plan.rcpts} | {r.lower() for r in plan.rcpts}
+                for r in txn.rcpts:
+                    if relay_key(r) not in mine and r.lower() not in mine:
+                        m = RELAY_RCPT.match(r)
+                        out.append(f"the {name} upstream's transaction from {plan.sender} "
+                                   f"carried {r}, which this transaction never gave" +
+                                   (f" (a recipient of transaction {m.group(1)})" if m else ""))
+        final = rec.final
+        if final is not None and 200 <= final.code < 300:
+            if not accepted:
+                out.append(f"final reply {final.code} with no recipient accepted")
+            for r in accepted:
+                n = sum(len(seen.get(k, [])) for k in destinations(r))
+                if n == 0:
+                    out.append(f"client got {final.code} but {r!r} got no copy anywhere "
+                               f"(copies: {copies!r})")
+                elif n > 1:
+                    out.append(f"{r!r} got {n} copies: " +
+                               repr([cp for k in destinations(r) for cp in seen.get(k, [])]))
+        elif final is not None:
+            for cp in copies:
+                lost = (cp.kind in ("relay", "lmtp") and isinstance(cp.action, Delay) and
+                        cp.action.seconds >= END_LATE and self.cfg_end_bounded(cp.kind)) or (
+                        cp.kind == "mm2" and cp.action == "sleep-after")
+                if not lost:
+                    why = ("the wrapper exited 0" if cp.kind == "mm2" else
+                           f"the upstream acknowledged it with {cp.action} (within the relay's "
+                           "wait)")
+                    out.append(f"client got {final.code} but {cp!r} was kept: {why}")
+            if copies and not any("was kept" in o for o in out) and not self.said_maybe(rec):
+                out.append(f"client got {final.code}, a copy was kept after a lost answer, "
+                           "and the log does not say it may have been delivered")
+        elif not rec.dot_sent:
+            for cp in copies:
+                out.append(f"no message was sent (outcome: {rec.outcome}) but {cp!r} exists")
+        # else: the client left after the dot; at most one copy each, checked above.
+        return out
+
+    def cfg_end_bounded(self, kind):
+        return self.cfg.relay_end_bounded if kind == "relay" else self.cfg.lmtp_end_bounded
+
+    def content_problem(self, cp, message):
+        data = cp.data or b""
+        eol = b"\r\n" if b"\r\n" in data else b"\n"
+        try:
+            rest = without_received(data, eol)
+        except (AssertionError, ValueError) as e:
+            return f"no well-formed Received: on top ({str(e)[:200]})"
+        drop = {"x-peer"} | ({"subject"} if cp.kind == "mm2" else set())
+        got = _drop_headers(rest, drop).replace(b"\r\n", b"\n")
+        want = _drop_headers(message, drop).replace(b"\r\n", b"\n")
+        if got != want:
+            i = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]),
+                     min(len(got), len(want)))
+            return (f"the message differs from what the client sent ({len(got)} vs "
+                    f"{len(want)} bytes; first difference at {i}: {got[i:i + 60]!r} vs "
+                    f"{want[i:i + 60]!r})")
+        return None
+
+    def said_maybe(self, rec):
+        """Whether the log says, for this transaction, that a copy may have been kept: a "may
+        have" line after the previous transaction's message line and before this one's."""
+        prev = -1
+        for i, line in enumerate(self.log):
+            m = MESSAGE_LINE.search(line)
+            if not m:
+                continue
+            if m.group(2) == rec.plan.sender:
+                return any(MAYBE.search(l) for l in self.log[prev + 1:i])
+            prev = i
+        return False
+
+    def server_story(self):
+        return "  luasmtpd's log (last lines):\n" + "\n".join(
+            "    " + l for l in self.log[-30:])
+
+    def story(self, rec, copies):
+        """All of one transaction: the plan, the dialogue, what the upstreams did, what was
+        found where, and luasmtpd's log while it ran."""
+        plan = rec.plan
+        out = [f"  config: {self.cfg.describe()}",
+               f"  session {rec.session}, transaction {plan.t}" +
+               (f" (a follow-up of {plan.followup_of} for its 452 recipients)"
+                if plan.followup_of is not None else "") + f"; outcome: {rec.outcome}"]
+        out += ["  " + l for l in plan.describe()]
+        if self.cfg.handler == "mailman3":
+            out.append(f"  lmtp plan: {plan.lmtp}")
+        if self.cfg.handler == "mailman2":
+            out.append(f"  wrapper exit statuses: {plan.wrapper_exits}")
+        out.append(f"  accepted: {rec.accepted}; 452: {rec.deferred}; final: "
+                   f"{rec.final.lines if rec.final else None}")
+        sess = self.lane.sessions.get(rec.session)
+        if sess is not None:
+            out.append(f"  session {rec.session} ({sess.plan.mode}, ends {sess.plan.end}, "
+                       f"transactions {sess.plan.txns}); its own lines:")
+            out += ["    " + l for l in sess.dialogue]
+        out.append("  this transaction's dialogue:")
+        out += ["    " + l for l in rec.dialogue]
+        t0, t1 = rec.t0 or 0, (rec.t1 or time.monotonic()) + 0.5
+        planners = [("relay", self.lane.relay_planner)]
+        if self.lane.lmtp_up is not None:
+            planners.append(("lmtp", self.lane.lmtp_planner))
+        for name, planner in planners:
+            conns = {d.conn for d in planner.log if d.t == plan.t}
+            busy = {d.conn for d in planner.log if d.t is not None}
+            rows = [d for d in planner.log if d.t == plan.t or (
+                d.t is None and t0 <= d.when <= t1 and (d.conn in conns or d.conn not in busy))]
+            out.append(f"  {name} upstream actions:")
+            for d in rows:
+                shown = d.line[:80].decode("utf-8", "replace")
+                out.append(f"    +{d.when - t0:6.2f}s conn {d.conn} {d.stage} {shown!r}"
+                           f"{' for ' + d.rcpt if d.rcpt else ''} -> {d.action}")
+        for name, up in (("relay", self.lane.relay_up), ("lmtp", self.lane.lmtp_up)):
+            if up is None:
+                continue
+            mine = [txn for txn in up.transactions() if txn.mail_from == plan.sender]
+            out.append(f"  {name} upstream transactions from this sender: {mine!r}")
+        out.append(f"  copies found with this transaction's marker: {copies!r}")
+        w0, w1 = (rec.w0 or 0) - 0.05, (rec.w1 or time.time()) + 0.5
+        lines = [l for l in self.log if (lambda x: x is not None and w0 <= x <= w1)(
+            _log_time(l))]
+        out.append("  luasmtpd's log meanwhile:")
+        out += ["    " + l for l in lines[:60]]
+        return "\n".join(out)
+
+
+# ---- many lanes ----
+
+def run_seed(seed, handler=None):
+    return Lane(seed, handler).run()
+
+
+def run_seeds(seeds, handler=None, lanes=12, deadline=None, on_result=None):
+    """Runs the seeds (an iterable; stopped early at `deadline`, a monotonic time) in `lanes`
+    parallel lanes; returns the SeedResults in the order they finished."""
+    results = []
+    lock = threading.Lock()
+    it = iter(seeds)
+
+    def worker():
+        while True:
+            with lock:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                try:
+                    seed = next(it)
+                except StopIteration:
+                    return
+            r = run_seed(seed, handler)
+            with lock:
+                results.append(r)
+                if on_result:
+                    on_result(r)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def summary(results):
+    txns = sum(r.transactions for r in results)
+    outcomes = {}
+    for r in results:
+        for k, v in r.outcomes.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    violations = [v for r in results for v in r.violations]
+    failing = sorted({(r.cfg.seed, r.cfg.replay()) for r in results if r.violations})
+    per = {}
+    for r in results:
+        per[r.cfg.handler] = per.get(r.cfg.handler, 0) + r.transactions
+    lines = [f"{len(results)} seeds, {txns} transactions checked ("
+             + ", ".join(f"{k} {v}" for k, v in sorted(per.items())) + "), "
+             f"{sum(r.copies for r in results)} copies traced, {len(violations)} "
+             f"violations in {len(failing)} seeds",
+             "outcomes: " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))]
+    for seed, replay in failing:
+        n = sum(len(r.violations) for r in results if r.cfg.seed == seed)
+        lines.append(f"  failing seed {seed}: {n} violation(s); replay: {replay}")
+    return "\n".join(lines)
