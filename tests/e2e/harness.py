@@ -811,6 +811,12 @@ class Record:
                 f"data={self.data[:60]!r}...)")
 
 
+def stuff(data):
+    """Dot-stuffs a message for a raw client (RFC 5321 4.5.2)."""
+    return b"".join(b"." + line if line.startswith(b".") else line
+                    for line in data.splitlines(keepends=True))
+
+
 RECEIVED = re.compile(rb"^Received: from \S+ \(.*?\) by \S+ with \w+ id \S+(?:\s+for <[^>]*>)?;"
                       rb" \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}$", re.S)
 

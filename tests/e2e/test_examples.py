@@ -12,7 +12,7 @@ import tempfile
 import threading
 import unittest
 
-from harness import ServerTestCase, binary, free_port, wait_until
+from harness import ServerTestCase, binary, free_port, stuff, wait_until
 from upstreams import SmtpSink, parse_sink_dump, sink_body
 
 EXAMPLES = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
@@ -29,10 +29,6 @@ def example(name):
     assert os.path.exists(path), path
     return path
 
-
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 class ExampleTestCase(ServerTestCase):

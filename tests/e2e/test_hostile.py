@@ -19,7 +19,7 @@ import time
 import unittest
 
 import harness
-from harness import SMTPClient, ServerTestCase, proc_status, read_records, wait_records, \
+from harness import SMTPClient, ServerTestCase, proc_status, read_records, stuff, wait_records, \
     wait_until
 from upstreams import RawServer, SmtpSink, parse_sink_dump
 
@@ -49,10 +49,6 @@ def send_until_full(sock, data, limit):
         sock.setblocking(True)
     return sent
 
-
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 def sendall_in_thread(sock, data, chunk=64 * 1024):

@@ -10,13 +10,10 @@ a recipient for another gets TOO_MANY, and `deliver` below sends it again in a l
 transaction, as a client that honours that 452 (Postfix's) does."""
 
 import email.utils
-import os
-import shutil
-import stat
-import tempfile
 import unittest
 
-from harness import ServerTestCase, wait_until, without_received
+from harness import ServerTestCase, stuff, wait_until, without_received
+from fake_mailman import TOO_MANY, FakeMailman2
 from upstreams import AioUpstream, SmtpSink, parse_sink_dump, sink_body
 
 EHLO = "EHLO client.example"
@@ -26,31 +23,6 @@ MESSAGE = (b"From: Alice <alice@example.org>\r\nDate: Mon, 1 Jan 2024 10:00:00 +
            b"Subject: hello list\r\nMessage-ID: <m1@example.org>\r\n\r\n"
            b"body line\r\n..dotted\r\n")
 BARE = b"Subject: no from, no date\r\n\r\nbody\r\n"
-TOO_MANY = ("452 4.5.3 Too many recipients for one delivery; send this one in another "
-            "transaction")
-
-# The stand-in for Mailman 2's mail wrapper: one call.N.argv / call.N.stdin per run; the exit
-# status is the number in DIR/exit (0 when missing). The server gives its children only PATH,
-# so the directory is written into the script.
-WRAPPER = r"""#!/bin/sh
-d='@DIR@'
-tmp=$(mktemp "$d/tmp.XXXXXX") || exit 70
-cat > "$tmp.stdin"
-printf '%s\n' "$@" > "$tmp.argv"
-mv "$tmp.stdin" "$tmp.call.stdin"
-mv "$tmp.argv" "$tmp.call.argv"
-rm -f "$tmp"
-read code < "$d/exit" 2>/dev/null || code=0
-echo "wrapper exiting $code"
-# A wrapper that hangs after it has the message: DIR/hang holds the seconds.
-[ -f "$d/hang" ] && read secs < "$d/hang" && exec sleep "$secs"
-exit "$code"
-"""
-
-
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 def headers_of(data):
@@ -64,17 +36,13 @@ def headers_of(data):
 
 class MailmanTestCase(ServerTestCase):
     def setUp(self):
-        self.calls_dir = tempfile.mkdtemp(prefix="mailman-calls-")
-        self.lists_dir = tempfile.mkdtemp(prefix="mailman-lists-")
-        self.addCleanup(shutil.rmtree, self.calls_dir, True)
-        self.addCleanup(shutil.rmtree, self.lists_dir, True)
-        for name in ("test", "foo", "foo-bar"):
-            os.mkdir(os.path.join(self.lists_dir, name))
-        self.wrapper = os.path.join(self.calls_dir, "wrapper")
-        with open(self.wrapper, "w") as f:
-            f.write(WRAPPER.replace("@DIR@", self.calls_dir))
-        os.chmod(self.wrapper, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH |
-                 stat.S_IXOTH)
+        self.mailman2 = FakeMailman2(("test", "foo", "foo-bar"))
+        self.addCleanup(self.mailman2.close)
+        self.calls_dir = self.mailman2.calls_dir
+        self.lists_dir = self.mailman2.lists_dir
+        self.wrapper = self.mailman2.wrapper
+        self.set_exit = self.mailman2.set_exit
+        self.calls = self.mailman2.calls
 
     def start_sink(self):
         sink = SmtpSink()
@@ -89,22 +57,6 @@ class MailmanTestCase(ServerTestCase):
         # With no sink the upstream is a port nobody listens on: relaying there would be seen.
         remote = f"127.0.0.1:{sink.port}" if sink else "127.0.0.1:9"
         return self.start_server(handler, sets=sets, remote=remote, expect_errors=[WARN])
-
-    def set_exit(self, code):
-        with open(os.path.join(self.calls_dir, "exit"), "w") as f:
-            f.write(f"{code}\n")
-
-    def calls(self):
-        """[(argv list, stdin bytes)] of the wrapper's finished runs, in no particular order."""
-        out = []
-        for name in sorted(os.listdir(self.calls_dir)):
-            if name.endswith(".call.argv"):
-                base = os.path.join(self.calls_dir, name[:-len(".argv")])
-                with open(base + ".argv") as f:
-                    argv = f.read().splitlines()
-                with open(base + ".stdin", "rb") as f:
-                    out.append((argv, f.read()))
-        return out
 
     def send(self, srv, rcpts, data=MESSAGE, mailfrom=SENDER):
         c = self.connect(srv, timeout=15)
@@ -266,8 +218,7 @@ class TestMailman2(MailmanTestCase):
         mailman_timeout after it read the message (Mailman may have posted it). The log
         says so."""
         srv = self.start_mailman(mailman_timeout="5")
-        with open(os.path.join(self.calls_dir, "hang"), "w") as f:
-            f.write("120\n")  # far past the timeout: the server kills it at 5 s
+        self.mailman2.set_hang(120)  # far past the timeout: the server kills it at 5 s
         replies = self.send(srv, ["test@lists.example"])
         self.assertReply(replies[-1], 451)
         self.assertEqual(len(self.calls()), 1)

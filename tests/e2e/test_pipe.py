@@ -12,7 +12,7 @@ import tempfile
 import time
 import unittest
 
-from harness import ServerTestCase, run_threads, wait_until
+from harness import ServerTestCase, run_threads, stuff, wait_until
 
 EHLO = "EHLO client.example"
 MESSAGE = (b"Subject: pipe test\r\nFrom: a@example.org\r\n\r\n"
@@ -24,10 +24,6 @@ WARN = r" warn: "
 RESULT = re.compile(r"^250 2\.0\.0 status=(\S+) kind=(\S+)"
                     r"(?: len=(\d+) out=<(.*)>| msg=<(.*)>)$")
 
-
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 def proc_state(pid):

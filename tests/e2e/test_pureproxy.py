@@ -12,7 +12,7 @@ import time
 import unittest
 
 from harness import SMTPClient, ServerTestCase, bound, failures, free_port, read_records, \
-    run_threads, wait_records, wait_until, without_received
+    run_threads, stuff, wait_records, wait_until, without_received
 from upstreams import AioUpstream, RawServer, SmtpSink, parse_sink_dump, scripted_handler, \
     silent_handler, sink_body
 
@@ -38,11 +38,6 @@ def with_peer(data, line=PEER):
         return data + line + b"\r\n"
     return data[:at + 2] + line + b"\r\n" + data[at + 2:]
 
-
-def stuff(data):
-    """Dot-stuffs a message for a raw client (RFC 5321 4.5.2)."""
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 def big_message(size=1024 * 1024):

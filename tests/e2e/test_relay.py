@@ -11,7 +11,7 @@ import time
 import unittest
 
 import harness
-from harness import ServerTestCase, binary, fixture, free_port, read_records, \
+from harness import ServerTestCase, binary, fixture, free_port, read_records, stuff, \
     wait_records, wait_until
 from upstreams import AioUpstream, RawServer, SmtpSink, parse_sink_dump, silent_handler, \
     sink_body
@@ -22,10 +22,6 @@ WARN_LINE = r"^\S+ luasmtpd\[\d+\] warn: "
 BODY = (b"Subject: relay\r\nFrom: a@b.example\r\n\r\n"
         b"line\r\n.\r\n..\r\n.x\r\n\xc3\xa9t\xc3\xa9 \xff\r\nlast\r\n")
 
-
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 class RelayTestCase(ServerTestCase):

@@ -9,7 +9,7 @@ import random
 import time
 import unittest
 
-from harness import ServerTestCase, bound
+from harness import ServerTestCase, bound, stuff
 from hostile_upstream import Delay, HostileUpstream
 
 EHLO = "EHLO client.example"
@@ -17,10 +17,6 @@ BODY = b"Subject: hostile\r\nFrom: a@b.example\r\n\r\nline one\r\n.dot\r\nlast\r
 MAYBE = r"upstream's answer after the message was lost: it may have been delivered"
 LUA_ERROR = r"process_message failed"
 
-
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 class HostileTestCase(ServerTestCase):

@@ -12,46 +12,21 @@ import os
 import re
 import shutil
 import socket
-import stat
 import tempfile
 import unittest
 
-from harness import ServerTestCase, free_port, wait_until
+from harness import ServerTestCase, free_port, stuff, wait_until
 from hostile_upstream import HostileUpstream
+from fake_mailman import TOO_MANY, FakeMailman2
 from upstreams import AioUpstream, RawServer
 
 EHLO = "EHLO client.example"
 SENDER = "alice@example.org"
 WARN = r"^\S+ luasmtpd\[\d+\] warn: "
-# mailman's answer to a recipient for another destination than its transaction's.
-TOO_MANY = ("452 4.5.3 Too many recipients for one delivery; send this one in another "
-            "transaction")
 BODY = (b"Subject: rules\r\nFrom: Alice <alice@example.org>\r\n"
         b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\nbody line\r\n")
 EIGHT_BIT = b"Subject: bytes\r\n\r\n\xc3\xa9t\xc3\xa9\r\n"
 PRINTABLE = re.compile(r"^\d{3}[ -][\x20-\x7e]*$")
-
-WRAPPER = """#!/bin/sh
-# Mailman 2's wrapper, faked: records argv and stdin, exits with $d/exit.COMMAND, else $d/exit,
-# else 0.
-d='@DIR@'
-tmp=$(mktemp "$d/tmp.XXXXXX") || exit 70
-cat > "$tmp.stdin"
-printf '%s\\n' "$@" > "$tmp.argv"
-mv "$tmp.stdin" "$tmp.call.stdin"
-mv "$tmp.argv" "$tmp.call.argv"
-rm -f "$tmp"
-code=0
-[ -f "$d/exit" ] && read code < "$d/exit"
-[ -f "$d/exit.$1" ] && read code < "$d/exit.$1"
-echo "wrapper exiting $code"
-exit "$code"
-"""
-
-
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
 
 
 def unstuff(data):
@@ -175,17 +150,13 @@ class Scripted(RawServer):
 
 class RulesTestCase(ServerTestCase):
     def setUp(self):
-        self.calls_dir = tempfile.mkdtemp(prefix="rules-calls-")
-        self.lists_dir = tempfile.mkdtemp(prefix="rules-lists-")
-        self.addCleanup(shutil.rmtree, self.calls_dir, True)
-        self.addCleanup(shutil.rmtree, self.lists_dir, True)
-        for name in ("test", "foo"):
-            os.mkdir(os.path.join(self.lists_dir, name))
-        self.wrapper = os.path.join(self.calls_dir, "wrapper")
-        with open(self.wrapper, "w") as f:
-            f.write(WRAPPER.replace("@DIR@", self.calls_dir))
-        os.chmod(self.wrapper, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH |
-                 stat.S_IXOTH)
+        self.mailman2 = FakeMailman2(("test", "foo"))
+        self.addCleanup(self.mailman2.close)
+        self.calls_dir = self.mailman2.calls_dir
+        self.lists_dir = self.mailman2.lists_dir
+        self.wrapper = self.mailman2.wrapper
+        self.set_exit = self.mailman2.set_exit
+        self.calls = self.mailman2.calls
 
     def start_scripted(self, **kw):
         up = Scripted(**kw)
@@ -208,23 +179,6 @@ class RulesTestCase(ServerTestCase):
         sets.setdefault("mailman_timeout", "10")
         sets.setdefault("relay_timeout", "10")
         return self.start_proxy(upstream, "mailman", sets=sets, args=args)
-
-    def set_exit(self, code, command=None):
-        name = "exit" if command is None else f"exit.{command}"
-        with open(os.path.join(self.calls_dir, name), "w") as f:
-            f.write(f"{code}\n")
-
-    def calls(self):
-        """[(argv, stdin bytes)] of the wrapper's finished runs, sorted by argv."""
-        out = []
-        for name in os.listdir(self.calls_dir):
-            if name.endswith(".call.argv"):
-                base = os.path.join(self.calls_dir, name[:-len(".argv")])
-                with open(base + ".argv") as f:
-                    argv = f.read().splitlines()
-                with open(base + ".stdin", "rb") as f:
-                    out.append((argv, f.read()))
-        return sorted(out)
 
     def session(self, srv, helo=EHLO):
         c = self.connect(srv, timeout=20)
