@@ -45,7 +45,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-from harness import Closed, LuaSmtpd, SMTPClient, Timeout, bound, without_received
+from harness import Closed, LuaSmtpd, SMTPClient, Timeout, bound, stuff, without_received
 from hostile_upstream import Delay, HostileUpstream
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -339,11 +339,6 @@ class TxnPlan:
         return out
 
 
-def stuff(data):
-    return b"".join(b"." + line if line.startswith(b".") else line
-                    for line in data.splitlines(keepends=True))
-
-
 class SessionPlan:
     def __init__(self, cfg, s):
         rng = random.Random(f"{cfg.seed}:{cfg.handler}:session:{s}")
@@ -449,7 +444,9 @@ class Decision:
         self.rcpt, self.action, self.t, self.txn = rcpt, action, t, txn
 
 
-# The stand-in for Mailman 2's mail wrapper. Each run that took the message leaves NAME.stdin,
+# The stand-in for Mailman 2's mail wrapper (fake_mailman.py's takes one exit status for all
+# runs and records none; here each transaction has its own, read by the marker in the message,
+# and each run's is kept). Each run that took the message leaves NAME.stdin,
 # NAME.argv, NAME.exit and, last, NAME.done (a run counts once that exists). What it does is the
 # n-th line of DIR/exit.MARKER for the n-th run carrying that transaction's marker (0 when
 # missing): an exit status, or "sleep-before"/"sleep-after" (outlive the server's timeout before
