@@ -451,6 +451,30 @@ class LuaSmtpd:
                     n += 1
         return n
 
+    def listens(self):
+        """Whether this process still holds a listening socket on its port (its own socket
+        inodes against /proc/net/tcp's LISTEN rows), whoever else may listen there now."""
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+        port = f":{self.port:04X}"
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as f:
+                    rows = f.readlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if fields[1].endswith(port) and fields[3] == "0A" and fields[9] in inodes:
+                    return True
+        return False
+
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
