@@ -246,8 +246,13 @@ class TxnPlan:
         self.sender = f"s{cfg.seed}.t{t}@src.example"
         self.marker = f"PROPMARK-{cfg.seed}-{t}"
         self.rcpts = rcpts if rcpts is not None else self._recipients(cfg, rng, t)
-        self.abort = pick(rng, [(77, None), (10, "rset"), (5, "vanish_data"),
-                                (3, "vanish_after_dot"), (3, "no_data"), (2, "data_anyway")])
+        # How the client ends the transaction: with the message (None), or abandoned by RSET
+        # or by a new EHLO (which resets it too, RFC 5321 4.1.4), by leaving (during RCPT,
+        # mid-DATA, right after the dot), without DATA at all; or by going on to DATA after
+        # MAIL was refused.
+        self.abort = pick(rng, [(72, None), (8, "rset"), (3, "ehlo"), (3, "vanish_rcpt"),
+                                (5, "vanish_data"), (3, "vanish_after_dot"), (3, "no_data"),
+                                (3, "data_anyway")])
         self.kind = pick(rng, [(72, "plain"), (10, "big"), (6, "oversize"), (12, "8bit")])
         self.mail_params = ""
         if self.kind == "8bit" and rng.random() < 0.6:
@@ -597,10 +602,13 @@ class Session:
     def run(self):
         self.last_code = None
         self.closing = False
+        if self.lane.srv.proc.poll() is not None:
+            return  # told once, by the checker
         try:
             self.c = SMTPClient(self.lane.srv.port, timeout=REPLY_WAIT, greeting=False)
         except OSError as e:
-            self.problem(f"cannot connect: {e}")
+            if self.lane.srv.proc.poll() is None:
+                self.problem(f"cannot connect: {e}")
             return
         try:
             g = self.reply("the greeting")
@@ -664,7 +672,9 @@ class Session:
         cmds += [f"RCPT TO:<{r}>".encode() for r in plan.rcpts]
         if plan.abort == "rset":
             cmds.append(b"RSET")
-        elif plan.abort != "no_data":
+        elif plan.abort == "ehlo":
+            cmds.append(b"EHLO client.example")
+        elif plan.abort not in ("no_data", "vanish_rcpt"):
             cmds.append(b"DATA")
         return cmds
 
@@ -686,9 +696,22 @@ class Session:
             return None
         plan = self.lane.plan_of(t)
         pipelined = self.plan.mode == "pipelined"
-        data_cmd = plan.abort not in ("rset", "no_data")
+        data_cmd = plan.abort not in ("rset", "ehlo", "no_data", "vanish_rcpt")
         cmds = self.commands(plan)
         replies = []
+        if plan.abort == "vanish_rcpt":
+            # MAIL and the RCPTs, and gone before any answer: the handler may be asking the
+            # upstream about them right now.
+            if ahead:
+                rec = ahead[0]
+                self.current = rec
+            else:
+                self.rset_if_open()
+                rec = self.start_txn(t)
+                self.send(b"".join(c + b"\r\n" for c in cmds))
+            self.vanish(reset=plan.t % 2 == 0)
+            rec.end("vanished during RCPT")
+            raise SessionOver()
         if ahead:  # its commands went with the last message's dot
             rec = ahead[0]
             self.current = rec
@@ -714,7 +737,7 @@ class Session:
         for c, r in zip(cmds, replies):
             if c.startswith(b"MAIL"):
                 self.open_txn = 200 <= r.code < 300
-            elif c == b"RSET" and r.code == 250:
+            elif c in (b"RSET", b"EHLO client.example") and r.code == 250:
                 self.open_txn = False
             elif c.startswith(b"RCPT"):
                 addr = c[9:-1].decode()
@@ -1063,6 +1086,11 @@ class Lane:
                         th.start()
                     for th in threads:  # each session's every wait is bounded
                         th.join()
+                if self.srv.proc.poll() is not None:
+                    self.client_problems.append(
+                        (None, None, f"luasmtpd ended (exit status {self.srv.proc.returncode}) "
+                                     "before the test stopped it: its log says why, unless "
+                                     "something outside sent it a signal"))
                 self.settle(self.relay_up, "relay upstream")
                 if self.lmtp_up is not None:
                     self.settle(self.lmtp_up, "LMTP upstream")
