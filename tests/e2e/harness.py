@@ -115,17 +115,29 @@ def proc_status(pid, field):
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+def tcp_sockets(tables=("/proc/net/tcp", "/proc/net/tcp6")):
+    """This machine's TCP sockets, one list of /proc/net/tcp fields each: [1] local and [2]
+    remote address:port (hex), [3] state (01 ESTABLISHED, 08 CLOSE_WAIT, 0A LISTEN), [4]
+    tx_queue:rx_queue, [9] inode."""
+    for table in tables:
+        try:
+            with open(table) as f:
+                rows = f.readlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            yield row.split()
+
+
 def tcp_queues(local_port, remote_port):
-    """(tx_queue, rx_queue) of the 127.0.0.1 TCP socket local_port <-> remote_port, from
-    /proc/net/tcp: bytes written and not yet acknowledged by the peer, bytes received and not
-    yet read by the socket's owner."""
+    """(tx_queue, rx_queue) of the 127.0.0.1 TCP socket local_port <-> remote_port: bytes
+    written and not yet acknowledged by the peer, bytes received and not yet read by the
+    socket's owner."""
     want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if (fields[1], fields[2]) == want:
-                tx, rx = fields[4].split(":")
-                return int(tx, 16), int(rx, 16)
+    for fields in tcp_sockets(("/proc/net/tcp",)):
+        if (fields[1], fields[2]) == want:
+            tx, rx = fields[4].split(":")
+            return int(tx, 16), int(rx, 16)
     raise AssertionError(f"no socket 127.0.0.1:{local_port} <-> :{remote_port}")
 
 
@@ -436,24 +448,13 @@ class LuaSmtpd:
 
     def client_sockets(self):
         """How many TCP connections to this server's port it still holds open (ESTABLISHED,
-        or CLOSE_WAIT: the client has gone, the server has not let go), from /proc/net/tcp."""
+        or CLOSE_WAIT: the client has gone, the server has not let go)."""
         port = f":{self.port:04X}"
-        n = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                with open(table) as f:
-                    rows = f.readlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                fields = row.split()
-                if fields[1].endswith(port) and fields[3] in ("01", "08"):
-                    n += 1
-        return n
+        return sum(1 for f in tcp_sockets() if f[1].endswith(port) and f[3] in ("01", "08"))
 
     def listens(self):
         """Whether this process still holds a listening socket on its port (its own socket
-        inodes against /proc/net/tcp's LISTEN rows), whoever else may listen there now."""
+        inodes against the LISTEN rows), whoever else may listen there now."""
         inodes = set()
         for fd in os.listdir(f"/proc/{self.pid}/fd"):
             try:
@@ -463,17 +464,8 @@ class LuaSmtpd:
             if target.startswith("socket:["):
                 inodes.add(target[len("socket:["):-1])
         port = f":{self.port:04X}"
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                with open(table) as f:
-                    rows = f.readlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                fields = row.split()
-                if fields[1].endswith(port) and fields[3] == "0A" and fields[9] in inodes:
-                    return True
-        return False
+        return any(f[1].endswith(port) and f[3] == "0A" and f[9] in inodes
+                   for f in tcp_sockets())
 
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
