@@ -375,6 +375,27 @@ cmd_data(struct session *s, char *arg)
     session_reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
+/* Commands that move no mail. Past --max-junk of them, each further one counts as an error, so
+ * a NOOP loop ends at --max-errors as any other error loop does (Postfix's
+ * smtpd_junk_command_limit, which counts the same way). The count restarts when a message is
+ * accepted: a client sending many messages may RSET between each. */
+static bool
+is_junk(enum smtp_verb verb)
+{
+    switch (verb) {
+    case SMTP_VERB_NOOP:
+    case SMTP_VERB_RSET:
+    case SMTP_VERB_HELP:
+    case SMTP_VERB_VRFY:
+    case SMTP_VERB_EXPN:
+    case SMTP_VERB_HELO:
+    case SMTP_VERB_EHLO:
+        return true;
+    default:
+        return false;
+    }
+}
+
 typedef void (*command_fn)(struct session *s, char *arg);
 
 static const command_fn commands[] = {
@@ -406,6 +427,13 @@ commands_dispatch(struct session *s, char *line, size_t len)
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
         session_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
         return;
+    }
+    unsigned max_junk = s->g->cfg->max_junk;
+    if (max_junk != 0 && is_junk(cmd.verb)) {
+        if (s->junk < max_junk)
+            s->junk++;
+        else
+            s->errors++;
     }
     commands[cmd.verb](s, cmd.arg);
 }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,12 +28,26 @@
 #include "luasmtpd/workers.h"
 
 #define MAX_LISTENERS 8
+/* Out of descriptors or memory, accept() fails with the connection still queued, so the
+ * listener is readable again at once: we stop accepting this long (nginx waits too) and say so
+ * at most once per ACCEPT_REPORT_SEC. Clients wait in the backlog meanwhile. */
+#define ACCEPT_PAUSE_MS 500
+#define ACCEPT_REPORT_SEC 10
+/* What a connection costs in descriptors: its socket, and the upstream's while its handler
+ * relays. Kept apart: the listening sockets, the log, inotify, Lua's files, DNS, and each
+ * smtpd.pipe child's stdin, output and pidfd. */
+#define FDS_PER_CONNECTION 2
+#define FDS_RESERVED 64
+#define FDS_PER_CHILD 3
 
 struct server {
     struct event_base *base;
     struct config *cfg;
     struct evconnlistener *listeners[MAX_LISTENERS];
     int n_listeners;
+    struct event *accept_resume;   /* ends a pause after accept() failed */
+    unsigned accept_failures;      /* since the last report */
+    struct timeval accept_reported; /* when the last report was logged; 0: never */
     struct session_group sessions;
     struct event *signals[3];
     struct event *shutdown_timer;
@@ -183,8 +198,42 @@ static void
 on_accept_error(struct evconnlistener *listener, void *arg)
 {
     (void)listener;
-    (void)arg;
-    log_warn("accept failed: %s", strerror(errno));
+    struct server *srv = arg;
+    int err = errno;
+    for (int i = 0; i < srv->n_listeners; i++)
+        if (srv->listeners[i] != NULL)
+            evconnlistener_disable(srv->listeners[i]);
+    struct timeval pause = {.tv_sec = ACCEPT_PAUSE_MS / 1000,
+                            .tv_usec = (ACCEPT_PAUSE_MS % 1000) * 1000};
+    evtimer_add(srv->accept_resume, &pause);
+    srv->accept_failures++;
+    struct timeval now, since;
+    event_base_gettimeofday_cached(srv->base, &now);
+    evutil_timersub(&now, &srv->accept_reported, &since);
+    bool first = !evutil_timerisset(&srv->accept_reported);
+    if (!first && since.tv_sec < ACCEPT_REPORT_SEC)
+        return;
+    if (first)
+        log_warn("accept failed: %s; pausing accepts for %d ms (reported again at most every "
+                 "%d s)",
+                 strerror(err), ACCEPT_PAUSE_MS, ACCEPT_REPORT_SEC);
+    else
+        log_warn("accept failed: %s; pausing accepts for %d ms (%u times in the last %ld s)",
+                 strerror(err), ACCEPT_PAUSE_MS, srv->accept_failures, (long)since.tv_sec);
+    srv->accept_failures = 0;
+    srv->accept_reported = now;
+}
+
+static void
+on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct server *srv = arg;
+    /* A stop signal during the pause has freed the listeners. */
+    for (int i = 0; i < srv->n_listeners; i++)
+        if (srv->listeners[i] != NULL)
+            evconnlistener_enable(srv->listeners[i]);
 }
 
 static void
@@ -300,6 +349,46 @@ listener_hup_only(void)
     return set;
 }
 
+/* Raises the soft descriptor limit to the hard one, and lowers --max-connections to what fits
+ * in it (every worker inherits both), so sessions alone never run the process out of
+ * descriptors: a server that did would refuse every upstream and child too. */
+static void
+fit_descriptors(struct config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t was = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            log_warn("cannot raise the descriptor limit from %llu to %llu: %s",
+                     (unsigned long long)was, (unsigned long long)rl.rlim_max, strerror(errno));
+            rl.rlim_cur = was;
+        }
+    }
+    unsigned long long limit = rl.rlim_cur;
+    if (limit == rl.rlim_max && limit != was)
+        log_info("descriptor limit %llu (raised from %llu to the hard limit)", limit,
+                 (unsigned long long)was);
+    else
+        log_info("descriptor limit %llu", limit);
+    /* A limit too small for the whole reserve still gets half of it for connections. */
+    unsigned long long reserve = FDS_RESERVED + FDS_PER_CHILD * (unsigned long long)cfg->max_children;
+    if (reserve > limit / 2)
+        reserve = limit / 2;
+    unsigned long long fits = (limit - reserve) / FDS_PER_CONNECTION;
+    if (fits < 1)
+        fits = 1;
+    if (cfg->max_connections <= fits)
+        return;
+    log_warn("--max-connections %u does not fit in the descriptor limit %llu (%d per connection, "
+             "%llu kept for listeners, Lua, DNS and %u pipe children): at most %llu connections "
+             "at once",
+             cfg->max_connections, limit, FDS_PER_CONNECTION, reserve, cfg->max_children, fits);
+    cfg->max_connections = (unsigned)fits;
+}
+
 struct serve_args {
     struct config *cfg;
     const char *lua_dir;
@@ -339,6 +428,7 @@ serve(void *arg, int *fds, int n)
     srv.sessions = (struct session_group){.base = srv.base, .cfg = cfg, .rt = rt,
                                           .hostname = hostname, .on_empty = on_sessions_gone,
                                           .on_empty_arg = &srv};
+    srv.accept_resume = evtimer_new(srv.base, on_accept_resume, &srv);
     for (int i = 0; i < n; i++) {
         srv.listeners[i] = evconnlistener_new(srv.base, on_accept, &srv,
                                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
@@ -371,6 +461,8 @@ serve(void *arg, int *fds, int n)
         event_free(srv.signals[i]);
     if (srv.shutdown_timer)
         event_free(srv.shutdown_timer);
+    if (srv.accept_resume)
+        event_free(srv.accept_resume);
 out:
     lrt_free(rt);
     /* Deliveries cancelled by the shutdown whose children have not been reaped yet. */
@@ -405,6 +497,7 @@ listener_run(struct config *cfg, const char *lua_dir)
         return 1;
     }
     pipe_set_max_children(cfg->max_children);
+    fit_descriptors(cfg);
     struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};
     if (workers == 1)
         return serve(&args, fds, n);

@@ -32,6 +32,11 @@
 
 static void session_pump(struct session *s);
 
+/* Only a session that has waited this long on its client may lose its slot to a newcomer
+ * (make_room): long enough that a client between two commands, or pausing in a DATA, is never
+ * taken for idle; short enough that a flood of idle connections cannot keep the server full. */
+#define MAKE_ROOM_MIN_WAIT_SEC 5
+
 
 /* Replies collect in s->out and go to the socket in one write when the pump has done what the
  * client sent (session_flush): pipelined commands get their replies in one segment, and most
@@ -115,11 +120,20 @@ client_owes_us(const struct session *s)
 void
 session_enter(struct session *s, enum session_state state)
 {
+    enum session_state was = s->state;
     s->state = state;
     if (client_owes_us(s))
         event_base_gettimeofday_cached(s->g->base, &s->last_activity);
     else if (state == SESSION_CLOSING)
         bufferevent_disable(s->bev, EV_READ);
+    if (state == SESSION_COMMAND) {
+        s->command_since = s->last_activity;
+        /* After a DATA the timer may be set for --data-timeout, later than this wait's end. */
+        if (was == SESSION_DATA || was == SESSION_HANDLER) {
+            struct timeval limit = {.tv_sec = s->g->cfg->timeout};
+            evtimer_add(s->timer, &limit);
+        }
+    }
     if (state == SESSION_DATA) {
         /* The timer was set for the command timeout; DATA has its own, and its rate is
          * checked every few seconds. */
@@ -253,6 +267,15 @@ session_ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, con
         s->call = call;
 }
 
+/* The reply to a command is queued: the wait for the next line starts now (a command that
+ * went to a hook starts it when the hook answers, in session_enter). */
+static void
+await_command(struct session *s)
+{
+    if (s->state == SESSION_COMMAND)
+        event_base_gettimeofday_cached(s->g->base, &s->command_since);
+}
+
 /* Reads one command line. Returns false when no complete line is buffered yet. */
 static bool
 read_command(struct session *s, struct evbuffer *in)
@@ -273,12 +296,14 @@ read_command(struct session *s, struct evbuffer *in)
         evbuffer_drain(in, len + eol_len);
         s->discarding = false;
         session_reply_const(s, "500 5.5.2 Error: line too long");
+        await_command(s);
         return true;
     }
     char line[LINE_MAX_BYTES + 1];
     evbuffer_remove(in, line, len);
     evbuffer_drain(in, eol_len);
     commands_dispatch(s, line, len);
+    await_command(s);
     return true;
 }
 
@@ -287,6 +312,7 @@ greet(struct session *s)
 {
     s->greeted = true;
     session_reply(s, "220 %s luasmtpd %s ESMTP", s->g->hostname, LUASMTPD_VERSION);
+    await_command(s);
 }
 
 /* The hook's answer: a 4xx/5xx reply refuses the command; nil (or a 2xx reply, sent in place
@@ -369,6 +395,10 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
              "(generation %u)",
              s->id, ++s->messages, s->env.mailfrom ? s->env.mailfrom : "", s->env.rcpts.n,
              s->decoder.size, s->txn_id, code, lrt_session_generation(s->ls));
+    /* A client that sends many messages may RSET or NOOP between each: --max-junk counts
+     * the junk since the last message accepted. */
+    if (code >= 200 && code < 300)
+        s->junk = 0;
     s->message_reply = true;
     session_reply_bytes(s, wire.data, wire.len);
     s->message_reply = false;
@@ -528,7 +558,10 @@ on_timer(evutil_socket_t fd, short what, void *arg)
         session_flush(s);
         s->last_activity = now;
     }
-    evutil_timersub(&now, &s->last_activity, &idle);
+    /* A command line must be whole within the timeout of its prompt: its bytes do not extend
+     * it. In DATA the timeout is between two pieces. */
+    evutil_timersub(&now, s->state == SESSION_COMMAND ? &s->command_since : &s->last_activity,
+                    &idle);
     if (s->state == SESSION_CLOSING) {
         if (evutil_timercmp(&idle, &limit, >=)) {
             log_info("session %lu: the client does not read its replies, dropped", s->id);
@@ -562,6 +595,10 @@ on_write(struct bufferevent *bev, void *arg)
     /* The client read all we sent: for one that half-closed, the only sign it is still there,
      * so a slow reader of a long pipeline is not timed out while it keeps reading. */
     event_base_gettimeofday_cached(s->g->base, &s->last_activity);
+    /* Only complete commands make replies, so this is no way to stretch a line: the prompt
+     * for the next one has only now reached a client that reads slowly. */
+    if (s->state == SESSION_COMMAND)
+        s->command_since = s->last_activity;
     if (s->state == SESSION_CLOSING) {
         session_flush(s);
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
@@ -597,6 +634,57 @@ on_event(struct bufferevent *bev, short what, void *arg)
                                                : "the transaction",
                  s->txn_id[0] ? ", id " : "", s->txn_id);
     session_free(s);
+}
+
+/* How long s has waited on its client: for a command line since its prompt, in DATA since the
+ * DATA began. False while we owe it something: a hook, the handler or an upstream working, a
+ * greeting not yet sent, its last reply being flushed. */
+static bool
+waited_on_client(const struct session *s, const struct timeval *now, struct timeval *waited)
+{
+    if (s->state == SESSION_COMMAND && s->greeted)
+        evutil_timersub(now, &s->command_since, waited);
+    else if (s->state == SESSION_DATA)
+        evutil_timersub(now, &s->data_started, waited);
+    else
+        return false;
+    return true;
+}
+
+/* A newcomer to a full server gets the slot of the session that has waited longest on its
+ * client, at least MAKE_ROOM_MIN_WAIT_SEC: as nginx closes idle keep-alive connections when it
+ * runs out, a slot held by a client that sends nothing is worth less than one that came to
+ * talk. Nothing is lost: no 2xx was given for what the closed one had in flight, and a 421
+ * tells it to come back. O(n) over the sessions, only when the server is full. Returns whether
+ * a session was closed. */
+static bool
+make_room(struct session_group *g, const struct session *newcomer)
+{
+    struct timeval now, waited, longest = {.tv_sec = MAKE_ROOM_MIN_WAIT_SEC};
+    struct session *victim = NULL;
+    event_base_gettimeofday_cached(g->base, &now);
+    for (struct session *s = g->head; s != NULL; s = s->next) {
+        if (s != newcomer && waited_on_client(s, &now, &waited) &&
+            evutil_timercmp(&waited, &longest, >=)) {
+            victim = s;
+            longest = waited;
+        }
+    }
+    if (victim == NULL)
+        return false;
+    if (victim->state == SESSION_DATA)
+        log_info("session %lu: closed to make room for a new connection: in DATA for %ld s, "
+                 "message from <%s> discarded after %zu bytes, id %s",
+                 victim->id, (long)longest.tv_sec, victim->env.mailfrom ? victim->env.mailfrom : "",
+                 victim->decoder.size, victim->txn_id);
+    else
+        log_info("session %lu: closed to make room for a new connection: waited %ld s for a "
+                 "command",
+                 victim->id, (long)longest.tv_sec);
+    session_reply(victim, "421 4.3.2 %s Too busy, closing idle connection; try again later",
+                  g->hostname);
+    session_close_after_flush(victim);
+    return true;
 }
 
 void
@@ -654,8 +742,10 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
         g->per_client = peer_count_new();
     unsigned from_client = g->per_client ? peer_count_add(g->per_client, s->peer_addr) : 0;
     s->counted = from_client > 0;
-    if (g->count > g->cfg->max_connections || from_client > g->cfg->max_per_client) {
-        bool total = g->count > g->cfg->max_connections;
+    /* The per-client cap first: a client over its share takes no one else's slot. */
+    bool per_client = from_client > g->cfg->max_per_client;
+    bool total = !per_client && g->count > g->cfg->max_connections && !make_room(g, s);
+    if (total || per_client) {
         log_warn("session %lu: refused %s: %s", s->id, s->peer_addr,
                  total ? "too many connections" : "too many connections from this client");
         session_reply(s, "421 4.7.0 %s Error: too many connections%s, try again later", g->hostname,

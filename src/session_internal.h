@@ -44,6 +44,10 @@ struct session {
     struct evbuffer *out;    /* replies not yet handed to the socket */
     struct event *timer;     /* the idle timeout, checked lazily against last_activity */
     struct timeval last_activity;
+    /* When the server began waiting for the command line now due (the greeting or the reply
+     * to the last command was queued): the command timeout runs from here, not from the last
+     * byte, so a client that drips a line cannot hold its slot for ever. */
+    struct timeval command_since;
     enum session_state state;
     char peer_addr[NI_MAXHOST];
     int peer_port;
@@ -59,6 +63,7 @@ struct session {
     unsigned long messages;
     unsigned errors;        /* error replies to commands so far */
     unsigned overshoot;     /* "452 4.5.3" (too many recipients) replies so far */
+    unsigned junk;          /* NOOP, RSET, HELP, VRFY, EXPN, HELO, EHLO since a message was accepted */
     bool greeted;           /* the 220 went out; input before it is a pregreet */
     bool counted;           /* in g->per_client */
     bool message_reply;     /* the reply being written answers a message, not a command */

@@ -30,15 +30,16 @@ struct config {
     char *hostname;     /* for the greeting and EHLO; NULL: ask the system */
     /* Limits and timeouts: each one a --long-option; see the table in config.c. */
     unsigned max_recipients;   /* per message, then 452 */
-    unsigned timeout;          /* seconds waiting for a command, then 421 */
+    unsigned timeout;          /* seconds for a whole command line, then 421 */
     unsigned data_timeout;     /* seconds between two pieces of DATA, then 421 */
     unsigned min_data_rate;    /* bytes/s a DATA must average after its first 30 s; 0: off */
     unsigned shutdown_timeout; /* seconds transactions in flight get after SIGTERM */
     unsigned workers;          /* processes sharing the port; 1: this process serves */
-    unsigned max_connections;  /* at once, then 421 before any Lua runs */
+    unsigned max_connections;  /* at once; lowered to what the descriptor limit fits */
     unsigned max_per_client;   /* at once from one address, then 421 */
     unsigned max_messages;     /* per connection, then 421 */
     unsigned max_errors;       /* error replies per connection, then 421 */
+    unsigned max_junk;         /* junk commands until a message is accepted; past: errors */
     unsigned greet_delay_ms;   /* wait before the greeting; a client talking first is refused */
     unsigned lua_instructions; /* per handler or hook call, then it fails; 0: no limit */
     unsigned lua_memory_mb;    /* per Lua state; 0: no limit */

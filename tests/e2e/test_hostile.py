@@ -127,7 +127,8 @@ class TestMemoryBounds(HostileTestCase):
         server stops reading (what it consumed stops growing; its peak RSS grows by less than
         10 MiB, though the replies alone would be 14 MB), serves another client meanwhile,
         and once the client reads it gets every reply, in order."""
-        srv = self.start_server("sink")
+        # A million junk commands: no limit on them here (--max-junk 0).
+        srv = self.start_server("sink", args=["--max-junk", "0"])
         c = self.connect(srv, timeout=30)
         self.assertEqual(c.cmd(EHLO).code, 250)
         before = proc_status(srv.pid, "VmHWM")

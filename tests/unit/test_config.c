@@ -105,6 +105,7 @@ test_defaults(void **state)
     assert_int_equal(r.cfg.shutdown_timeout, 30);
     assert_int_equal(r.cfg.workers, 1);
     assert_int_equal(r.cfg.max_errors, 20);
+    assert_int_equal(r.cfg.max_junk, 100);
     assert_int_equal(r.cfg.greet_delay_ms, 0);
     assert_int_equal(r.cfg.n_settings, 0);
     assert_int_equal(r.out_len, 0);
