@@ -146,6 +146,16 @@ class TestCommandTimeout(ConnTestCase):
 class TestJunkCommands(ConnTestCase):
     JUNK = ["NOOP", "RSET", "HELP", "VRFY <a@b.example>"]
 
+    def test_noop_loop_ends(self):
+        """With the defaults (--max-junk 100, --max-errors 20), a client that sends nothing but
+        NOOP gets 120 answers and then 421 4.7.0 (before, it could go on for ever)."""
+        srv = self.start_server("sink")
+        c = self.connect(srv)
+        c.send(b"NOOP\r\n" * 121)
+        codes = [r.code for r in c.replies(121)]
+        self.assertEqual(codes, [250] * 120 + [421])
+        self.assertTrue(c.wait_closed(3))
+
     def test_junk_limit(self):
         """--max-junk 5 --max-errors 3: EHLO and four more junk commands are free, the next
         ones count as errors, so the eighth (5 + 3) is answered and then 421 4.7.0 closes the
