@@ -69,7 +69,7 @@ static const struct {
     {"max-errors", offsetof(struct config, max_errors), 20, 1, UINT_MAX,
      "error replies per connection, then 421 (Postfix's hard error limit)"},
     {"max-junk", offsetof(struct config, max_junk), 100, 0, UINT_MAX,
-     "NOOP/RSET/HELP/VRFY/EXPN/HELO/EHLO until a message is accepted, then each is an error (0: no limit)"},
+     "NOOP RSET HELP VRFY EXPN HELO EHLO until a message is accepted, then errors (0: no limit)"},
     {"greet-delay", offsetof(struct config, greet_delay_ms), 0, 0, 60000,
      "ms to wait before the greeting; a client that talks first is refused"},
     {"lua-instructions", offsetof(struct config, lua_instructions), 200000000, 0, UINT_MAX,

@@ -33,10 +33,12 @@
  * at most once per ACCEPT_REPORT_SEC. Clients wait in the backlog meanwhile. */
 #define ACCEPT_PAUSE_MS 500
 #define ACCEPT_REPORT_SEC 10
-/* What a connection costs in descriptors: its socket, and the upstream's while its handler
- * relays. Kept apart: the listening sockets, the log, inotify, Lua's files, DNS, and each
- * smtpd.pipe child's stdin, output and pidfd. */
-#define FDS_PER_CONNECTION 2
+/* What a connection costs in descriptors: its socket. Kept apart: the listening sockets, the
+ * log, inotify, Lua's files, DNS, the upstreams of the handlers relaying at the moment (a
+ * session holds one only while its handler or a hook works, a small part of its life), and
+ * each smtpd.pipe child's stdin, output and pidfd. Counting an upstream for every connection
+ * would halve what an idle or trickling crowd, the common attack, can be given. */
+#define FDS_PER_CONNECTION 1
 #define FDS_RESERVED 64
 #define FDS_PER_CHILD 3
 
@@ -45,8 +47,8 @@ struct server {
     struct config *cfg;
     struct evconnlistener *listeners[MAX_LISTENERS];
     int n_listeners;
-    struct event *accept_resume;   /* ends a pause after accept() failed */
-    unsigned accept_failures;      /* since the last report */
+    struct event *accept_resume;    /* ends a pause after accept() failed */
+    unsigned accept_failures;       /* since the last report */
     struct timeval accept_reported; /* when the last report was logged; 0: never */
     struct session_group sessions;
     struct event *signals[3];
@@ -374,7 +376,8 @@ fit_descriptors(struct config *cfg)
     else
         log_info("descriptor limit %llu", limit);
     /* A limit too small for the whole reserve still gets half of it for connections. */
-    unsigned long long reserve = FDS_RESERVED + FDS_PER_CHILD * (unsigned long long)cfg->max_children;
+    unsigned long long reserve =
+        FDS_RESERVED + FDS_PER_CHILD * (unsigned long long)cfg->max_children;
     if (reserve > limit / 2)
         reserve = limit / 2;
     unsigned long long fits = (limit - reserve) / FDS_PER_CONNECTION;
@@ -383,7 +386,7 @@ fit_descriptors(struct config *cfg)
     if (cfg->max_connections <= fits)
         return;
     log_warn("--max-connections %u does not fit in the descriptor limit %llu (%d per connection, "
-             "%llu kept for listeners, Lua, DNS and %u pipe children): at most %llu connections "
+             "%llu kept for listeners, Lua, DNS, upstreams and %u pipe children): at most %llu connections "
              "at once",
              cfg->max_connections, limit, FDS_PER_CONNECTION, reserve, cfg->max_children, fits);
     cfg->max_connections = (unsigned)fits;

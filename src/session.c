@@ -37,7 +37,6 @@ static void session_pump(struct session *s);
  * taken for idle; short enough that a flood of idle connections cannot keep the server full. */
 #define MAKE_ROOM_MIN_WAIT_SEC 5
 
-
 /* Replies collect in s->out and go to the socket in one write when the pump has done what the
  * client sent (session_flush): pipelined commands get their replies in one segment, and most
  * replies never need the loop to wait for the socket to be writable. */

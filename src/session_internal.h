@@ -63,7 +63,7 @@ struct session {
     unsigned long messages;
     unsigned errors;        /* error replies to commands so far */
     unsigned overshoot;     /* "452 4.5.3" (too many recipients) replies so far */
-    unsigned junk;          /* NOOP, RSET, HELP, VRFY, EXPN, HELO, EHLO since a message was accepted */
+    unsigned junk;          /* junk commands (commands.c) since a message was accepted */
     bool greeted;           /* the 220 went out; input before it is a pregreet */
     bool counted;           /* in g->per_client */
     bool message_reply;     /* the reply being written answers a message, not a command */

@@ -227,26 +227,26 @@ class TestDescriptors(ConnTestCase):
 
     def test_limit_raised_and_connections_fitted(self):
         """Started with a soft limit of 256 and a hard one of 512: the server raises its soft
-        limit to 512 and says so, and warns that --max-connections 10000 does not fit: 2 per
-        connection and 64 + 3 x --max-children 1 kept leave room for (512 - 67) / 2 = 222."""
+        limit to 512 and says so, and warns that --max-connections 10000 does not fit: 1 per
+        connection and 64 + 3 x --max-children 1 kept leave room for 512 - 67 = 445."""
         srv = self.start_limited("256:512", "sink", args=["--max-children", "1"])
         srv.wait_log(r"info: descriptor limit 512 \(raised from 256 to the hard limit\)$")
         srv.wait_log(r"warn: --max-connections 10000 does not fit in the descriptor limit 512 "
-                     r"\(2 per connection, 67 kept .*\): at most 222 connections at once$")
+                     r"\(1 per connection, 67 kept .*\): at most 445 connections at once$")
         self.assertEqual(nofile_limits(srv.pid), (512, 512))
 
     def test_fitted_cap_is_enforced(self):
-        """A hard limit of 100 (the reserve then takes at most half: 50 of it): at most 25
+        """A hard limit of 100 (the reserve then takes at most half: 50 of it): at most 50
         connections. Held before their greeting (--greet-delay 60 s: not idle, so none may be
-        closed to make room), 25 are taken and the 26th is refused with 421 4.7.0."""
+        closed to make room), 50 are taken and the 51st is refused with 421 4.7.0."""
         srv = self.start_limited("100:100", "sink", probe=False,
                                  args=["--max-children", "1", "--greet-delay", "60000", "-d"])
-        srv.wait_log(r"warn: --max-connections 10000 does not fit .*: at most 25 connections")
+        srv.wait_log(r"warn: --max-connections 10000 does not fit .*: at most 50 connections")
         held = [socket.create_connection((srv.host, srv.port), timeout=harness.REPLY_TIMEOUT)
-                for _ in range(25)]
+                for _ in range(50)]
         for s in held:
             self.addCleanup(s.close)
-        srv.wait_log(r"debug: session 25: connection from ")
+        srv.wait_log(r"debug: session 50: connection from ")
         refused = self.connect(srv)
         self.assertEqual(refused.greeting.lines, [
             "421 4.7.0 test.example Error: too many connections, try again later"])
