@@ -58,8 +58,8 @@ class TraceTestCase(ServerTestCase):
 class TestTimeouts(ServerTestCase):
     def test_command_timeout(self):
         """--timeout 1: a client silent after a greeting, or after half a command, gets
-        `421 4.4.2 <host> Error: timeout exceeded` about a second after its last byte and is
-        closed."""
+        `421 4.4.2 <host> Error: timeout exceeded` about a second after the prompt (the EHLO
+        reply; half a command does not extend it) and is closed."""
         srv = self.start_server("sink", args=["--timeout", "1"])
         for partial in (b"", b"MAIL FROM:<a@"):
             with self.subTest(partial=partial):
