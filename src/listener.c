@@ -193,6 +193,18 @@ on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *
 {
     (void)listener;
     struct server *srv = arg;
+    /* The failures since the last report are told once they stop, at the same pace. */
+    if (srv->accept_failures > 0) {
+        struct timeval now, since;
+        event_base_gettimeofday_cached(srv->base, &now);
+        evutil_timersub(&now, &srv->accept_reported, &since);
+        if (since.tv_sec >= ACCEPT_REPORT_SEC) {
+            log_warn("accepting again: accept failed %u more times in the last %ld s",
+                     srv->accept_failures, (long)since.tv_sec);
+            srv->accept_failures = 0;
+            srv->accept_reported = now;
+        }
+    }
     session_start(&srv->sessions, fd, addr, len);
 }
 
@@ -386,8 +398,8 @@ fit_descriptors(struct config *cfg)
     if (cfg->max_connections <= fits)
         return;
     log_warn("--max-connections %u does not fit in the descriptor limit %llu (%d per connection, "
-             "%llu kept for listeners, Lua, DNS, upstreams and %u pipe children): at most %llu connections "
-             "at once",
+             "%llu kept for listeners, Lua, DNS, upstreams and %u pipe children): at most %llu "
+             "connections at once",
              cfg->max_connections, limit, FDS_PER_CONNECTION, reserve, cfg->max_children, fits);
     cfg->max_connections = (unsigned)fits;
 }

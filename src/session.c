@@ -36,6 +36,7 @@ static void session_pump(struct session *s);
  * (make_room): long enough that a client between two commands, or pausing in a DATA, is never
  * taken for idle; short enough that a flood of idle connections cannot keep the server full. */
 #define MAKE_ROOM_MIN_WAIT_SEC 5
+#define REFUSED_REPORT_SEC 10
 
 /* Replies collect in s->out and go to the socket in one write when the pump has done what the
  * client sent (session_flush): pipelined commands get their replies in one segment, and most
@@ -686,6 +687,32 @@ make_room(struct session_group *g, const struct session *newcomer)
     return true;
 }
 
+/* A flood is refused by the thousand a second: the first refusal in each REFUSED_REPORT_SEC is
+ * logged, and the others are counted into the next one logged, or (s NULL: a connection was
+ * taken) into a line of their own once the interval is over, so a flood that ends is told. */
+static void
+log_refusal(struct session_group *g, const struct session *s, const char *why)
+{
+    struct timeval now, since;
+    event_base_gettimeofday_cached(g->base, &now);
+    evutil_timersub(&now, &g->refused_logged, &since);
+    if (evutil_timerisset(&g->refused_logged) && since.tv_sec < REFUSED_REPORT_SEC) {
+        if (s != NULL)
+            g->refused_unlogged++;
+        return;
+    }
+    if (s == NULL)
+        log_warn("refused %u more connections in the last %ld s", g->refused_unlogged,
+                 (long)since.tv_sec);
+    else if (g->refused_unlogged > 0)
+        log_warn("session %lu: refused %s: %s (and %u more refused in the last %ld s)", s->id,
+                 s->peer_addr, why, g->refused_unlogged, (long)since.tv_sec);
+    else
+        log_warn("session %lu: refused %s: %s", s->id, s->peer_addr, why);
+    g->refused_unlogged = 0;
+    g->refused_logged = now;
+}
+
 void
 session_start(struct session_group *g, int fd, const struct sockaddr *addr, int addrlen)
 {
@@ -744,9 +771,10 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     /* The per-client cap first: a client over its share takes no one else's slot. */
     bool per_client = from_client > g->cfg->max_per_client;
     bool total = !per_client && g->count > g->cfg->max_connections && !make_room(g, s);
+    if (!total && !per_client && g->refused_unlogged > 0)
+        log_refusal(g, NULL, NULL);
     if (total || per_client) {
-        log_warn("session %lu: refused %s: %s", s->id, s->peer_addr,
-                 total ? "too many connections" : "too many connections from this client");
+        log_refusal(g, s, total ? "too many connections" : "too many connections from this client");
         session_reply(s, "421 4.7.0 %s Error: too many connections%s, try again later", g->hostname,
               total ? "" : " from your address");
         session_close_after_flush(s);

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include "luasmtpd/config.h"
 #include "luasmtpd/lua_runtime.h"
@@ -28,6 +29,9 @@ struct session_group {
     unsigned long txn_epoch;
     unsigned long txn_pid;
     unsigned long txn_count;
+    /* Refusals at the connection caps: when the last was logged, and how many since. */
+    struct timeval refused_logged;
+    unsigned refused_unlogged;
     bool draining;
     void (*on_empty)(void *arg); /* called when draining and the last session closed */
     void *on_empty_arg;
