@@ -124,6 +124,7 @@ class TestCommandTimeout(ConnTestCase):
                 if after == "a message":
                     self.send_message(c)
                 r, elapsed, sent = self.drip_until_reply(c, 3 + harness.bound(4) + 2)
+                print(f"(cut {elapsed:.2f} s after the prompt, {sent} bytes sent)")
                 self.assertEqual(r.lines, [TIMEOUT_421])
                 self.assertTrue(c.wait_closed(3), "still open after the 421")
                 self.assertGreater(elapsed, 2.5)
