@@ -70,12 +70,14 @@ static const struct {
      "error replies per connection, then 421 (Postfix's hard error limit)"},
     {"greet-delay", offsetof(struct config, greet_delay_ms), 0, 0, 60000,
      "ms to wait before the greeting; a client that talks first is refused"},
-    {"lua-instructions", offsetof(struct config, lua_instructions), 200000000, 0, UINT_MAX,
+    {"lua-instructions", offsetof(struct config, lua_instructions), 50000000, 0, UINT_MAX,
      "Lua instructions per handler or hook call, then it fails with 451 (0: no limit)"},
     {"lua-memory", offsetof(struct config, lua_memory_mb), 1024, 0, 1048576,
      "MiB a Lua state may use (0: no limit)"},
     {"max-children", offsetof(struct config, max_children), 32, 1, 4096,
      "smtpd.pipe children at once; the rest wait their turn"},
+    {"watchdog", offsetof(struct config, watchdog), 60, 0, 86400,
+     "seconds one event-loop turn may take (a looping Lua __gc), then exit 70 (0: off)"},
 };
 #define N_NUMERIC (sizeof(numeric_options) / sizeof(numeric_options[0]))
 
@@ -199,6 +201,9 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     const char *prog = argc > 0 ? argv[0] : "luasmtpd";
 
     memset(cfg, 0, sizeof(*cfg));
+    /* Read here, before the listener drops to nobody: what a root-started server loads must
+     * be root's (or ours), whoever it runs as by the time it loads. */
+    cfg->started_as_root = geteuid() == 0;
     cfg->handler = strdup("debugging");
     cfg->size_limit = CONFIG_DEFAULT_SIZE;
     for (size_t i = 0; i < N_NUMERIC; i++)

@@ -27,6 +27,7 @@ struct config {
     bool debug;
     bool smtputf8;
     bool nosetuid;
+    bool started_as_root; /* euid 0 at start: scripts others could write are refused */
     char *hostname;     /* for the greeting and EHLO; NULL: ask the system */
     /* Limits and timeouts: each one a --long-option; see the table in config.c. */
     unsigned max_recipients;   /* per message, then 452 */
@@ -43,6 +44,7 @@ struct config {
     unsigned lua_instructions; /* per handler or hook call, then it fails; 0: no limit */
     unsigned lua_memory_mb;    /* per Lua state; 0: no limit */
     unsigned max_children;     /* smtpd.pipe children at once; the rest queue */
+    unsigned watchdog;         /* seconds one loop turn may take, then exit 70; 0: off */
     bool no_reload;     /* do not watch the script files (SIGHUP still reloads) */
     bool check_only;    /* --check: load the script as a reload would, report, exit */
     struct config_setting *settings;
