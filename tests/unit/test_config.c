@@ -106,6 +106,8 @@ test_defaults(void **state)
     assert_int_equal(r.cfg.workers, 1);
     assert_int_equal(r.cfg.max_errors, 20);
     assert_int_equal(r.cfg.greet_delay_ms, 0);
+    assert_int_equal(r.cfg.lua_instructions, 50000000);
+    assert_int_equal(r.cfg.watchdog, 60);
     assert_int_equal(r.cfg.n_settings, 0);
     assert_int_equal(r.out_len, 0);
     assert_int_equal(r.err_len, 0);
@@ -169,6 +171,7 @@ test_long_options(void **state)
                           "--timeout=60",
                           "--shutdown-timeout",
                           "0",
+                          "--watchdog=0",
                           "--set",
                           "a=b",
                           "--set=relay=smtp.example:25",
@@ -188,6 +191,7 @@ test_long_options(void **state)
     assert_int_equal(r.cfg.max_recipients, 5);
     assert_int_equal(r.cfg.timeout, 60);
     assert_int_equal(r.cfg.shutdown_timeout, 0);
+    assert_int_equal(r.cfg.watchdog, 0);
     assert_string_equal(r.cfg.local_host, "::1");
     assert_int_equal(r.cfg.local_port, 8025);
     assert_string_equal(r.cfg.remote_host, "localhost");
