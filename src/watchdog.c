@@ -3,6 +3,7 @@
  * its log line by hand rather than through log.c's snprintf and gmtime_r. */
 #include "luasmtpd/watchdog.h"
 
+#include <errno.h>
 #include <event2/event.h>
 #include <signal.h>
 #include <string.h>
@@ -134,8 +135,10 @@ watchdog_start(struct event_base *base, unsigned seconds)
         return true;
     struct sigaction sa = {.sa_handler = on_alarm};
     sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGALRM, &sa, NULL) != 0)
+    if (sigaction(SIGALRM, &sa, NULL) != 0) {
+        log_warn("watchdog: cannot handle SIGALRM: %s; running without it", strerror(errno));
         return false;
+    }
     sigset_t alrm;
     sigemptyset(&alrm);
     sigaddset(&alrm, SIGALRM);
@@ -150,6 +153,8 @@ watchdog_start(struct event_base *base, unsigned seconds)
         if (wd.tick != NULL)
             event_free(wd.tick);
         wd.tick = NULL;
+        signal(SIGALRM, SIG_DFL);
+        log_warn("watchdog: cannot add its timer to the loop; running without it");
         return false;
     }
     wd.seconds = seconds;

@@ -15,7 +15,8 @@ struct event_base;
 #define WATCHDOG_EXIT_STATUS 70
 
 /* Arms the watchdog for `seconds` (0: off) and re-arms it from `base`'s loop. Call it just
- * before the loop runs: loading the script first is bounded by the instruction budget. */
+ * before the loop runs: loading the script first is bounded by the instruction budget.
+ * false: it could not be set up (logged), and the server runs without it. */
 bool watchdog_start(struct event_base *base, unsigned seconds);
 /* Progress: the next `seconds` start now. Cheap enough to call on every entry into Lua. */
 void watchdog_kick(void);
