@@ -371,17 +371,68 @@ checked_searcher(lua_State *L)
     return 2;
 }
 
+/* package.searchers[3] and [4], C libraries on package.cpath, wrapped: dlopen runs a
+ * library's constructors, so the file is checked before the searcher it wraps opens it (a
+ * window the directory check closes: only root or we may replace it there). Upvalues: the
+ * options, package, package.searchpath, the wrapped searcher, and whether it looks for the
+ * root of a dotted name ([4]: "a" of "a.b"). */
+static int
+checked_c_searcher(lua_State *L)
+{
+    const struct lrt_options *opts = lua_touserdata(L, lua_upvalueindex(1));
+    const char *name = luaL_checkstring(L, 1);
+    const char *dot = strchr(name, '.');
+    if (opts->cfg->started_as_root && (!lua_toboolean(L, lua_upvalueindex(5)) || dot != NULL)) {
+        lua_pushvalue(L, lua_upvalueindex(3));
+        if (lua_toboolean(L, lua_upvalueindex(5)))
+            lua_pushlstring(L, name, (size_t)(dot - name));
+        else
+            lua_pushvalue(L, 1);
+        if (lua_getfield(L, lua_upvalueindex(2), "cpath") != LUA_TSTRING)
+            return luaL_error(L, "'package.cpath' must be a string");
+        lua_call(L, 2, 1);
+        const char *filename = lua_tostring(L, -1);
+        int fd = filename != NULL ? open(filename, O_RDONLY | O_CLOEXEC) : -1;
+        if (fd != -1) {
+            char why[3 * PATH_MAX + 256];
+            bool bad = untrusted_because(fd, filename, why, sizeof(why)) != NULL;
+            close(fd);
+            if (bad) {
+                log_error("refusing to load %s: %s", filename, why);
+                return luaL_error(L, "error loading module '%s' from file '%s':\n\trefusing to "
+                                  "load %s: %s", name, filename, filename, why);
+            }
+        }
+        lua_settop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(4));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static void
-install_searcher(lua_State *L, const struct lrt_options *opts)
+install_searchers(lua_State *L, const struct lrt_options *opts)
 {
     lua_getglobal(L, "package");
-    lua_getfield(L, -1, "searchers");
+    int package = lua_gettop(L);
+    lua_getfield(L, package, "searchers");
+    int searchers = lua_gettop(L);
     lua_pushlightuserdata(L, (void *)opts);
-    lua_pushvalue(L, -3);
-    lua_getfield(L, -4, "searchpath");
+    lua_pushvalue(L, package);
+    lua_getfield(L, package, "searchpath");
     lua_pushcclosure(L, checked_searcher, 3);
-    lua_rawseti(L, -2, 2);
-    lua_pop(L, 2);
+    lua_rawseti(L, searchers, 2);
+    for (int i = 3; i <= 4; i++) {
+        lua_pushlightuserdata(L, (void *)opts);
+        lua_pushvalue(L, package);
+        lua_getfield(L, package, "searchpath");
+        lua_rawgeti(L, searchers, i);
+        lua_pushboolean(L, i == 4);
+        lua_pushcclosure(L, checked_c_searcher, 5);
+        lua_rawseti(L, searchers, i);
+    }
+    lua_settop(L, package - 1);
 }
 
 /* Builds a state and runs the script in it. NULL when the script does not load, raises, or
@@ -402,7 +453,7 @@ gen_load(const struct lrt_options *opts, unsigned id)
     *(struct lrt_call **)lua_getextraspace(L) = NULL; /* the main thread runs no handler */
     luaL_openlibs(L);
     set_package_path(L, opts);
-    install_searcher(L, opts);
+    install_searchers(L, opts);
     lsmtpd_register(L, opts);
 
     lua_pushcfunction(L, traceback_handler);

@@ -78,6 +78,15 @@ class TestScriptTrust(ServerTestCase):
         os.chmod(self.module, 0o666)
         self.refused_at_start(self.module, r"^writable by others \(mode 0666\)")
 
+    def test_writable_c_module_refused_before_it_is_opened(self):
+        """A C module on package.cpath that others may write is refused before dlopen runs
+        its constructors (the file here is no library at all: dlopen never sees it)."""
+        lib = os.path.join(self.dir, "clib.so")
+        self.write(lib, "not a library\n", mode=0o666)
+        self.write(self.script, f"package.cpath = {self.dir + '/?.so'!r}\n" +
+                   'require "clib"\n' + (SCRIPT % "v1"))
+        self.refused_at_start(lib, r"^writable by others \(mode 0666\)")
+
     def test_writable_directory_refused_at_start(self):
         os.chmod(self.dir, 0o777)
         self.refused_at_start(self.script, r"^its directory " + re.escape(self.dir) +
