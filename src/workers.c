@@ -98,10 +98,10 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
                 struct slot *s = &slots[w];
                 if (now - s->started >= STABLE_SEC)
                     s->backoff = 0;
-                else
-                    s->backoff = s->backoff == 0 ? 1
-                                 : s->backoff * 2 > MAX_BACKOFF_SEC ? MAX_BACKOFF_SEC
-                                                                    : s->backoff * 2;
+                else if (s->backoff == 0)
+                    s->backoff = 1;
+                else if ((s->backoff *= 2) > MAX_BACKOFF_SEC)
+                    s->backoff = MAX_BACKOFF_SEC;
                 s->restart_at = now + s->backoff;
                 char then[48] = "";
                 if (!stopping)
