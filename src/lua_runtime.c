@@ -238,8 +238,10 @@ untrusted_because(int fd, const char *path, char *why, size_t size)
     }
     bool others = (st.st_mode & S_IWOTH) || ((st.st_mode & S_IWGRP) && st.st_gid != 0);
     if (st.st_uid != 0 && st.st_uid != me) {
-        snprintf(why, size, "owned by uid %u, neither root nor the uid we run as (%u); fix with "
-                 "chown root %s", (unsigned)st.st_uid, (unsigned)me, path);
+        snprintf(why, size,
+                 "owned by uid %u, neither root nor the uid we run as (%u); fix with "
+                 "chown root %s",
+                 (unsigned)st.st_uid, (unsigned)me, path);
         return why;
     }
     if (others) {
@@ -260,14 +262,17 @@ untrusted_because(int fd, const char *path, char *why, size_t size)
     }
     others = (st.st_mode & S_IWOTH) || ((st.st_mode & S_IWGRP) && st.st_gid != 0);
     if (st.st_uid != 0 && st.st_uid != me) {
-        snprintf(why, size, "its directory %s is owned by uid %u, neither root nor the uid we "
-                 "run as (%u); fix with chown root %s", dir, (unsigned)st.st_uid, (unsigned)me,
-                 dir);
+        snprintf(why, size,
+                 "its directory %s is owned by uid %u, neither root nor the uid we "
+                 "run as (%u); fix with chown root %s",
+                 dir, (unsigned)st.st_uid, (unsigned)me, dir);
         return why;
     }
     if (others && !(st.st_mode & S_ISVTX)) {
-        snprintf(why, size, "its directory %s is writable by others (mode %04o); fix with "
-                 "chmod go-w %s", dir, (unsigned)(st.st_mode & 07777), dir);
+        snprintf(why, size,
+                 "its directory %s is writable by others (mode %04o); fix with "
+                 "chmod go-w %s",
+                 dir, (unsigned)(st.st_mode & 07777), dir);
         return why;
     }
     return NULL;
@@ -399,8 +404,10 @@ checked_c_searcher(lua_State *L)
             close(fd);
             if (bad) {
                 log_error("refusing to load %s: %s", filename, why);
-                return luaL_error(L, "error loading module '%s' from file '%s':\n\trefusing to "
-                                  "load %s: %s", name, filename, filename, why);
+                return luaL_error(L,
+                                  "error loading module '%s' from file '%s':\n\trefusing to "
+                                  "load %s: %s",
+                                  name, filename, filename, why);
             }
         }
         lua_settop(L, 1);

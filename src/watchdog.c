@@ -14,10 +14,10 @@
 #include "luasmtpd/log.h"
 
 static struct {
-    unsigned seconds;        /* 0: off */
-    struct event *tick;      /* re-arms from the loop */
-    struct timespec armed;   /* CLOCK_MONOTONIC_COARSE of the last re-arm */
-    long rearm_after_ms;     /* re-arming more often than this buys nothing */
+    unsigned seconds;      /* 0: off */
+    struct event *tick;    /* re-arms from the loop */
+    struct timespec armed; /* CLOCK_MONOTONIC_COARSE of the last re-arm */
+    long rearm_after_ms;   /* re-arming more often than this buys nothing */
 } wd;
 
 /* Appends the decimal digits of `v`, at least `width` of them. */

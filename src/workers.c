@@ -112,7 +112,8 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
                                  WTERMSIG(st), then);
                     else if (WEXITSTATUS(st) == WATCHDOG_EXIT_STATUS)
                         log_warn("worker %u (pid %d) exited with status %d: its watchdog found "
-                                 "its loop stuck%s", w + 1, (int)pid, WEXITSTATUS(st), then);
+                                 "its loop stuck%s",
+                                 w + 1, (int)pid, WEXITSTATUS(st), then);
                     else
                         log_warn("worker %u (pid %d) exited with status %d%s", w + 1, (int)pid,
                                  WEXITSTATUS(st), then);
