@@ -305,7 +305,7 @@ static int
 load_checked(lua_State *L, const struct lrt_options *opts, const char *path, bool *refused)
 {
     *refused = false;
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(path, "re");
     if (f == NULL) {
         lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
         return LUA_ERRFILE;
