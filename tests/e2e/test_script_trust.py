@@ -99,6 +99,20 @@ class TestScriptTrust(ServerTestCase):
         srv = self.start_server(self.script)
         self.assertEqual(self.served(srv), "250 2.0.0 served v1 m1")
 
+    def test_checked_loader_reads_as_lua_does(self):
+        """Scripts are read through our own loader (so the check and the read share one
+        descriptor): as luaL_loadfile, a UTF-8 BOM and a first "#!" line are skipped, and an
+        error names the script's real line."""
+        self.write(self.script, "\ufeff#!/usr/bin/env luasmtpd\n" + (SCRIPT % "v1") +
+                   "if smtpd_fail then error('on purpose') end\n")
+        srv = self.start_server(self.script)
+        self.assertEqual(self.served(srv), "250 2.0.0 served v1 m1")
+        line = 2 + SCRIPT.count("\n")
+        self.write(self.script, "#!/usr/bin/env luasmtpd\n" + (SCRIPT % "v1") +
+                   "error('on purpose')\n")
+        srv.expect_errors += [re.compile(r"error: .*on purpose"), re.compile(LOAD_FAILED)]
+        srv.wait_log(re.escape(self.script) + rf":{line}: on purpose")
+
     def test_reload_refuses_writable_script(self):
         """The script turned 0666 with new code: SIGHUP refuses it and v1 goes on serving;
         once it is 0644 again, the next SIGHUP loads it."""
