@@ -1,7 +1,8 @@
 /* Child-process delivery (see pipe.h). The child learns nothing of the server: its stdin and
  * stdout/stderr are fresh pipes and every other descriptor is closed before exec. An exec
  * failure is told to the parent through a close-on-exec pipe, so "could not run" is never
- * mistaken for an exit status. A cancelled job lives on, quietly, until its child is reaped. */
+ * mistaken for an exit status. A cancelled job lives on, quietly, until its child is reaped,
+ * and never touches the caller's message again. */
 #define _GNU_SOURCE
 #include "luasmtpd/pipe.h"
 
@@ -500,6 +501,16 @@ void
 pipe_cancel(struct pipe_job *job)
 {
     job->cancelled = true;
+    /* The message is the caller's, and it lets go of it once this returns (a Lua string, freed
+     * with its generation): the feed stops here. stdin stays open, unfed, until the child is
+     * reaped, so a child that ignores SIGTERM blocks on it until SIGKILL rather than taking the
+     * end of a message cut short for a whole one. */
+    job->data = NULL;
+    job->len = job->written;
+    if (job->stdin_ev != NULL) {
+        event_free(job->stdin_ev);
+        job->stdin_ev = NULL;
+    }
     if (job->pid == 0) {
         /* Not started: either waiting for on_start (which frees it) or in the queue. */
         struct pipe_job **p = &queue_head;

@@ -8,11 +8,12 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import unittest
 
-from harness import ServerTestCase, run_threads, stuff, wait_until
+from harness import ServerTestCase, bound, run_threads, stuff, wait_until
 
 EHLO = "EHLO client.example"
 MESSAGE = (b"Subject: pipe test\r\nFrom: a@example.org\r\n\r\n"
@@ -262,6 +263,39 @@ class TestPipe(PipeTestCase):
         srv.wait_log(r"client left during the handler")
         self.assertEqual(srv.stop(), 0)
         self.assertGone(pid)
+
+    def test_cancel_stops_the_feed_before_lua_frees_the_message(self):
+        """Issue 12 item 6. A 1 MiB message goes to a child that reads nothing (a pipe holds
+        64 KiB, so most of it is still to feed); a reload leaves the transaction on generation
+        1; the client resets, so the cancel lets go of the message and generation 1 closes,
+        freeing it. The child then starts reading (SIGTERM is its cue): it must get nothing
+        more, and never an end of input, or a truncated message would look complete. The
+        sanitizer build also sees any read of the freed message."""
+        srv = self.start(timeout="60")
+        data = MESSAGE + (b"z" * 1022 + b"\r\n") * 1024
+        c = self.connect(srv)
+        c.cmd(EHLO)
+        self.assertEqual(c.cmd("MAIL FROM:<sender@example.org>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<termread@pipe.example>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(data) + b".\r\n")
+        pid = self.pid_from("termread.pid")
+        os.kill(srv.pid, signal.SIGHUP)
+        srv.wait_log(r"generation 2 loaded")
+        c.reset()
+        srv.wait_log(r"client left during the handler")
+        srv.wait_log(r"generation 1 closed")
+        # SIGTERM at the cancel is caught; pipe.c's SIGKILL follows 2 s later
+        self.assertGone(pid, timeout=bound(10))
+        self.assertNoChildren(srv)
+        state_path = os.path.join(self.dir, "termread.state")
+        state = self.read("termread.state") if os.path.exists(state_path) else b""
+        self.assertNotIn(b"eof", state, "the child saw the end of a message cut short")
+        got = os.path.getsize(os.path.join(self.dir, "termread.in")) \
+            if os.path.exists(os.path.join(self.dir, "termread.in")) else 0
+        self.assertLess(got, len(data), "the child was fed after the cancel")
+        self.assertTrue(srv.alive())
+        self.assertEqual(self.run_cmd(srv, "exit0")[:2], ("0", "nil"))
 
     def test_command_that_does_not_exist(self):
         srv = self.start()
