@@ -13,7 +13,8 @@ import tempfile
 import time
 import unittest
 
-from harness import ServerTestCase, bound, run_threads, stuff, wait_until
+from harness import SANITIZED, ServerTestCase, binary, bound, run_threads, stuff, wait_until
+from upstreams import RawServer, scripted_handler
 
 EHLO = "EHLO client.example"
 MESSAGE = (b"Subject: pipe test\r\nFrom: a@example.org\r\n\r\n"
@@ -307,6 +308,115 @@ class TestPipe(PipeTestCase):
                 self.assertIn(name, msg)
                 self.assertIn("No such file or directory", msg)
         self.assertNoChildren(srv)
+
+
+O_CLOEXEC = 0o2000000  # in the octal "flags:" of /proc/PID/fdinfo/FD
+
+
+def shim_path():
+    """The test-only LD_PRELOAD library that refuses close_range (tests/shim)."""
+    path = os.environ.get("LUASMTPD_TEST_SHIM") or os.path.join(
+        os.path.dirname(binary()), "tests", "libno_close_range.so")
+    if not os.path.exists(path):
+        raise AssertionError(f"{path} not found: build the no_close_range target "
+                             f"(or set $LUASMTPD_TEST_SHIM)")
+    return path
+
+
+def descriptors(pid):
+    """{fd: (target, flags)} of process `pid`, from /proc (a descriptor closed meanwhile is
+    left out)."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        out[int(name)] = (target, int(info["flags"].strip(), 8))
+    return out
+
+
+class TestChildDescriptors(PipeTestCase):
+    """Issue 12 item 7: a child inherits none of the server's descriptors, even where
+    close_range is refused; and the server opens its own close-on-exec, so only what a script
+    opens (io.open) depends on the closing in the child. The fixture (handlers/pipe_fds.lua)
+    holds an upstream connection and a file while its child runs."""
+
+    def start_fds(self, env=None):
+        up = RawServer(scripted_handler(None))
+        self.addCleanup(up.close)
+        env = dict(env or {})
+        if env.get("LD_PRELOAD") and SANITIZED:
+            # the sanitizer runtime wants to be first; the shim needs nothing of it
+            env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            srv = self.start_server("pipe_fds", sets={"dir": self.dir},
+                                    remote=f"127.0.0.1:{up.port}")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
+        return srv
+
+    def start_child(self, srv):
+        """Sends a message; returns the client once the child waits for DIR/go."""
+        c = self.connect(srv, timeout=bound(30))
+        c.cmd(EHLO)
+        self.assertEqual(c.cmd("MAIL FROM:<sender@example.org>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<fds@pipe.example>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(MESSAGE) + b".\r\n")
+        self.pid_from("fds.pid")
+        return c
+
+    def child_listing(self, c):
+        """Lets the child go on; returns {fd: target} of what it listed."""
+        open(os.path.join(self.dir, "go"), "w").close()
+        reply = c.reply()
+        self.assertReply(reply, 250, "250 2.0.0 listed")
+        listing = self.read("fds.out").decode()
+        return dict((int(m.group(1)), m.group(2))
+                    for m in re.finditer(r" (\d+) -> (.*)$", listing, re.M)), listing
+
+    def assertOnlyStdio(self, fds, listing):
+        extra = {fd: t for fd, t in fds.items() if fd > 2 and not re.match(r"^/proc/\d+/fd$", t)}
+        self.assertEqual(extra, {}, f"the child inherited descriptors:\n{listing}")
+        self.assertEqual(sorted(fd for fd in fds if fd <= 2), [0, 1, 2], listing)
+
+    def test_server_descriptors_are_close_on_exec(self):
+        srv = self.start_fds()
+        c = self.start_child(srv)
+        fds = descriptors(srv.pid)
+        held = [fd for fd, (target, _) in fds.items() if target.endswith("/held.txt")]
+        self.assertEqual(len(held), 1, fds)
+        # Lua's io.open asks for no close-on-exec: what the closing in the child is for
+        self.assertFalse(fds[held[0]][1] & O_CLOEXEC)
+        self.assertTrue(any(t.startswith("socket:") for t, _ in fds.values()), fds)
+        leaky = {fd: target for fd, (target, flags) in fds.items()
+                 if fd > 2 and fd not in held and not flags & O_CLOEXEC}
+        self.assertEqual(leaky, {}, f"server descriptors without O_CLOEXEC: {leaky}")
+        self.assertOnlyStdio(*self.child_listing(c))
+
+    def test_child_gets_nothing_when_close_range_is_refused(self):
+        shim = shim_path()
+        for name, env in (("ENOSYS", {}), ("EPERM", {"LUASMTPD_SHIM_CLOSE_RANGE": "EPERM"}),
+                          ("ENOSYS, no /proc/self/fd", {"LUASMTPD_SHIM_PROC_FD": "refuse"})):
+            with self.subTest(close_range=name):
+                env["LD_PRELOAD"] = shim
+                srv = self.start_fds(env)
+                with open(f"/proc/{srv.pid}/maps") as f:
+                    self.assertIn(shim, f.read(), "the shim is not loaded")
+                c = self.start_child(srv)
+                self.assertOnlyStdio(*self.child_listing(c))
+                srv.close()
+                os.unlink(os.path.join(self.dir, "go"))
+                os.unlink(os.path.join(self.dir, "fds.pid"))
 
 
 class TestDeliveryMapping(PipeTestCase):
