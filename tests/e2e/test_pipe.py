@@ -9,11 +9,14 @@ import os
 import re
 import shutil
 import signal
+import socket
+import threading
 import tempfile
 import time
 import unittest
 
-from harness import SANITIZED, ServerTestCase, binary, bound, run_threads, stuff, wait_until
+from harness import (SANITIZED, ServerTestCase, binary, bound, run_threads, stuff, tcp_sockets,
+                     wait_until)
 from upstreams import RawServer, scripted_handler
 
 EHLO = "EHLO client.example"
@@ -417,6 +420,90 @@ class TestChildDescriptors(PipeTestCase):
                 srv.close()
                 os.unlink(os.path.join(self.dir, "go"))
                 os.unlink(os.path.join(self.dir, "fds.pid"))
+
+
+def stalling_upstream(gate):
+    """A RawServer handler: answers everything up to DATA's 354, then reads nothing until
+    `gate` is set; then reads to the end of the message or of the connection. Events: "354",
+    then "dot" (the whole message came) or "eof" (the client closed before its end)."""
+
+    def handler(server, conn):
+        conn.send("220 stall.example ESMTP\r\n")
+        while True:
+            verb = conn.readline()[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                conn.send("250-stall.example\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                conn.send("354 go ahead\r\n")
+                server.note("354")
+                if not gate.wait(bound(60)):
+                    return
+                tail = conn.buf[-5:]
+                try:
+                    while not tail.endswith(b"\r\n.\r\n"):
+                        chunk = conn.sock.recv(1 << 20)
+                        if not chunk:
+                            raise EOFError
+                        tail = (tail + chunk)[-5:]
+                except (EOFError, OSError):
+                    server.note("eof")
+                    return
+                server.note("dot")
+                conn.send("250 2.0.0 ok\r\n")
+            else:
+                conn.send("250 2.0.0 ok\r\n")
+
+    return handler
+
+
+class TestCancelAfterReload(ServerTestCase):
+    """The rule above lrt_wait, for the relay bindings (smtpd.pipe's case is
+    TestPipe.test_cancel_stops_the_feed_before_lua_frees_the_message): a client that leaves
+    while its message is half way to the upstream cancels the relay, and when a reload has
+    made its generation old, that generation closes and frees the message at once. The relay
+    client must send nothing more of it (the sanitizer build sees any read of it), and the
+    upstream must see the connection end without the final dot."""
+
+    def check_cancel(self, handler):
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        up = RawServer(stalling_upstream(gate))
+        self.addCleanup(up.close)
+        # A small receive window, so most of the message waits in the server, not in the kernel
+        up.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        srv = self.start_server(handler, remote=f"127.0.0.1:{up.port}")
+        data = MESSAGE + (b"r" * 1022 + b"\r\n") * (8 * 1024)  # 8 MiB
+        c = self.connect(srv, timeout=bound(30))
+        c.cmd(EHLO)
+        self.assertEqual(c.cmd("MAIL FROM:<sender@example.org>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<rcpt@example.net>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(data) + b".\r\n")
+        up.wait_event("354", timeout=bound(30))
+
+        def upstream_queue():
+            """Bytes the upstream's socket holds unread."""
+            rows = [f for f in tcp_sockets(("/proc/net/tcp",))
+                    if f[1] == f"0100007F:{up.port:04X}" and f[3] == "01"]
+            return int(rows[0][4].split(":")[1], 16) if rows else 0
+
+        # the body is on its way: the upstream's window is full, the rest waits in the server
+        wait_until(lambda: upstream_queue() >= 32 * 1024, bound(30), what="body in flight")
+        os.kill(srv.pid, signal.SIGHUP)
+        srv.wait_log(r"generation 2 loaded")
+        c.reset()
+        srv.wait_log(r"client left during the handler")
+        srv.wait_log(r"generation 1 closed")
+        gate.set()
+        up.wait_event("eof", timeout=bound(30))
+        self.assertEqual(up.count("dot"), 0)
+        self.assertTrue(srv.alive())
+
+    def test_relay(self):
+        self.check_cancel("relay_oneshot")
+
+    def test_connect_data(self):
+        self.check_cancel("relay_connect")
 
 
 class TestDeliveryMapping(PipeTestCase):
