@@ -322,8 +322,8 @@ close_from(int first, int limit)
         return;
     int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     bool listed = false;
-    /* Closing while reading is safe (the kernel lists by number from the offset), but a pass
-     * that closed something is followed by one more, so a listing that moved cannot hide one. */
+    /* Closing while reading skips nothing (the kernel lists by number, from the offset on);
+     * still, a pass that closed something is checked by one more, which costs a read. */
     for (bool again = dir >= 0; again;) {
         again = false;
         if (lseek(dir, 0, SEEK_SET) == -1)
