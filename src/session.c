@@ -407,9 +407,6 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
     session_pump(s);
 }
 
-/* The most the decoder stores for n bytes: every byte a bare CR or LF stored as CRLF, plus what
- * a dot or CR left pending by the last piece adds. */
-#define DATA_DECODED_MAX(n) (2 * (n) + 4)
 /* DATA is decoded this much at a time, so the room made for the worst case stays small. */
 #define DATA_SLICE (16 * 1024)
 #define DATA_GROWTH_MIN (64 * 1024)
@@ -555,7 +552,7 @@ data_make_room(struct session *s, struct evbuffer *in, size_t piece)
     size_t limit = s->decoder.limit;
     if (s->decoder.overflow || s->decoder.failed)
         return true; /* nothing more is stored */
-    size_t need = m->len + DATA_DECODED_MAX(piece);
+    size_t need = m->len + SMTP_DATA_DECODED_MAX(piece);
     if (limit != 0 && need > limit)
         need = limit; /* the decoder stores nothing past the limit */
     if (need <= m->cap)
@@ -565,10 +562,13 @@ data_make_room(struct session *s, struct evbuffer *in, size_t piece)
         grown = need;
     if (limit != 0 && grown > limit)
         grown = limit;
-    size_t cap = data_room(s->g, grown - s->data_held) ? grown : need;
-    if (cap == need && !data_room(s->g, need - s->data_held)) {
-        data_over_budget(s, in, need - s->data_held);
-        return false;
+    size_t cap = grown;
+    if (!data_room(s->g, cap - s->data_held)) {
+        cap = need; /* near the budget: only what this piece may store */
+        if (!data_room(s->g, cap - s->data_held)) {
+            data_over_budget(s, in, cap - s->data_held);
+            return false;
+        }
     }
     if (buf_set_capacity(m, cap) == -1) {
         /* As when the decoder runs out itself: the rest is dropped and the answer is 451. */

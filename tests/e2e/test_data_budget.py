@@ -177,6 +177,7 @@ class TestDataBudget(BudgetTestCase):
         421 4.3.1, those left hold at most 8 of them, and they finish with 250."""
         n, size = 20, 1_000_000
         srv, d = self.start_recording(args=["--data-memory", "8"])
+        start_rss = proc_status(srv.pid, "VmRSS")
         clients = [self.open_data(srv, f"c{i}@b.example", timeout=30) for i in range(n)]
         idle_rss, idle_hwm = proc_status(srv.pid, "VmRSS"), proc_status(srv.pid, "VmHWM")
         senders = [send_in_thread(c, lines(size)) for c in clients]
@@ -190,25 +191,26 @@ class TestDataBudget(BudgetTestCase):
             port = c.local_port()
 
             def settled():
-                rows = [f for f in harness.tcp_sockets(("/proc/net/tcp",))
-                        if f[1] == f"0100007F:{port:04X}"]
-                if not rows or rows[0][3] != "01":
-                    return "closed"
+                # The client's socket: CLOSE_WAIT (08) or gone once the server closed it.
+                rows = [f[3] for f in harness.tcp_sockets(("/proc/net/tcp",))
+                        if (f[1], f[2]) == (f"0100007F:{port:04X}", f"0100007F:{srv.port:04X}")]
+                if rows != ["01"]:
+                    return f"closed ({rows})"
                 client_tx, _ = tcp_queues(port, srv.port)
                 _, server_rx = tcp_queues(srv.port, port)
                 return "read" if client_tx == 0 and server_rx == 0 else None
             state = wait_until(settled, 30, what="each transfer to end or be read")
-            (held if state == "read" else ended).append(c)
+            (held if state == "read" else ended).append((c, state))
         rss, hwm = proc_status(srv.pid, "VmRSS"), proc_status(srv.pid, "VmHWM")
-        print(f"(idle RSS {idle_rss} KiB, peak {idle_hwm}; with {n} x {size} bytes of DATA: "
+        print(f"(RSS at start {start_rss} KiB; idle in DATA {idle_rss} KiB, peak {idle_hwm}; with {n} x {size} bytes of DATA: "
               f"RSS {rss} KiB, peak {hwm} KiB; {len(held)} held, {len(ended)} ended)")
-        for c in ended:
-            self.assertReply(c.reply(), 421, ENDED)
-        self.assertGreaterEqual(len(ended), n - 8)
-        self.assertGreaterEqual(len(held), 1)
         if not harness.SANITIZED:  # ASan's quarantine and shadow memory, not ours
             self.assertLess(hwm - idle_rss, 8 * 1024 + 4 * 1024, f"peak RSS {hwm} KiB")
-        for c in held:
+        for c, state in ended:
+            self.assertReply(c.reply(), 421, ENDED, msg=state)
+        self.assertGreaterEqual(len(ended), n - 8)
+        self.assertGreaterEqual(len(held), 1)
+        for c, _ in held:
             c.send(b".\r\n")
             self.assertReply(c.reply(timeout=20), 250)
         self.assertEqual(len(wait_records(d, len(held))), len(held))
