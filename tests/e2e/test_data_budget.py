@@ -3,9 +3,12 @@
 until the message is freed: a DATA that does not fit gets 452 4.3.1 and its transaction stays
 open, a MAIL whose SIZE= does not fit gets 452 4.3.1 (552 5.3.4 when it never could), and a
 transfer whose next piece would pass the budget is ended with 421 4.3.1, its memory freed at
-once. Fixture: handlers/record.lua."""
+once. Fixtures: handlers/record.lua,
+handlers/data_gate.lua (holds each message in its handler until a file exists)."""
 
-import re
+import os
+import shutil
+import tempfile
 import threading
 import time
 import unittest
@@ -48,6 +51,11 @@ def send_in_thread(c, data):
 
 
 class BudgetTestCase(ServerTestCase):
+    def tmpdir(self):
+        d = tempfile.mkdtemp(prefix="luasmtpd-budget-")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
     def open_data(self, srv, mailfrom, size=None, **kw):
         """A client inside DATA (after the 354)."""
         c = self.connect(srv, **kw)
@@ -170,10 +178,42 @@ class TestDataBudget(BudgetTestCase):
         self.assertEqual(sorted(r.mailfrom for r in wait_records(d, 2)),
                          ["a@b.example", "first@b.example"])
 
+    def test_message_waiting_for_its_handler_stays_counted(self):
+        """--data-memory 1 and a handler that holds a complete 900 KB message (data_gate.lua):
+        the message is memory we hold until the handler returns, so meanwhile a MAIL with
+        SIZE=200000 gets 452 4.3.1; once the handler has answered 250 it fits."""
+        gate = os.path.join(self.tmpdir(), "gate")
+        srv = self.start_server("data_gate", sets={"gate": gate},
+                                args=["--data-memory", "1"])
+        first = self.open_data(srv, "first@b.example")
+        first.send(lines(900_000) + b".\r\n")
+        srv.wait_log(r"fixture: holding first@b\.example, 900000 bytes")
+
+        c = self.connect(srv)
+        c.cmd(EHLO)
+        self.assertReply(c.cmd("MAIL FROM:<a@b.example> SIZE=200000"), 452, FULL)
+
+        open(gate, "w").close()
+        self.assertReply(first.reply(timeout=20), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@b.example> SIZE=200000"), 250)
+
+    def test_workers_share_the_budget(self):
+        """--workers 2 --data-memory 2: each worker holds at most 1 MiB, which the start
+        warns about (the default --size is more); whichever worker serves it, a MAIL with
+        SIZE=1500000 gets 552 5.3.4 (no worker could hold it), SIZE=900000 250."""
+        srv = self.start_server("sink", args=["--workers", "2", "--data-memory", "2"])
+        srv.wait_log(rf"warn: messages over {MiB} bytes \(a process's share of --data-memory\) "
+                     r"will get 421 4\.3\.1")
+        c = self.connect(srv)
+        c.cmd(EHLO)
+        self.assertReply(c.cmd("MAIL FROM:<a@b.example> SIZE=1500000"), 552,
+                         "552 5.3.4 Error: message size exceeds fixed maximum message size")
+        self.assertReply(c.cmd("MAIL FROM:<a@b.example> SIZE=900000"), 250)
+
     def test_sum_held_under_budget(self):
         """--data-memory 8 and 20 clients each sending 1 MB of an unfinished DATA at once (20 MB
         asked for): the server's peak RSS grows by less than the budget plus an overhead of
-        4 MiB (measured: the growth, and the idle server's RSS before), some transfers end with
+        5 MiB (printed: the growth, and the idle server's RSS before), some transfers end with
         421 4.3.1, those left hold at most 8 of them, and they finish with 250."""
         n, size = 20, 1_000_000
         srv, d = self.start_recording(args=["--data-memory", "8"])
@@ -191,13 +231,16 @@ class TestDataBudget(BudgetTestCase):
             port = c.local_port()
 
             def settled():
-                # The client's socket: CLOSE_WAIT (08) or gone once the server closed it.
-                rows = [f[3] for f in harness.tcp_sockets(("/proc/net/tcp",))
-                        if (f[1], f[2]) == (f"0100007F:{port:04X}", f"0100007F:{srv.port:04X}")]
-                if rows != ["01"]:
-                    return f"closed ({rows})"
-                client_tx, _ = tcp_queues(port, srv.port)
-                _, server_rx = tcp_queues(srv.port, port)
+                # One read of the table, both ends: the client's socket is CLOSE_WAIT (08) or
+                # gone once the server closed it; while open, both queues empty mean all read.
+                client = f"0100007F:{port:04X}"
+                server = f"0100007F:{srv.port:04X}"
+                rows = {(f[1], f[2]): f for f in harness.tcp_sockets(("/proc/net/tcp",))}
+                mine, theirs = rows.get((client, server)), rows.get((server, client))
+                if mine is None or mine[3] != "01" or theirs is None:
+                    return f"closed ({mine and mine[3]})"
+                client_tx = int(mine[4].split(":")[0], 16)
+                server_rx = int(theirs[4].split(":")[1], 16)
                 return "read" if client_tx == 0 and server_rx == 0 else None
             state = wait_until(settled, 30, what="each transfer to end or be read")
             (held if state == "read" else ended).append((c, state))
@@ -205,7 +248,9 @@ class TestDataBudget(BudgetTestCase):
         print(f"(RSS at start {start_rss} KiB; idle in DATA {idle_rss} KiB, peak {idle_hwm}; with {n} x {size} bytes of DATA: "
               f"RSS {rss} KiB, peak {hwm} KiB; {len(held)} held, {len(ended)} ended)")
         if not harness.SANITIZED:  # ASan's quarantine and shadow memory, not ours
-            self.assertLess(hwm - idle_rss, 8 * 1024 + 4 * 1024, f"peak RSS {hwm} KiB")
+            # The overhead: 5 MiB for malloc's slack and the reads in flight (measured 0.8 to
+            # 1.8 MiB past the budget; the idle server with these 20 clients: about 3 MiB).
+            self.assertLess(hwm - idle_rss, 8 * 1024 + 5 * 1024, f"peak RSS {hwm} KiB")
         for c, state in ended:
             self.assertReply(c.reply(), 421, ENDED, msg=state)
         self.assertGreaterEqual(len(ended), n - 8)
