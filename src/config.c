@@ -99,8 +99,8 @@ config_default_data_memory(void)
     long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page_size <= 0)
         return CONFIG_DATA_MEMORY_CAP;
-    unsigned long long quarter_mb = (unsigned long long)pages * (unsigned long long)page_size /
-                                    4 / (1024 * 1024);
+    unsigned long long quarter_mb =
+        (unsigned long long)pages * (unsigned long long)page_size / 4 / (1024 * 1024);
     if (quarter_mb < 1)
         return 1;
     return quarter_mb < CONFIG_DATA_MEMORY_CAP ? (unsigned)quarter_mb : CONFIG_DATA_MEMORY_CAP;
@@ -139,9 +139,9 @@ usage(FILE *f, const char *prog)
                                      "  %-20s  %s (default %s, here %u)\n", flag,
                                      numeric_options[i].help, formula, def);
         else
-            used += (size_t)snprintf(table + used, sizeof(table) - used,
-                                     "  %-20s  %s (default %u)\n", flag, numeric_options[i].help,
-                                     def);
+            used +=
+                (size_t)snprintf(table + used, sizeof(table) - used, "  %-20s  %s (default %u)\n",
+                                 flag, numeric_options[i].help, def);
     }
     fprintf(f, usage_text, prog, CONFIG_DEFAULT_SIZE, table);
 }

@@ -597,8 +597,8 @@ read_data(struct session *s, struct evbuffer *in)
         for (int i = 0; i < n && !smtp_data_done(&s->decoder); i++) {
             const char *p = vec[i].iov_base;
             for (size_t off = 0; off < vec[i].iov_len && !smtp_data_done(&s->decoder);) {
-                size_t piece = vec[i].iov_len - off < DATA_SLICE ? vec[i].iov_len - off
-                                                                  : DATA_SLICE;
+                size_t piece =
+                    vec[i].iov_len - off < DATA_SLICE ? vec[i].iov_len - off : DATA_SLICE;
                 if (!data_make_room(s, in, piece))
                     return true;
                 size_t took = smtp_data_decode(&s->decoder, p + off, piece, &s->message);

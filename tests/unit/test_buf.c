@@ -218,7 +218,7 @@ main(void)
         cmocka_unit_test(test_append), cmocka_unit_test(test_empty),
         cmocka_unit_test(test_printf), cmocka_unit_test(test_printf_large),
         cmocka_unit_test(test_growth), cmocka_unit_test(test_reserve),
-        cmocka_unit_test(test_reset), cmocka_unit_test(test_set_capacity),
+        cmocka_unit_test(test_reset),  cmocka_unit_test(test_set_capacity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

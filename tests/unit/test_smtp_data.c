@@ -367,14 +367,14 @@ test_data_decoded_max(void **state)
                 smtp_data_init(&d, 0);
                 size_t used = smtp_data_decode(&d, in, cut, &out);
                 if (out.len > SMTP_DATA_DECODED_MAX(cut))
-                    fail_msg("\"%s\" cut at %zu: %zu bytes stored for the first %zu",
-                             show(in, len), cut, out.len, cut);
+                    fail_msg("\"%s\" cut at %zu: %zu bytes stored for the first %zu", show(in, len),
+                             cut, out.len, cut);
                 size_t before = out.len;
                 if (used == cut)
                     smtp_data_decode(&d, in + cut, len - cut, &out);
                 if (out.len - before > SMTP_DATA_DECODED_MAX(len - cut))
-                    fail_msg("\"%s\" cut at %zu: %zu bytes stored for the last %zu",
-                             show(in, len), cut, out.len - before, len - cut);
+                    fail_msg("\"%s\" cut at %zu: %zu bytes stored for the last %zu", show(in, len),
+                             cut, out.len - before, len - cut);
                 buf_free(&out);
             }
         }
@@ -781,11 +781,10 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_data_table),          cmocka_unit_test(test_data_exhaustive),
-        cmocka_unit_test(test_data_decoded_max),
-        cmocka_unit_test(test_data_limit),          cmocka_unit_test(test_data_limit_boundary),
-        cmocka_unit_test(test_data_limit_zero),     cmocka_unit_test(test_data_large_random),
-        cmocka_unit_test(test_encode_table),        cmocka_unit_test(test_encode_exhaustive),
-        cmocka_unit_test(test_encode_large_random),
+        cmocka_unit_test(test_data_decoded_max),    cmocka_unit_test(test_data_limit),
+        cmocka_unit_test(test_data_limit_boundary), cmocka_unit_test(test_data_limit_zero),
+        cmocka_unit_test(test_data_large_random),   cmocka_unit_test(test_encode_table),
+        cmocka_unit_test(test_encode_exhaustive),   cmocka_unit_test(test_encode_large_random),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
