@@ -781,10 +781,10 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_data_table),          cmocka_unit_test(test_data_exhaustive),
-        cmocka_unit_test(test_data_decoded_max),    cmocka_unit_test(test_data_limit),
-        cmocka_unit_test(test_data_limit_boundary), cmocka_unit_test(test_data_limit_zero),
-        cmocka_unit_test(test_data_large_random),   cmocka_unit_test(test_encode_table),
-        cmocka_unit_test(test_encode_exhaustive),   cmocka_unit_test(test_encode_large_random),
+        cmocka_unit_test(test_data_limit),          cmocka_unit_test(test_data_limit_boundary),
+        cmocka_unit_test(test_data_limit_zero),     cmocka_unit_test(test_data_large_random),
+        cmocka_unit_test(test_encode_table),        cmocka_unit_test(test_encode_exhaustive),
+        cmocka_unit_test(test_encode_large_random), cmocka_unit_test(test_data_decoded_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
