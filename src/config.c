@@ -41,7 +41,8 @@ static const char usage_text[] =
     "address is logged), remotehost:remoteport to localhost:25 (the relay handlers'\n"
     "upstream, smtpd.remote). IPv6 addresses go in brackets: [::1]:8025.\n";
 
-/* A default that depends on the machine, computed at parse time by computed_default(). */
+/* A default that depends on the machine, computed at parse time by numeric_default() (one
+ * such option so far: --data-memory). */
 #define DEFAULT_COMPUTED UINT_MAX
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x) STRINGIFY_(x)
