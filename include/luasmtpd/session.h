@@ -28,6 +28,8 @@ struct session_group {
     unsigned long txn_epoch;
     unsigned long txn_pid;
     unsigned long txn_count;
+    /* Bytes of message data the sessions hold (session.c), against --data-memory's share. */
+    size_t data_in_use;
     bool draining;
     void (*on_empty)(void *arg); /* called when draining and the last session closed */
     void *on_empty_arg;
