@@ -31,6 +31,27 @@ buf_reserve(struct buf *b, size_t extra)
 }
 
 int
+buf_set_capacity(struct buf *b, size_t cap)
+{
+    if (cap < b->len) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (cap == b->cap)
+        return 0;
+    if (cap == 0) {
+        buf_free(b);
+        return 0;
+    }
+    char *p = realloc(b->data, cap);
+    if (p == NULL)
+        return -1;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int
 buf_append(struct buf *b, const void *bytes, size_t n)
 {
     if (n == 0)

@@ -227,8 +227,17 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *usa
             return false;
         }
         unsigned long long size = strtoull(params[i].value, NULL, 10);
-        if (cfg->size_limit && size > cfg->size_limit) {
+        /* RFC 1870 6.1: a size the DATA memory budget can never hold is refused for good, as
+         * one over --size is; one that does not fit beside the DATA in flight, for now. */
+        enum session_data_fit fit = cfg->size_limit && size > cfg->size_limit
+                                        ? SESSION_DATA_NEVER
+                                        : session_data_fit(s, (size_t)size);
+        if (fit == SESSION_DATA_NEVER) {
             session_reply_const(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
+            return false;
+        }
+        if (fit == SESSION_DATA_FULL) {
+            session_reply_const(s, "452 4.3.1 Insufficient system storage");
             return false;
         }
         s->env.size_hint = (size_t)size;
@@ -359,18 +368,11 @@ cmd_data(struct session *s, char *arg)
         session_reply_const(s, "501 5.5.4 Syntax: DATA");
         return;
     }
-    size_t limit = s->g->cfg->size_limit;
-    smtp_data_init(&s->decoder, limit);
-    buf_free(&s->message);
-    /* SIZE= tells us roughly how much is coming: one allocation instead of many. */
-    size_t hint = s->env.size_hint;
-    if (limit && hint > limit)
-        hint = limit;
-    /* Without a hint, room for a typical message: growing from nothing costs several copies. */
-    if (hint > 0 && hint <= 64 * 1024 * 1024)
-        buf_reserve(&s->message, hint + hint / 16);
-    else
-        buf_reserve(&s->message, 8192);
+    /* RFC 5321 4.5.3.1.10: out of room for now; the client may try DATA again, or QUIT. */
+    if (!session_data_begin(s)) {
+        session_reply_const(s, "452 4.3.1 Insufficient system storage");
+        return;
+    }
     session_enter(s, SESSION_DATA);
     session_reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
 }

@@ -41,6 +41,12 @@ static const char usage_text[] =
     "address is logged), remotehost:remoteport to localhost:25 (the relay handlers'\n"
     "upstream, smtpd.remote). IPv6 addresses go in brackets: [::1]:8025.\n";
 
+/* A default that depends on the machine, computed at parse time by numeric_default() (one
+ * such option so far: --data-memory). */
+#define DEFAULT_COMPUTED UINT_MAX
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+
 /* The numeric options: limits and timeouts, each with its default and range. */
 static const struct {
     const char *name;
@@ -55,7 +61,9 @@ static const struct {
     {"data-timeout", offsetof(struct config, data_timeout), 180, 1, 86400,
      "seconds between two pieces of DATA (RFC 5321 4.5.3.2.6), then 421"},
     {"min-data-rate", offsetof(struct config, min_data_rate), 500, 0, UINT_MAX,
-     "bytes/s a DATA must average once it ran 30 s (0: off)"},
+     "bytes/s a DATA must keep up over its last 30 s, from 30 s into it (0: off)"},
+    {"data-memory", offsetof(struct config, data_memory_mb), DEFAULT_COMPUTED, 0, 1048576,
+     "MiB all DATA in flight may hold, split among the workers, then 452/421 4.3.1 (0: no limit)"},
     {"shutdown-timeout", offsetof(struct config, shutdown_timeout), 30, 0, 86400,
      "seconds transactions in flight get after SIGTERM"},
     {"workers", offsetof(struct config, workers), 1, 1, 64,
@@ -72,12 +80,14 @@ static const struct {
      "NOOP RSET HELP VRFY EXPN HELO EHLO until a message is accepted, then errors (0: no limit)"},
     {"greet-delay", offsetof(struct config, greet_delay_ms), 0, 0, 60000,
      "ms to wait before the greeting; a client that talks first is refused"},
-    {"lua-instructions", offsetof(struct config, lua_instructions), 200000000, 0, UINT_MAX,
+    {"lua-instructions", offsetof(struct config, lua_instructions), 50000000, 0, UINT_MAX,
      "Lua instructions per handler or hook call, then it fails with 451 (0: no limit)"},
     {"lua-memory", offsetof(struct config, lua_memory_mb), 1024, 0, 1048576,
      "MiB a Lua state may use (0: no limit)"},
     {"max-children", offsetof(struct config, max_children), 32, 1, 4096,
      "smtpd.pipe children at once; the rest wait their turn"},
+    {"watchdog", offsetof(struct config, watchdog), 60, 0, 86400,
+     "seconds one event-loop turn may take (a looping Lua __gc), then exit 70 (0: off)"},
 };
 #define N_NUMERIC (sizeof(numeric_options) / sizeof(numeric_options[0]))
 
@@ -85,6 +95,38 @@ static unsigned *
 numeric_field(struct config *cfg, size_t i)
 {
     return (unsigned *)((char *)cfg + numeric_options[i].field);
+}
+
+/* Physical memory is what the DATA budget protects; a machine that will not say gets the cap. */
+unsigned
+config_default_data_memory(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page_size <= 0)
+        return CONFIG_DATA_MEMORY_CAP;
+    unsigned long long quarter_mb =
+        (unsigned long long)pages * (unsigned long long)page_size / 4 / (1024 * 1024);
+    if (quarter_mb < 1)
+        return 1;
+    return quarter_mb < CONFIG_DATA_MEMORY_CAP ? (unsigned)quarter_mb : CONFIG_DATA_MEMORY_CAP;
+}
+
+size_t
+config_data_budget(const struct config *cfg)
+{
+    unsigned workers = cfg->workers > 1 ? cfg->workers : 1;
+    return (size_t)cfg->data_memory_mb * 1024 * 1024 / workers;
+}
+
+/* The default of numeric_options[i], and how the help describes it when it is computed. */
+static unsigned
+numeric_default(size_t i, const char **formula)
+{
+    *formula = NULL;
+    if (numeric_options[i].def != DEFAULT_COMPUTED)
+        return numeric_options[i].def;
+    *formula = "min(" STRINGIFY(CONFIG_DATA_MEMORY_CAP) ", RAM/4)";
+    return config_default_data_memory();
 }
 
 static void
@@ -95,8 +137,16 @@ usage(FILE *f, const char *prog)
     for (size_t i = 0; i < N_NUMERIC && used < sizeof(table); i++) {
         char flag[40];
         snprintf(flag, sizeof(flag), "--%s N", numeric_options[i].name);
-        used += (size_t)snprintf(table + used, sizeof(table) - used, "  %-20s  %s (default %u)\n",
-                                 flag, numeric_options[i].help, numeric_options[i].def);
+        const char *formula;
+        unsigned def = numeric_default(i, &formula);
+        if (formula != NULL)
+            used += (size_t)snprintf(table + used, sizeof(table) - used,
+                                     "  %-20s  %s (default %s, here %u)\n", flag,
+                                     numeric_options[i].help, formula, def);
+        else
+            used +=
+                (size_t)snprintf(table + used, sizeof(table) - used, "  %-20s  %s (default %u)\n",
+                                 flag, numeric_options[i].help, def);
     }
     fprintf(f, usage_text, prog, CONFIG_DEFAULT_SIZE, table);
 }
@@ -201,10 +251,15 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     const char *prog = argc > 0 ? argv[0] : "luasmtpd";
 
     memset(cfg, 0, sizeof(*cfg));
+    /* Read here, before the listener drops to nobody: what a root-started server loads must
+     * be root's (or ours), whoever it runs as by the time it loads. */
+    cfg->started_as_root = geteuid() == 0;
     cfg->handler = strdup("debugging");
     cfg->size_limit = CONFIG_DEFAULT_SIZE;
-    for (size_t i = 0; i < N_NUMERIC; i++)
-        *numeric_field(cfg, i) = numeric_options[i].def;
+    for (size_t i = 0; i < N_NUMERIC; i++) {
+        const char *formula;
+        *numeric_field(cfg, i) = numeric_default(i, &formula);
+    }
 
     opterr = 0;
     /* 0, not 1: glibc and musl then forget all their state, including the pointer into the

@@ -25,6 +25,7 @@
 #include "luasmtpd/reload.h"
 #include "luasmtpd/pipe.h"
 #include "luasmtpd/session.h"
+#include "luasmtpd/watchdog.h"
 #include "luasmtpd/workers.h"
 
 #define MAX_LISTENERS 8
@@ -464,6 +465,8 @@ serve(void *arg, int *fds, int n)
     for (int i = 0; sa->announce && i < n; i++)
         log_listening(fds[i]);
 
+    /* From here to the end of the cleanup below (which runs the scripts' finalizers). */
+    watchdog_start(srv.base, cfg->watchdog);
     event_base_dispatch(srv.base);
     log_info("stopped");
     status = 0;
@@ -483,6 +486,7 @@ out:
     /* Deliveries cancelled by the shutdown whose children have not been reaped yet. */
     pipe_shutdown();
     reload_free(srv.reload);
+    watchdog_stop();
     if (dns != NULL)
         evdns_base_free(dns, 0);
     if (srv.base)

@@ -1,6 +1,7 @@
 /* smtpd.pipe(argv, data [, opts]). The child gets an explicit environment: a safe PATH and
  * what opts.env adds, nothing of the server's. The message stays anchored in the registry while
- * the child reads it, so it is fed in place without a copy. */
+ * the child reads it, so it is fed in place without a copy; pipe_cancel stops the feed before
+ * the cancel drops the anchor (the rule above lrt_wait). */
 #include "luasmtpd/lua_pipe.h"
 
 #include <lauxlib.h>

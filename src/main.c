@@ -72,6 +72,11 @@ main(int argc, char **argv)
         config_free(&cfg);
         return good ? 0 : 1;
     }
+    /* A message over a process's share of the DATA budget can never be taken: say so now. */
+    size_t share = config_data_budget(&cfg);
+    if (share != 0 && (cfg.size_limit == 0 || cfg.size_limit > share))
+        log_warn("messages over %zu bytes (a process's share of --data-memory) will get 421 4.3.1",
+                 share);
     int status = listener_run(&cfg, lua_dir);
     config_free(&cfg);
     return status;

@@ -1,18 +1,22 @@
 /* Child-process delivery (see pipe.h). The child learns nothing of the server: its stdin and
  * stdout/stderr are fresh pipes and every other descriptor is closed before exec. An exec
  * failure is told to the parent through a close-on-exec pipe, so "could not run" is never
- * mistaken for an exit status. A cancelled job lives on, quietly, until its child is reaped. */
+ * mistaken for an exit status. A cancelled job lives on, quietly, until its child is reaped,
+ * and never touches the caller's message again. */
 #define _GNU_SOURCE
 #include "luasmtpd/pipe.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/pidfd.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -294,9 +298,65 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     evtimer_add(job->timer, &grace);
 }
 
+/* The number no descriptor reaches: the soft RLIMIT_NOFILE, read in the parent (getrlimit is
+ * no async-signal-safe call). Unlimited, it is the kernel's default fs.nr_open. */
+static int
+fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > INT_MAX)
+        return 1 << 20;
+    return (int)rl.rlim_cur;
+}
+
+/* Closes every descriptor from `first` on, in the child: close_range where the kernel has it
+ * (Linux 5.9) and lets us (a seccomp filter may answer EPERM or ENOSYS); else what
+ * /proc/self/fd lists, read with getdents64 into the stack (open, getdents64, close: all plain
+ * system calls, where opendir would malloc); else every number below `limit`, the last resort,
+ * as it costs a third of a second at a million. Whatever the server forgot to open
+ * close-on-exec (a file a script opened with io.open, say) goes, so no child inherits it. */
+static void
+close_from(int first, int limit)
+{
+    if (close_range((unsigned)first, ~0U, 0) == 0)
+        return;
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    bool listed = false;
+    /* Closing while reading skips nothing (the kernel lists by number, from the offset on);
+     * still, a pass that closed something is checked by one more, which costs a read. */
+    for (bool again = dir >= 0; again;) {
+        again = false;
+        if (lseek(dir, 0, SEEK_SET) == -1)
+            break;
+        char entries[4096] __attribute__((aligned(8)));
+        ssize_t n;
+        while ((n = getdents64(dir, entries, sizeof(entries))) > 0) {
+            for (ssize_t off = 0; off < n;) {
+                struct dirent64 *d = (struct dirent64 *)(entries + off);
+                off += d->d_reclen;
+                int fd = 0;
+                const char *c = d->d_name;
+                for (; *c >= '0' && *c <= '9' && fd < INT_MAX / 10; c++)
+                    fd = fd * 10 + (*c - '0');
+                if (*c != '\0' || c == d->d_name || fd < first || fd == dir)
+                    continue;
+                close(fd);
+                again = true;
+            }
+        }
+        listed = n == 0;
+    }
+    if (dir >= 0)
+        close(dir);
+    if (listed)
+        return;
+    for (int fd = first; fd < limit; fd++)
+        close(fd);
+}
+
 /* In the child, between fork and exec: only async-signal-safe calls. */
 static void __attribute__((noreturn))
-exec_child(struct pipe_job *job, int stdin_r, int output_w, int error_w)
+exec_child(struct pipe_job *job, int stdin_r, int output_w, int error_w, int limit)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -309,7 +369,7 @@ exec_child(struct pipe_job *job, int stdin_r, int output_w, int error_w)
         goto fail;
     if (dup2(error_w, 3) == -1 || fcntl(3, F_SETFD, FD_CLOEXEC) == -1)
         goto fail;
-    close_range(4, ~0U, 0);
+    close_from(4, limit);
     environ = job->envp;
     execvp(job->argv[0], job->argv);
 fail:;
@@ -366,9 +426,10 @@ start(struct pipe_job *job)
         if (sigchld_event != NULL)
             evsignal_add(sigchld_event, NULL);
     }
+    int limit = fd_limit();
     pid_t pid = fork();
     if (pid == 0)
-        exec_child(job, in[0], out[1], errp[1]);
+        exec_child(job, in[0], out[1], errp[1], limit);
     int fork_err = errno;
     close(in[0]);
     close(out[1]);
@@ -500,6 +561,16 @@ void
 pipe_cancel(struct pipe_job *job)
 {
     job->cancelled = true;
+    /* The message is the caller's, and it lets go of it once this returns (a Lua string, freed
+     * with its generation): the feed stops here. stdin stays open, unfed, until the child is
+     * reaped, so a child that ignores SIGTERM blocks on it until SIGKILL rather than taking the
+     * end of a message cut short for a whole one. */
+    job->data = NULL;
+    job->len = job->written;
+    if (job->stdin_ev != NULL) {
+        event_free(job->stdin_ev);
+        job->stdin_ev = NULL;
+    }
     if (job->pid == 0) {
         /* Not started: either waiting for on_start (which frees it) or in the queue. */
         struct pipe_job **p = &queue_head;

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "luasmtpd/buf.h"
 #include "luasmtpd/smtp_data.h"
@@ -800,9 +801,18 @@ try_next_address(struct relay_conn *conn)
     while (conn->next_addr != NULL) {
         struct evutil_addrinfo *ai = conn->next_addr;
         conn->next_addr = ai->ai_next;
-        conn->bev = bufferevent_socket_new(conn->base, -1, BEV_OPT_CLOSE_ON_FREE);
-        if (conn->bev == NULL)
+        /* Our own socket: the one bufferevent_socket_connect would make is not close-on-exec,
+         * and a child (smtpd.pipe) would inherit the upstream connection. */
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+        if (fd < 0) {
+            conn->last_errno = errno;
+            continue;
+        }
+        conn->bev = bufferevent_socket_new(conn->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (conn->bev == NULL) {
+            close(fd);
             break;
+        }
         bufferevent_setcb(conn->bev, on_read, on_write, on_event, conn);
         bufferevent_setwatermark(conn->bev, EV_WRITE, BODY_HIGH_WATER / 4, 0);
         bufferevent_enable(conn->bev, EV_READ | EV_WRITE);

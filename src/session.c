@@ -31,6 +31,7 @@
 #include "session_internal.h"
 
 static void session_pump(struct session *s);
+static void data_hold(struct session *s, size_t bytes);
 
 /* Only a session that has waited this long on its client may lose its slot to a newcomer
  * (make_room): long enough that a client between two commands, or pausing in a DATA, is never
@@ -98,17 +99,41 @@ session_flush(struct session *s)
 
 /* Only a client that owes us something can time out: while a hook or the handler decides,
  * its silence is expected. */
-/* A slow drip must not hold a connection slot for ever: after the grace period the DATA must
- * have averaged at least --min-data-rate bytes a second. */
+static double
+seconds_since(const struct timeval *then, const struct timeval *now)
+{
+    return (double)(now->tv_sec - then->tv_sec) + (double)(now->tv_usec - then->tv_usec) / 1e6;
+}
+
+/* A slow drip must not hold a connection slot for ever, nor may a fast start buy a long drip:
+ * from DATA_RATE_GRACE_SEC into a DATA on, the bytes since the newest sample at least that old
+ * must have come at --min-data-rate. The window is thus the grace period plus at most one
+ * sample step, and a drip after a burst is cut within about that long of its start. */
 static bool
-data_too_slow(const struct session *s, const struct timeval *now)
+data_too_slow(struct session *s, const struct timeval *now)
 {
     unsigned rate = s->g->cfg->min_data_rate;
     if (s->state != SESSION_DATA || rate == 0)
         return false;
-    double elapsed = (double)(now->tv_sec - s->data_started.tv_sec) +
-                     (double)(now->tv_usec - s->data_started.tv_usec) / 1e6;
-    return elapsed >= DATA_RATE_GRACE_SEC && (double)s->decoder.size < elapsed * rate;
+    const struct session_rate_sample *newest =
+        &s->rate[(s->rate_next + DATA_RATE_SAMPLES - 1) % DATA_RATE_SAMPLES];
+    /* The looks come every 5 s, but a short --data-timeout makes them closer: a minimum step
+     * keeps the ring covering more than the window. */
+    if (seconds_since(&newest->at, now) >= DATA_RATE_SAMPLE_SEC) {
+        s->rate[s->rate_next] = (struct session_rate_sample){.at = *now, .size = s->decoder.size};
+        s->rate_next = (s->rate_next + 1) % DATA_RATE_SAMPLES;
+        if (s->rate_n < DATA_RATE_SAMPLES)
+            s->rate_n++;
+    }
+    const struct session_rate_sample *from = NULL;
+    for (unsigned i = 0; i < s->rate_n; i++) {
+        const struct session_rate_sample *r = &s->rate[i];
+        if (seconds_since(&r->at, now) >= DATA_RATE_GRACE_SEC &&
+            (from == NULL || evutil_timercmp(&r->at, &from->at, >)))
+            from = r;
+    }
+    return from != NULL &&
+           (double)(s->decoder.size - from->size) < seconds_since(&from->at, now) * rate;
 }
 
 static bool
@@ -141,6 +166,8 @@ session_enter(struct session *s, enum session_state state)
         struct timeval next = {.tv_sec = cfg->data_timeout};
         if (cfg->min_data_rate > 0 && next.tv_sec > 5)
             next.tv_sec = 5;
+        s->rate[0] = (struct session_rate_sample){.at = s->last_activity, .size = 0};
+        s->rate_n = s->rate_next = 1;
         s->data_started = s->last_activity;
         evtimer_add(s->timer, &next);
     }
@@ -157,6 +184,7 @@ session_free(struct session *s)
     event_free(s->timer);
     envelope_reset(&s->env);
     buf_free(&s->message);
+    data_hold(s, 0);
     free(s->helo);
     free(s->hook_arg);
     strv_clear(&s->hook_params);
@@ -239,6 +267,7 @@ session_reset_transaction(struct session *s)
     s->txn_id[0] = '\0';
     envelope_reset(&s->env);
     buf_free(&s->message);
+    data_hold(s, 0);
     lrt_session_end_transaction(s->ls);
 }
 
@@ -409,6 +438,80 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
     session_pump(s);
 }
 
+/* DATA is decoded this much at a time, so the room made for the worst case stays small. */
+#define DATA_SLICE (16 * 1024)
+#define DATA_GROWTH_MIN (64 * 1024)
+
+/* The DATA memory budget: this process's share of --data-memory, for every byte its sessions
+ * hold for a message from the DATA command until the message is freed (its transfer ended or
+ * its handler returned). 0: no limit. */
+static size_t
+data_budget(const struct session_group *g)
+{
+    return config_data_budget(g->cfg);
+}
+
+static bool
+data_room(const struct session_group *g, size_t more)
+{
+    size_t budget = data_budget(g);
+    return budget == 0 || (g->data_in_use <= budget && more <= budget - g->data_in_use);
+}
+
+/* Only this changes s->data_held, and the group's count with it. */
+static void
+data_hold(struct session *s, size_t bytes)
+{
+    s->g->data_in_use = s->g->data_in_use - s->data_held + bytes;
+    s->data_held = bytes;
+}
+
+enum session_data_fit
+session_data_fit(struct session *s, size_t size)
+{
+    struct session_group *g = s->g;
+    size_t budget = data_budget(g);
+    if (budget == 0 || size == 0 || data_room(g, size))
+        return SESSION_DATA_FITS;
+    if (size > budget)
+        return SESSION_DATA_NEVER;
+    log_warn("session %lu: MAIL with SIZE=%zu refused (452): DATA memory budget: %zu of %zu "
+             "bytes in use",
+             s->id, size, g->data_in_use, budget);
+    return SESSION_DATA_FULL;
+}
+
+bool
+session_data_begin(struct session *s)
+{
+    struct session_group *g = s->g;
+    size_t limit = g->cfg->size_limit;
+    smtp_data_init(&s->decoder, limit);
+    buf_free(&s->message);
+    data_hold(s, 0);
+    /* SIZE= tells us roughly how much is coming: one allocation instead of many. */
+    size_t hint = s->env.size_hint;
+    if (limit && hint > limit)
+        hint = limit;
+    /* Without a hint, room for a typical message: growing from nothing costs several copies. */
+    size_t want = hint > 0 && hint <= 64 * 1024 * 1024 ? hint + hint / 16 : 8192;
+    if (limit && want > limit)
+        want = limit;
+    /* A declared size that does not fit beside the DATA in flight is refused now, not once
+     * the client has sent most of it. */
+    size_t needed = want > hint ? want : hint;
+    if (!data_room(g, needed)) {
+        log_warn("session %lu: DATA refused (452): DATA memory budget: %zu of %zu bytes in use, "
+                 "%zu more needed, id %s",
+                 s->id, g->data_in_use, data_budget(g), needed, s->txn_id);
+        return false;
+    }
+    /* A failure here is not one yet: the decoder's own growth tries again, and fails with 451. */
+    if (buf_set_capacity(&s->message, want) == 0)
+        data_hold(s, s->message.cap);
+    return true;
+}
+
 static void
 finish_data(struct session *s)
 {
@@ -438,11 +541,73 @@ finish_data(struct session *s)
         return;
     }
     session_enter(s, SESSION_HANDLER);
+    /* From here the message is the Lua string process_message gets (our buffer goes once it is
+     * copied): its length stays counted until the handler returns, memory we hold meanwhile. */
+    data_hold(s, s->message.len);
     struct lrt_message msg = {.env = &s->env, .data = &s->message, .id = s->txn_id};
     /* on_handler_done may run before this returns; it leaves s->call NULL then. */
     struct lrt_call *call = lrt_process_message(s->ls, &msg, on_handler_done, s);
     if (call != NULL)
         s->call = call;
+}
+
+/* The transfer would take the group past its DATA budget: it ends now, with its memory, so the
+ * transfers that fit can finish; the client may try again later (4xx). Nothing reaches the
+ * handler. */
+static void
+data_over_budget(struct session *s, struct evbuffer *in, size_t more)
+{
+    struct session_group *g = s->g;
+    log_warn("session %lu: DATA memory budget: %zu of %zu bytes in use, the message from <%s> "
+             "needs %zu more after %zu bytes: ended with 421, %zu bytes freed, %zu in use now, "
+             "id %s",
+             s->id, g->data_in_use, data_budget(g), s->env.mailfrom ? s->env.mailfrom : "", more,
+             s->decoder.size, s->data_held, g->data_in_use - s->data_held, s->txn_id);
+    session_reset_transaction(s);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    session_reply(s, "421 4.3.1 %s Insufficient system storage, closing connection", g->hostname);
+    session_close_after_flush(s);
+}
+
+/* Makes room in the message for what the decoder may store from `piece` more bytes, charged to
+ * the budget before it is allocated. The budget is about RSS, so it counts the buffer's
+ * capacity (what malloc was asked for), not the bytes stored; buf's doubling would leave up to
+ * half of a big buffer counted but unused, so DATA grows it by a quarter at a time (at least
+ * DATA_GROWTH_MIN): each byte is still copied a bounded number of times (5 on average at
+ * worst; glibc moves big blocks with mremap, without copying). Near the budget it grows only by
+ * what the piece needs. false: the budget cannot hold it, and the transfer was ended. */
+static bool
+data_make_room(struct session *s, struct evbuffer *in, size_t piece)
+{
+    struct buf *m = &s->message;
+    size_t limit = s->decoder.limit;
+    if (s->decoder.overflow || s->decoder.failed)
+        return true; /* nothing more is stored */
+    size_t need = m->len + SMTP_DATA_DECODED_MAX(piece);
+    if (limit != 0 && need > limit)
+        need = limit; /* the decoder stores nothing past the limit */
+    if (need <= m->cap)
+        return true;
+    size_t grown = m->cap + (m->cap / 4 > DATA_GROWTH_MIN ? m->cap / 4 : DATA_GROWTH_MIN);
+    if (grown < need)
+        grown = need;
+    if (limit != 0 && grown > limit)
+        grown = limit;
+    size_t cap = grown;
+    if (!data_room(s->g, cap - s->data_held)) {
+        cap = need; /* near the budget: only what this piece may store */
+        if (!data_room(s->g, cap - s->data_held)) {
+            data_over_budget(s, in, cap - s->data_held);
+            return false;
+        }
+    }
+    if (buf_set_capacity(m, cap) == -1) {
+        /* As when the decoder runs out itself: the rest is dropped and the answer is 451. */
+        s->decoder.failed = true;
+        buf_free(m);
+    }
+    data_hold(s, m->cap);
+    return true;
 }
 
 /* Feeds buffered DATA bytes to the decoder. Returns false when it needs more input. */
@@ -460,8 +625,24 @@ read_data(struct session *s, struct evbuffer *in)
         if (n > 16)
             n = 16;
         size_t used = 0;
-        for (int i = 0; i < n && !smtp_data_done(&s->decoder); i++)
-            used += smtp_data_decode(&s->decoder, vec[i].iov_base, vec[i].iov_len, &s->message);
+        for (int i = 0; i < n && !smtp_data_done(&s->decoder); i++) {
+            const char *p = vec[i].iov_base;
+            for (size_t off = 0; off < vec[i].iov_len && !smtp_data_done(&s->decoder);) {
+                size_t piece =
+                    vec[i].iov_len - off < DATA_SLICE ? vec[i].iov_len - off : DATA_SLICE;
+                if (!data_make_room(s, in, piece))
+                    return true;
+                size_t took = smtp_data_decode(&s->decoder, p + off, piece, &s->message);
+                off += took;
+                used += took;
+            }
+        }
+        if (s->decoder.overflow && s->message.data != NULL) {
+            /* Over the size limit: the rest is read and dropped and the message refused at its
+             * end, so its memory goes now. */
+            buf_free(&s->message);
+            data_hold(s, 0);
+        }
         evbuffer_drain(in, used);
     }
     finish_data(s);
@@ -681,6 +862,10 @@ make_room(struct session_group *g, const struct session *newcomer)
         log_info("session %lu: closed to make room for a new connection: waited %ld s for a "
                  "command",
                  victim->id, (long)longest.tv_sec);
+    /* Its message and input go now, not once the 421 is flushed, as at the DATA budget. */
+    session_reset_transaction(victim);
+    struct evbuffer *in = bufferevent_get_input(victim->bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
     session_reply(victim, "421 4.3.2 %s Too busy, closing idle connection; try again later",
                   g->hostname);
     session_close_after_flush(victim);

@@ -25,8 +25,12 @@
 #define LINE_MAX_BYTES (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
 /* A transaction id: 8 + 6 hex digits of prefix and a counter of at most 16. */
 #define SESSION_TXN_ID_MAX 32
-/* Once a DATA has run this long, it must keep up the minimum rate. */
+/* Once a DATA has run this long, its last this many seconds must keep up the minimum rate. */
 #define DATA_RATE_GRACE_SEC 30
+/* The byte count is sampled when the timer looks (every 5 s), at most one sample in this many
+ * seconds, and kept in a ring that covers more than the window. */
+#define DATA_RATE_SAMPLE_SEC 4
+#define DATA_RATE_SAMPLES 10
 
 enum session_state {
     SESSION_COMMAND,
@@ -70,7 +74,15 @@ struct session {
     bool read_eof;          /* the client half-closed: what is buffered is all that will come */
     bool write_failed;      /* the socket refused a write: the client is gone */
     char txn_id[SESSION_TXN_ID_MAX]; /* the open transaction's id; "" between transactions */
-    struct timeval data_started;
+    /* The bytes this message holds against the group's DATA budget (see data_hold). */
+    size_t data_held;
+    /* The DATA's byte counts as the timer saw them, the oldest overwritten first. */
+    struct session_rate_sample {
+        struct timeval at;
+        size_t size;
+    } rate[DATA_RATE_SAMPLES];
+    unsigned rate_n, rate_next;
+    struct timeval data_started; /* when the DATA began: how long it held its slot (make_room) */
     /* The command a hook decides on, kept until its answer comes. */
     enum smtp_verb hook_verb;
     char *hook_arg;
@@ -90,6 +102,13 @@ void session_close_after_flush(struct session *s);
 /* MAIL starts a transaction: it gets its id, which the script sees from on_mail on. */
 void session_begin_transaction(struct session *s);
 void session_reset_transaction(struct session *s);
+/* The DATA memory budget. MAIL's SIZE= against it (RFC 1870 6.1): more than the whole budget is
+ * never taken (552), more than is left beside the DATA in flight not now (452, logged). */
+enum session_data_fit { SESSION_DATA_FITS, SESSION_DATA_FULL, SESSION_DATA_NEVER };
+enum session_data_fit session_data_fit(struct session *s, size_t size);
+/* DATA: readies the decoder and the message buffer, charged to the budget. false (logged)
+ * when the budget cannot hold it now: the caller answers 452, the transaction stays open. */
+bool session_data_begin(struct session *s);
 /* Asks the script's hook about a command; the command goes on when it answers. */
 void session_ask_hook(struct session *s, enum lrt_hook hook, enum smtp_verb verb, const char *arg,
                       const struct smtp_param *params, int n_params);

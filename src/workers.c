@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -11,13 +12,19 @@
 #include <unistd.h>
 
 #include "luasmtpd/log.h"
+#include "luasmtpd/watchdog.h"
 
-/* A worker that keeps dying is restarted at most this often. */
-#define RESTART_INTERVAL_SEC 1
+/* A worker that dies within STABLE_SEC of its start waits twice as long as last time before
+ * the next one starts (a script that now fails to load, a finalizer every message reaches),
+ * up to MAX_BACKOFF_SEC; one that ran longer is replaced at once. */
+#define STABLE_SEC 10
+#define MAX_BACKOFF_SEC 30
 
 struct slot {
     pid_t pid;
     time_t started;
+    time_t restart_at;
+    unsigned backoff; /* seconds the last restart waited */
 };
 
 static pid_t
@@ -87,13 +94,29 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
                     continue;
                 slots[w].pid = 0;
                 bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+                time_t now = time(NULL);
+                struct slot *s = &slots[w];
+                if (now - s->started >= STABLE_SEC)
+                    s->backoff = 0;
+                else if (s->backoff == 0)
+                    s->backoff = 1;
+                else if ((s->backoff *= 2) > MAX_BACKOFF_SEC)
+                    s->backoff = MAX_BACKOFF_SEC;
+                s->restart_at = now + s->backoff;
+                char then[48] = "";
+                if (!stopping)
+                    snprintf(then, sizeof(then), "; restarting it in %u s", s->backoff);
                 if (!stopping || !clean) {
                     if (WIFSIGNALED(st))
-                        log_warn("worker %u (pid %d) killed by signal %d", w + 1, (int)pid,
-                                 WTERMSIG(st));
+                        log_warn("worker %u (pid %d) killed by signal %d%s", w + 1, (int)pid,
+                                 WTERMSIG(st), then);
+                    else if (WEXITSTATUS(st) == WATCHDOG_EXIT_STATUS)
+                        log_warn("worker %u (pid %d) exited with status %d: its watchdog found "
+                                 "its loop stuck%s",
+                                 w + 1, (int)pid, WEXITSTATUS(st), then);
                     else
-                        log_warn("worker %u (pid %d) exited with status %d", w + 1, (int)pid,
-                                 WEXITSTATUS(st));
+                        log_warn("worker %u (pid %d) exited with status %d%s", w + 1, (int)pid,
+                                 WEXITSTATUS(st), then);
                 }
                 if (stopping && !clean)
                     status = 1;
@@ -116,7 +139,7 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
         for (unsigned w = 0; w < n_workers; w++) {
             if (slots[w].pid > 0) {
                 alive = true;
-            } else if (!stopping && now - slots[w].started >= RESTART_INTERVAL_SEC) {
+            } else if (!stopping && now >= slots[w].restart_at) {
                 slots[w].pid = start_worker(w, n_workers, fds, n_addrs, &old, fn, arg);
                 slots[w].started = now;
                 log_info("worker %u restarted (pid %d)", w + 1, (int)slots[w].pid);

@@ -10,6 +10,8 @@
 
 #define LUASMTPD_VERSION "0.1.0"
 #define CONFIG_DEFAULT_SIZE 33554432UL
+/* --data-memory's default: a quarter of physical memory, at most this many MiB. */
+#define CONFIG_DATA_MEMORY_CAP 1024
 
 struct config_setting {
     char *key;
@@ -27,12 +29,15 @@ struct config {
     bool debug;
     bool smtputf8;
     bool nosetuid;
+    bool started_as_root; /* euid 0 at start: scripts others could write are refused */
     char *hostname;     /* for the greeting and EHLO; NULL: ask the system */
     /* Limits and timeouts: each one a --long-option; see the table in config.c. */
     unsigned max_recipients;   /* per message, then 452 */
     unsigned timeout;          /* seconds for a whole command line, then 421 */
     unsigned data_timeout;     /* seconds between two pieces of DATA, then 421 */
-    unsigned min_data_rate;    /* bytes/s a DATA must average after its first 30 s; 0: off */
+    unsigned min_data_rate;    /* bytes/s over the last 30 s of a DATA, from 30 s in; 0: off */
+    unsigned data_memory_mb;   /* MiB of message data all sessions may hold, split among the
+                                * workers; 0: no limit */
     unsigned shutdown_timeout; /* seconds transactions in flight get after SIGTERM */
     unsigned workers;          /* processes sharing the port; 1: this process serves */
     unsigned max_connections;  /* at once; lowered to what the descriptor limit fits */
@@ -44,6 +49,7 @@ struct config {
     unsigned lua_instructions; /* per handler or hook call, then it fails; 0: no limit */
     unsigned lua_memory_mb;    /* per Lua state; 0: no limit */
     unsigned max_children;     /* smtpd.pipe children at once; the rest queue */
+    unsigned watchdog;         /* seconds one loop turn may take, then exit 70; 0: off */
     bool no_reload;     /* do not watch the script files (SIGHUP still reloads) */
     bool check_only;    /* --check: load the script as a reload would, report, exit */
     struct config_setting *settings;
@@ -64,6 +70,13 @@ bool config_parse_hostport(const char *spec, char **host, unsigned short *port);
 /* Turns -c's value into a script path: a path to a .lua file as it is, or a bundled handler's
  * name (Python's class names too) looked up in `lua_dir`. Returns false and prints why. */
 bool config_resolve_handler(struct config *cfg, const char *lua_dir, FILE *err);
+
+/* --data-memory's default on this machine: min(CONFIG_DATA_MEMORY_CAP, physical RAM / 4). */
+unsigned config_default_data_memory(void);
+
+/* The bytes of message data one serving process may hold: its share of --data-memory (0: no
+ * limit). */
+size_t config_data_budget(const struct config *cfg);
 
 void config_free(struct config *cfg);
 

@@ -89,7 +89,16 @@ void lrt_call_cancel(struct lrt_call *call);
 struct lrt_call *lrt_call_of(lua_State *L);
 typedef void (*lrt_cancel_fn)(void *arg);
 /* Suspends the call until lrt_call_resume; `cancel` runs instead if the client leaves first.
- * Use as `return lrt_wait(L, call, cancel, arg);`. */
+ * Use as `return lrt_wait(L, call, cancel, arg);`.
+ *
+ * The rule for `cancel`: once it returns, nothing may use memory Lua owns. Right after it the
+ * coroutine is let go, and with it the generation may close (a reload made a new one current),
+ * freeing every string, table and userdata in it at once. So a cancel ends every use of them
+ * before it returns: it stops (not merely flags) the work that reads a Lua string in place (a
+ * message being fed or sent), unregisters every callback whose argument is or points into a
+ * userdata, and drops its registry references last. Work that must outlive the cancel (a child
+ * being killed, a QUIT being said) may go on only on memory C owns. The completion callback
+ * never runs after a cancel. */
 int lrt_wait(lua_State *L, struct lrt_call *call, lrt_cancel_fn cancel, void *cancel_arg);
 /* The coroutine to push the results on before resuming. */
 lua_State *lrt_call_thread(struct lrt_call *call);

@@ -15,7 +15,8 @@ struct pipe_job;
 struct pipe_request {
     char *const *argv;  /* argv[0] is looked up in the PATH of envp when it has no '/' */
     char *const *envp;  /* the child's whole environment */
-    const char *data;   /* fed to stdin; kept alive by the caller until done or cancel */
+    const char *data;   /* fed to stdin, in place; the caller keeps it until `done` runs or
+                         * pipe_cancel returns */
     size_t len;
     double timeout;     /* seconds from start to exit */
     size_t output_cap;  /* bytes of stdout+stderr kept; the rest is read and dropped */
@@ -44,7 +45,9 @@ void pipe_set_max_children(unsigned max);
  * of memory. */
 struct pipe_job *pipe_spawn(struct event_base *base, const struct pipe_request *req,
                             pipe_done_fn done, void *arg);
-/* `done` will not be called; a running child is killed and reaped in the background. */
+/* `done` will not be called, and req->data is not read again once this returns: the feed
+ * stops, the child's stdin stays open (no end of input) until the child, sent SIGTERM then
+ * SIGKILL, is reaped in the background. */
 void pipe_cancel(struct pipe_job *job);
 /* When the loop is over: kills (SIGKILL) and reaps what is still running, frees every job,
  * calls no `done`. Before the event base is freed. */

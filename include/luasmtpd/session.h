@@ -32,6 +32,8 @@ struct session_group {
     /* Refusals at the connection caps: when the last was logged, and how many since. */
     struct timeval refused_logged;
     unsigned refused_unlogged;
+    /* Bytes of message data the sessions hold (session.c), against --data-memory's share. */
+    size_t data_in_use;
     bool draining;
     void (*on_empty)(void *arg); /* called when draining and the last session closed */
     void *on_empty_arg;

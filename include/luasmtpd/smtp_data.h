@@ -32,6 +32,11 @@ struct smtp_data_decoder {
 
 void smtp_data_init(struct smtp_data_decoder *d, size_t limit);
 
+/* The most one smtp_data_decode call stores for `n` bytes of input: every byte a bare CR or LF
+ * stored as CRLF, plus what a dot or CR left pending by the call before adds. A caller that
+ * makes this much room first knows what the call may allocate. */
+#define SMTP_DATA_DECODED_MAX(n) (2 * (n) + 4)
+
 /* Decodes up to `len` bytes into `out`. Returns how many it consumed: all of them unless the
  * end of the data was among them, in which case the bytes after the final CRLF are left for the
  * command reader and smtp_data_done() turns true. */

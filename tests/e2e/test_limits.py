@@ -418,7 +418,7 @@ class TestLuaBudget(ServerTestCase):
         return r, time.monotonic() - t0
 
     def test_endless_handlers(self):
-        """The default budget (200M instructions): `while true do end`, and a loop around a
+        """The default budget (50M instructions): `while true do end`, and a loop around a
         pcall of an endless function, each answer 451 4.3.0 (the log says the budget ended
         them); the next message on the same connection, and on another, is served."""
         srv = self.start_runaway()
@@ -435,7 +435,7 @@ class TestLuaBudget(ServerTestCase):
         other.cmd(EHLO)
         r, _ = self.message(other, "ok@d.example")
         self.assertEqual(r.lines, ["250 2.0.0 served ok"])
-        srv.wait_log(r"error: session \d+: process_message failed .*budget of 200000000 Lua "
+        srv.wait_log(r"error: session \d+: process_message failed .*budget of 50000000 Lua "
                      r"instructions")
 
     def test_endless_hook(self):

@@ -116,6 +116,24 @@ class TestWorkers(WorkersTestCase):
         self.assertIn(new_pid, seen)
         self.assertNotIn(workers[1], seen)
 
+    def test_a_worker_that_keeps_dying_backs_off(self):
+        """A worker that dies soon after its start waits longer each time: the script broke
+        on disk (--no-reload keeps the running workers on the old one), so each new worker 1
+        fails to load and exits 1; the supervisor says it restarts it in 1, then 2, then 4 s.
+        (Clients are not asked meanwhile: those the kernel queues on worker 1's socket wait
+        for a worker 1 that cannot load.)"""
+        srv, workers = self.start_workers(2, args=["--no-reload"])
+        srv.expect_errors.append(re.compile(r"error: .*h\.lua"))
+        with open(self.script, "w") as f:
+            f.write("this is not Lua\n")
+        os.kill(workers[1], signal.SIGKILL)
+        start = 0
+        for delay in (1, 2, 4):
+            m = srv.wait_log(rf"warn: worker 1 \(pid \d+\) (?:killed by signal 9|exited with "
+                             rf"status 1); restarting it in (\d+) s", timeout=30, start=start)
+            self.assertEqual(int(m.group(1)), delay, m.string)
+            start = srv.log.snapshot().index(m.string) + 1
+
     def test_sigterm_stops_every_worker_after_its_transaction(self):
         srv, workers = self.start_workers(2)
         c = SMTPClient(srv.port)

@@ -182,6 +182,35 @@ test_reset(void **state)
     buf_free(&b);
 }
 
+/* An exact capacity: what the DATA budget charges is what is allocated. */
+static void
+test_set_capacity(void **state)
+{
+    (void)state;
+    struct buf b = {0};
+    assert_int_equal(buf_set_capacity(&b, 1000), 0);
+    assert_int_equal(b.cap, 1000);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(buf_append(&b, "abcdef", 6), 0);
+    assert_int_equal(b.cap, 1000); /* room was there: no growth */
+    assert_int_equal(buf_set_capacity(&b, 1250), 0);
+    assert_int_equal(b.cap, 1250);
+    assert_memory_equal(b.data, "abcdef", 6);
+    /* never below the length: the buffer is left as it was */
+    errno = 0;
+    assert_int_equal(buf_set_capacity(&b, 5), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(b.cap, 1250);
+    assert_int_equal(buf_set_capacity(&b, 6), 0);
+    assert_int_equal(b.cap, 6);
+    assert_memory_equal(b.data, "abcdef", 6);
+    buf_reset(&b);
+    assert_int_equal(buf_set_capacity(&b, 0), 0);
+    assert_null(b.data);
+    assert_int_equal(b.cap, 0);
+    buf_free(&b);
+}
+
 int
 main(void)
 {
@@ -189,7 +218,7 @@ main(void)
         cmocka_unit_test(test_append), cmocka_unit_test(test_empty),
         cmocka_unit_test(test_printf), cmocka_unit_test(test_printf_large),
         cmocka_unit_test(test_growth), cmocka_unit_test(test_reserve),
-        cmocka_unit_test(test_reset),
+        cmocka_unit_test(test_reset),  cmocka_unit_test(test_set_capacity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

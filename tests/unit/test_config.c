@@ -107,6 +107,12 @@ test_defaults(void **state)
     assert_int_equal(r.cfg.max_errors, 20);
     assert_int_equal(r.cfg.max_junk, 100);
     assert_int_equal(r.cfg.greet_delay_ms, 0);
+    assert_int_equal(r.cfg.lua_instructions, 50000000);
+    assert_int_equal(r.cfg.watchdog, 60);
+    /* min(1024, RAM/4): at least 1 MiB, at most the cap */
+    assert_int_equal(r.cfg.data_memory_mb, config_default_data_memory());
+    assert_in_range(r.cfg.data_memory_mb, 1, CONFIG_DATA_MEMORY_CAP);
+    assert_int_equal(config_data_budget(&r.cfg), (size_t)r.cfg.data_memory_mb * 1024 * 1024);
     assert_int_equal(r.cfg.n_settings, 0);
     assert_int_equal(r.out_len, 0);
     assert_int_equal(r.err_len, 0);
@@ -170,6 +176,7 @@ test_long_options(void **state)
                           "--timeout=60",
                           "--shutdown-timeout",
                           "0",
+                          "--watchdog=0",
                           "--set",
                           "a=b",
                           "--set=relay=smtp.example:25",
@@ -189,6 +196,7 @@ test_long_options(void **state)
     assert_int_equal(r.cfg.max_recipients, 5);
     assert_int_equal(r.cfg.timeout, 60);
     assert_int_equal(r.cfg.shutdown_timeout, 0);
+    assert_int_equal(r.cfg.watchdog, 0);
     assert_string_equal(r.cfg.local_host, "::1");
     assert_int_equal(r.cfg.local_port, 8025);
     assert_string_equal(r.cfg.remote_host, "localhost");
@@ -205,6 +213,25 @@ test_long_options(void **state)
     assert_string_equal(r.cfg.settings[3].value, "");
     assert_int_equal(r.err_len, 0);
     run_free(&r);
+}
+
+/* --data-memory is for the whole server: each of --workers N gets a share; 0 is no limit. */
+static void
+test_data_memory(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *shared[] = {"luasmtpd", "--data-memory", "10", "--workers", "4", NULL};
+    assert_int_equal(run_parse(&r, shared), CONFIG_RUN);
+    assert_int_equal(r.cfg.data_memory_mb, 10);
+    assert_int_equal(config_data_budget(&r.cfg), 10 * 1024 * 1024 / 4);
+    run_free(&r);
+    const char *off[] = {"luasmtpd", "--data-memory=0", NULL};
+    assert_int_equal(run_parse(&r, off), CONFIG_RUN);
+    assert_int_equal(config_data_budget(&r.cfg), 0);
+    run_free(&r);
+    const char *big[] = {"luasmtpd", "--data-memory", "1048577", NULL};
+    expect_usage(big, "invalid number for --data-memory: 1048577 (0 to 1048576)");
 }
 
 static void
@@ -374,6 +401,8 @@ test_version_and_help(void **state)
     assert_true(strncmp(r.out, "Usage: luasmtpd [options]", 25) == 0);
     assert_non_null(strstr(r.out, "--set KEY=VALUE"));
     assert_non_null(strstr(r.out, "(default 33554432;"));
+    assert_non_null(strstr(r.out, "--data-memory N"));
+    assert_non_null(strstr(r.out, "(default min(1024, RAM/4), here "));
     assert_int_equal(r.err_len, 0);
     run_free(&r);
 
@@ -580,6 +609,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_data_memory),
         cmocka_unit_test(test_short_options),
         cmocka_unit_test(test_long_options),
         cmocka_unit_test(test_size_values),

@@ -342,6 +342,45 @@ test_data_exhaustive(void **state)
     }
 }
 
+/* What the session's DATA memory budget relies on: no call stores more than
+ * SMTP_DATA_DECODED_MAX of its input, whatever state the call before left (every string of up
+ * to 8 bytes over the bytes that matter, cut in two everywhere). */
+static void
+test_data_decoded_max(void **state)
+{
+    (void)state;
+    static const char alphabet[] = {'\r', '\n', '.', 'a'};
+    char in[8];
+    for (size_t len = 0; len <= 8; len++) {
+        size_t total = 1;
+        for (size_t k = 0; k < len; k++)
+            total *= 4;
+        for (size_t code = 0; code < total; code++) {
+            size_t c = code;
+            for (size_t k = 0; k < len; k++) {
+                in[k] = alphabet[c % 4];
+                c /= 4;
+            }
+            for (size_t cut = 0; cut <= len; cut++) {
+                struct smtp_data_decoder d;
+                struct buf out = {0};
+                smtp_data_init(&d, 0);
+                size_t used = smtp_data_decode(&d, in, cut, &out);
+                if (out.len > SMTP_DATA_DECODED_MAX(cut))
+                    fail_msg("\"%s\" cut at %zu: %zu bytes stored for the first %zu", show(in, len),
+                             cut, out.len, cut);
+                size_t before = out.len;
+                if (used == cut)
+                    smtp_data_decode(&d, in + cut, len - cut, &out);
+                if (out.len - before > SMTP_DATA_DECODED_MAX(len - cut))
+                    fail_msg("\"%s\" cut at %zu: %zu bytes stored for the last %zu", show(in, len),
+                             cut, out.len - before, len - cut);
+                buf_free(&out);
+            }
+        }
+    }
+}
+
 /* ---- the size limit -------------------------------------------------------------------- */
 
 /* Under a limit the decoder still finds the end and counts every decoded byte, but stores at
@@ -745,7 +784,7 @@ main(void)
         cmocka_unit_test(test_data_limit),          cmocka_unit_test(test_data_limit_boundary),
         cmocka_unit_test(test_data_limit_zero),     cmocka_unit_test(test_data_large_random),
         cmocka_unit_test(test_encode_table),        cmocka_unit_test(test_encode_exhaustive),
-        cmocka_unit_test(test_encode_large_random),
+        cmocka_unit_test(test_encode_large_random), cmocka_unit_test(test_data_decoded_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,12 @@ M.commands = {
                   .. 'while [ "$(ls "$1" | grep -c "^together[.]")" -lt 32 ]; do '
                   .. '[ $i -ge 1200 ] && exit 1; i=$((i + 1)); sleep 0.05; done; '
                   .. 'cat >/dev/null', dir) },
+  -- reads nothing until a SIGTERM comes, which it takes as a cue to read all its stdin (then
+  -- notes whether it saw the end): for a cancel, which must stop the feed at once, as the
+  -- message is Lua's and goes with its generation
+  termread = { sh('trap "got=1" TERM; echo $$ > "$1/termread.pid"; '
+                  .. 'while [ -z "$got" ]; do sleep 0.05; done; echo term > "$1/termread.state"; '
+                  .. 'cat > "$1/termread.in"; echo eof >> "$1/termread.state"', dir) },
   -- reads its message, then waits long: for the client that disconnects meanwhile
   slowpid = { sh('echo $$ > "$1"; cat >/dev/null; exec sleep 60', dir .. "/slowpid.pid") },
   env = { { "env" }, { env = { LUASMTPD_FROM_OPTS = "from-opts" } } },
