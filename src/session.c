@@ -817,51 +817,71 @@ on_event(struct bufferevent *bev, short what, void *arg)
     session_free(s);
 }
 
-/* How long s has waited on its client: for a command line since its prompt, in DATA since the
- * DATA began. False while we owe it something: a hook, the handler or an upstream working, a
- * greeting not yet sent, its last reply being flushed. */
+/* How s ranks as a session to close for a newcomer; false when it may not be closed: while
+ * we owe it something (a hook, the handler or an upstream working, a greeting not yet sent,
+ * its last reply being flushed), or before it has waited MAKE_ROOM_MIN_WAIT_SEC. A session
+ * waiting for a command line ranks above any DATA (it sends nothing at all), longest wait
+ * first; among DATA, the one that sent least per second since it began: a big upload
+ * streaming fast is the last to go, a drip the first. */
 static bool
-waited_on_client(const struct session *s, const struct timeval *now, struct timeval *waited)
+room_rank(const struct session *s, const struct timeval *now, bool *idle, double *rank)
 {
+    struct timeval waited;
     if (s->state == SESSION_COMMAND && s->greeted)
-        evutil_timersub(now, &s->command_since, waited);
+        evutil_timersub(now, &s->command_since, &waited);
     else if (s->state == SESSION_DATA)
-        evutil_timersub(now, &s->data_started, waited);
+        evutil_timersub(now, &s->data_started, &waited);
     else
         return false;
+    if (waited.tv_sec < MAKE_ROOM_MIN_WAIT_SEC)
+        return false;
+    double seconds = (double)waited.tv_sec + (double)waited.tv_usec / 1e6;
+    *idle = s->state == SESSION_COMMAND;
+    *rank = *idle ? seconds : seconds / ((double)s->decoder.size + 1.0);
     return true;
 }
 
 /* A newcomer to a full server gets the slot of the session that has waited longest on its
- * client, at least MAKE_ROOM_MIN_WAIT_SEC: as nginx closes idle keep-alive connections when it
- * runs out, a slot held by a client that sends nothing is worth less than one that came to
- * talk. Nothing is lost: no 2xx was given for what the closed one had in flight, and a 421
- * tells it to come back. O(n) over the sessions, only when the server is full. Returns whether
- * a session was closed. */
+ * client (room_rank): as nginx closes idle keep-alive connections when it runs out, a slot
+ * held by a client that sends nothing is worth less than one that came to talk. Nothing is
+ * lost: no 2xx was given for what the closed one had in flight, and a 421 tells it to come
+ * back. O(n) over the sessions, only when the server is full. Returns whether a session was
+ * closed. */
 static bool
 make_room(struct session_group *g, const struct session *newcomer)
 {
-    struct timeval now, waited, longest = {.tv_sec = MAKE_ROOM_MIN_WAIT_SEC};
+    struct timeval now;
     struct session *victim = NULL;
+    bool victim_idle = false;
+    double victim_rank = 0;
     event_base_gettimeofday_cached(g->base, &now);
     for (struct session *s = g->head; s != NULL; s = s->next) {
-        if (s != newcomer && waited_on_client(s, &now, &waited) &&
-            evutil_timercmp(&waited, &longest, >=)) {
+        bool idle;
+        double rank;
+        if (s == newcomer || !room_rank(s, &now, &idle, &rank))
+            continue;
+        /* The loop's clock is coarse (a few ms): of equal waits, the older connection goes. */
+        if (victim == NULL || (idle && !victim_idle) ||
+            (idle == victim_idle &&
+             (rank > victim_rank || (rank == victim_rank && s->id < victim->id)))) {
             victim = s;
-            longest = waited;
+            victim_idle = idle;
+            victim_rank = rank;
         }
     }
     if (victim == NULL)
         return false;
-    if (victim->state == SESSION_DATA)
+    struct timeval waited;
+    evutil_timersub(&now, victim_idle ? &victim->command_since : &victim->data_started, &waited);
+    if (!victim_idle)
         log_info("session %lu: closed to make room for a new connection: in DATA for %ld s, "
                  "message from <%s> discarded after %zu bytes, id %s",
-                 victim->id, (long)longest.tv_sec, victim->env.mailfrom ? victim->env.mailfrom : "",
+                 victim->id, (long)waited.tv_sec, victim->env.mailfrom ? victim->env.mailfrom : "",
                  victim->decoder.size, victim->txn_id);
     else
         log_info("session %lu: closed to make room for a new connection: waited %ld s for a "
                  "command",
-                 victim->id, (long)longest.tv_sec);
+                 victim->id, (long)waited.tv_sec);
     /* Its message and input go now, not once the 421 is flushed, as at the DATA budget. */
     session_reset_transaction(victim);
     struct evbuffer *in = bufferevent_get_input(victim->bev);

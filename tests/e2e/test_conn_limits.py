@@ -267,10 +267,11 @@ class TestMakeRoom(ConnTestCase):
     def test_full_server_closes_the_longest_waiting(self):
         """--max-connections 20, all taken: one session whose handler runs (a delivery child
         that sleeps), one in DATA, 18 idle after EHLO, all waiting more than 5 s. A newcomer is
-        served (220, a whole message, 250) and exactly the DATA session, the one that has
-        waited longest on its client, gets 421 4.3.2 and is closed; its message is not
-        recorded. A second newcomer takes the slot of the oldest idle one. The session whose
-        handler runs is never chosen, and gets its own answer when its child ends."""
+        served (220, a whole message, 250) and exactly the idle session that has waited longest
+        gets 421 4.3.2 and is closed: an idle one goes before the DATA, though the DATA began
+        first. Once no idle session has waited 5 s, the next newcomer takes the DATA's slot and
+        its message is not recorded. The session whose handler runs is never chosen, and gets
+        its own answer when its child ends."""
         d = self.make_dir()
         srv = self.start_server("limits_hostile", sets={"dir": d},
                                 args=["--max-connections", "20"])
@@ -301,19 +302,24 @@ class TestMakeRoom(ConnTestCase):
         new = self.connect(srv)
         self.assertEqual(new.greeting.code, 220, new.greeting)
         self.send_message(new, mailfrom="new@b.example", helo=EHLO)
-        self.assertEqual(indata.reply().lines, [TOO_BUSY_421])
-        self.assertTrue(indata.wait_closed(3))
-        srv.wait_log(r"info: session \d+: closed to make room for a new connection: in DATA "
-                     r"for \d+ s, message from <indata@b.example> discarded after \d+ bytes")
-        # The 421 went out before the newcomer's greeting: 1 s is ample for another to show.
-        self.assertEqual(quiet([c.sock for c in [busy] + idle], 1.0), [], "another was closed")
-
-        second = self.connect(srv)
-        self.assertEqual(second.greeting.code, 220, second.greeting)
         self.assertEqual(idle[0].reply().lines, [TOO_BUSY_421])
         self.assertTrue(idle[0].wait_closed(3))
         srv.wait_log(r"info: session \d+: closed to make room for a new connection: waited "
                      r"\d+ s for a command$")
+        # The 421 went out before the newcomer's greeting: 1 s is ample for another to show.
+        self.assertEqual(quiet([c.sock for c in [busy, indata] + idle[1:]], 1.0), [],
+                         "another was closed")
+
+        # A NOOP makes each idle one start waiting anew, so none has waited 5 s (the test
+        # gets the next greeting in well under that): the DATA is the only candidate.
+        for c in idle[1:]:
+            self.assertEqual(c.cmd("NOOP").code, 250)
+        second = self.connect(srv)
+        self.assertEqual(second.greeting.code, 220, second.greeting)
+        self.assertEqual(indata.reply().lines, [TOO_BUSY_421])
+        self.assertTrue(indata.wait_closed(3))
+        srv.wait_log(r"info: session \d+: closed to make room for a new connection: in DATA "
+                     r"for \d+ s, message from <indata@b.example> discarded after \d+ bytes")
         self.assertEqual(quiet([c.sock for c in [busy, new] + idle[1:]], 1.0), [],
                          "another was closed")
         self.assertEqual(idle[1].cmd("NOOP").code, 250)
