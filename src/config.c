@@ -97,15 +97,34 @@ numeric_field(struct config *cfg, size_t i)
     return (unsigned *)((char *)cfg + numeric_options[i].field);
 }
 
-/* Physical memory is what the DATA budget protects; a machine that will not say gets the cap. */
+/* The memory limit of this process's cgroup (v2: memory.max, "max" when there is none), or 0.
+ * In a container the host's RAM says nothing about what we may use before the OOM killer. */
+static unsigned long long
+cgroup_memory_max(void)
+{
+    FILE *f = fopen("/sys/fs/cgroup/memory.max", "re");
+    if (f == NULL)
+        return 0;
+    unsigned long long max = 0;
+    if (fscanf(f, "%llu", &max) != 1)
+        max = 0;
+    fclose(f);
+    return max;
+}
+
+/* Physical memory is what the DATA budget protects (or the cgroup's limit, when lower); a
+ * machine that will not say gets the cap. */
 unsigned
 config_default_data_memory(void)
 {
     long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page_size <= 0)
         return CONFIG_DATA_MEMORY_CAP;
-    unsigned long long quarter_mb =
-        (unsigned long long)pages * (unsigned long long)page_size / 4 / (1024 * 1024);
+    unsigned long long memory = (unsigned long long)pages * (unsigned long long)page_size;
+    unsigned long long limit = cgroup_memory_max();
+    if (limit > 0 && limit < memory)
+        memory = limit;
+    unsigned long long quarter_mb = memory / 4 / (1024 * 1024);
     if (quarter_mb < 1)
         return 1;
     return quarter_mb < CONFIG_DATA_MEMORY_CAP ? (unsigned)quarter_mb : CONFIG_DATA_MEMORY_CAP;

@@ -1,6 +1,7 @@
 /* Entry point: the command line, where the bundled scripts are, then the server. */
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,11 @@ main(int argc, char **argv)
     for (int fd = 0; fd < 3; fd++)
         if (fcntl(fd, F_GETFD) == -1 && open("/dev/null", O_RDWR) == -1)
             return 1;
+    /* Message buffers past 128 KiB are mapped on their own and go back to the system when
+     * freed. glibc would otherwise raise this threshold after the first such free and serve
+     * later big buffers from the heap, where a freed one stays in RSS: the DATA budget counts
+     * what we hold, and RSS should follow it. */
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
     struct config cfg;
     switch (config_parse(&cfg, argc, argv, stdout, stderr)) {
     case CONFIG_RUN:

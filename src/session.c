@@ -25,6 +25,7 @@
 
 #include "luasmtpd/log.h"
 #include "luasmtpd/peer_count.h"
+#include "luasmtpd/proven_clients.h"
 #include "luasmtpd/smtp_data.h"
 #include "luasmtpd/smtp_parse.h"
 #include "luasmtpd/smtp_reply.h"
@@ -37,7 +38,15 @@ static void data_hold(struct session *s, size_t bytes);
  * (make_room): long enough that a client between two commands, or pausing in a DATA, is never
  * taken for idle; short enough that a flood of idle connections cannot keep the server full. */
 #define MAKE_ROOM_MIN_WAIT_SEC 5
+/* A newcomer from a proven client (one that had a message accepted within PROVEN_TTL_SEC) may
+ * take the slot of an unproven session that waited only this long: under a flood of
+ * connections that never send mail, the clients that do still get in. A second is far more
+ * than a client takes between two commands, and an idle attacker's wait soon passes it. */
+#define MAKE_ROOM_PROVEN_WAIT_SEC 1
+#define PROVEN_CLIENTS 10000
+#define PROVEN_TTL_SEC 3600
 #define REFUSED_REPORT_SEC 10
+#define CLOSING_TIMEOUT_SEC 30
 
 /* Replies collect in s->out and go to the socket in one write when the pump has done what the
  * client sent (session_flush): pipelined commands get their replies in one segment, and most
@@ -426,8 +435,15 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
              s->decoder.size, s->txn_id, code, lrt_session_generation(s->ls));
     /* A client that sends many messages may RSET or NOOP between each: --max-junk counts
      * the junk since the last message accepted. */
-    if (code >= 200 && code < 300)
+    if (code >= 200 && code < 300) {
         s->junk = 0;
+        if (s->g->proven == NULL)
+            s->g->proven = proven_clients_new(PROVEN_CLIENTS, PROVEN_TTL_SEC);
+        struct timeval now;
+        event_base_gettimeofday_cached(s->g->base, &now);
+        proven_clients_record(s->g->proven, s->peer_addr, now.tv_sec);
+        s->proven = true;
+    }
     s->message_reply = true;
     session_reply_bytes(s, wire.data, wire.len);
     s->message_reply = false;
@@ -441,6 +457,7 @@ on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, size_t le
 /* DATA is decoded this much at a time, so the room made for the worst case stays small. */
 #define DATA_SLICE (16 * 1024)
 #define DATA_GROWTH_MIN (64 * 1024)
+#define DATA_FIRST_MAX (256 * 1024)
 
 /* The DATA memory budget: this process's share of --data-memory, for every byte its sessions
  * hold for a message from the DATA command until the message is freed (its transfer ended or
@@ -451,11 +468,39 @@ data_budget(const struct session_group *g)
     return config_data_budget(g->cfg);
 }
 
+/* A tenth of the budget is kept for proven clients (s->proven): a flood of transfers from
+ * clients that never delivered cannot keep the server's correspondents out. */
 static bool
-data_room(const struct session_group *g, size_t more)
+data_room(const struct session *s, size_t more)
 {
+    const struct session_group *g = s->g;
     size_t budget = data_budget(g);
+    if (budget != 0 && !s->proven)
+        budget -= budget / 10;
     return budget == 0 || (g->data_in_use <= budget && more <= budget - g->data_in_use);
+}
+
+/* Of a kind of line a flood brings by the thousand a second, the first in each
+ * REFUSED_REPORT_SEC is logged, saying how many were not since the one before. Returns false
+ * for one not to log; else fills `more` with "" or " (and N more WHAT in the last T s)". */
+static bool
+log_burst_pass(struct session_group *g, struct log_burst *b, const char *what, char *more,
+               size_t size)
+{
+    struct timeval now, since;
+    event_base_gettimeofday_cached(g->base, &now);
+    evutil_timersub(&now, &b->logged, &since);
+    if (evutil_timerisset(&b->logged) && since.tv_sec < REFUSED_REPORT_SEC) {
+        b->unlogged++;
+        return false;
+    }
+    more[0] = '\0';
+    if (b->unlogged > 0)
+        snprintf(more, size, " (and %u more %s in the last %ld s)", b->unlogged, what,
+                 (long)since.tv_sec);
+    b->unlogged = 0;
+    b->logged = now;
+    return true;
 }
 
 /* Only this changes s->data_held, and the group's count with it. */
@@ -471,13 +516,15 @@ session_data_fit(struct session *s, size_t size)
 {
     struct session_group *g = s->g;
     size_t budget = data_budget(g);
-    if (budget == 0 || size == 0 || data_room(g, size))
+    if (budget == 0 || size == 0 || data_room(s, size))
         return SESSION_DATA_FITS;
     if (size > budget)
         return SESSION_DATA_NEVER;
-    log_warn("session %lu: MAIL with SIZE=%zu refused (452): DATA memory budget: %zu of %zu "
-             "bytes in use",
-             s->id, size, g->data_in_use, budget);
+    char more[96];
+    if (log_burst_pass(g, &g->budget, "budget refusals", more, sizeof(more)))
+        log_warn("session %lu: MAIL with SIZE=%zu refused (452): DATA memory budget: %zu of %zu "
+                 "bytes in use%s",
+                 s->id, size, g->data_in_use, budget, more);
     return SESSION_DATA_FULL;
 }
 
@@ -493,17 +540,24 @@ session_data_begin(struct session *s)
     size_t hint = s->env.size_hint;
     if (limit && hint > limit)
         hint = limit;
-    /* Without a hint, room for a typical message: growing from nothing costs several copies. */
-    size_t want = hint > 0 && hint <= 64 * 1024 * 1024 ? hint + hint / 16 : 8192;
+    /* Without a hint, room for a typical message: growing from nothing costs several copies.
+     * A hint buys at most DATA_FIRST_MAX before any byte came: SIZE= is the client's word, and
+     * memory charged for bytes that never come would let a few silent clients hold the whole
+     * budget. */
+    size_t want = hint > 0 ? hint + hint / 16 : 8192;
+    if (want > DATA_FIRST_MAX)
+        want = DATA_FIRST_MAX;
     if (limit && want > limit)
         want = limit;
     /* A declared size that does not fit beside the DATA in flight is refused now, not once
-     * the client has sent most of it. */
+     * the client has sent most of it (a check, not a reservation). */
     size_t needed = want > hint ? want : hint;
-    if (!data_room(g, needed)) {
-        log_warn("session %lu: DATA refused (452): DATA memory budget: %zu of %zu bytes in use, "
-                 "%zu more needed, id %s",
-                 s->id, g->data_in_use, data_budget(g), needed, s->txn_id);
+    if (!data_room(s, needed)) {
+        char more[96];
+        if (log_burst_pass(g, &g->budget, "budget refusals", more, sizeof(more)))
+            log_warn("session %lu: DATA refused (452): DATA memory budget: %zu of %zu bytes in "
+                     "use, %zu more needed, id %s%s",
+                     s->id, g->data_in_use, data_budget(g), needed, s->txn_id, more);
         return false;
     }
     /* A failure here is not one yet: the decoder's own growth tries again, and fails with 451. */
@@ -558,11 +612,14 @@ static void
 data_over_budget(struct session *s, struct evbuffer *in, size_t more)
 {
     struct session_group *g = s->g;
-    log_warn("session %lu: DATA memory budget: %zu of %zu bytes in use, the message from <%s> "
-             "needs %zu more after %zu bytes: ended with 421, %zu bytes freed, %zu in use now, "
-             "id %s",
-             s->id, g->data_in_use, data_budget(g), s->env.mailfrom ? s->env.mailfrom : "", more,
-             s->decoder.size, s->data_held, g->data_in_use - s->data_held, s->txn_id);
+    char unlogged[96];
+    if (log_burst_pass(g, &g->budget, "budget refusals", unlogged, sizeof(unlogged)))
+        log_warn("session %lu: DATA memory budget: %zu of %zu bytes in use, the message from "
+                 "<%s> needs %zu more after %zu bytes: ended with 421, %zu bytes freed, %zu in "
+                 "use now, id %s%s",
+                 s->id, g->data_in_use, data_budget(g), s->env.mailfrom ? s->env.mailfrom : "",
+                 more, s->decoder.size, s->data_held, g->data_in_use - s->data_held, s->txn_id,
+                 unlogged);
     session_reset_transaction(s);
     evbuffer_drain(in, evbuffer_get_length(in));
     session_reply(s, "421 4.3.1 %s Insufficient system storage, closing connection", g->hostname);
@@ -594,9 +651,9 @@ data_make_room(struct session *s, struct evbuffer *in, size_t piece)
     if (limit != 0 && grown > limit)
         grown = limit;
     size_t cap = grown;
-    if (!data_room(s->g, cap - s->data_held)) {
+    if (!data_room(s, cap - s->data_held)) {
         cap = need; /* near the budget: only what this piece may store */
-        if (!data_room(s->g, cap - s->data_held)) {
+        if (!data_room(s, cap - s->data_held)) {
             data_over_budget(s, in, cap - s->data_held);
             return false;
         }
@@ -744,6 +801,10 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     evutil_timersub(&now, s->state == SESSION_COMMAND ? &s->command_since : &s->last_activity,
                     &idle);
     if (s->state == SESSION_CLOSING) {
+        /* Only the last reply is left to send: a client that does not read it keeps its slot
+         * CLOSING_TIMEOUT_SEC at most, not a whole --timeout. */
+        if (limit.tv_sec > CLOSING_TIMEOUT_SEC)
+            limit.tv_sec = CLOSING_TIMEOUT_SEC;
         if (evutil_timercmp(&idle, &limit, >=)) {
             log_info("session %lu: the client does not read its replies, dropped", s->id);
             session_free(s);
@@ -755,6 +816,13 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     } else if (evutil_timercmp(&idle, &limit, >=) || data_too_slow(s, &now)) {
         log_info("session %lu: %s, closing", s->id,
                  evutil_timercmp(&idle, &limit, >=) ? "timeout" : "data rate too low");
+        /* A DATA's memory goes now, not once the 421 is flushed (a client that does not read
+         * would hold it until then), as at the DATA budget. */
+        if (s->state == SESSION_DATA) {
+            session_reset_transaction(s);
+            struct evbuffer *in = bufferevent_get_input(s->bev);
+            evbuffer_drain(in, evbuffer_get_length(in));
+        }
         session_reply(s, "421 4.4.2 %s Error: timeout exceeded", s->g->hostname);
         session_close_after_flush(s);
         s->last_activity = now;
@@ -819,12 +887,13 @@ on_event(struct bufferevent *bev, short what, void *arg)
 
 /* How s ranks as a session to close for a newcomer; false when it may not be closed: while
  * we owe it something (a hook, the handler or an upstream working, a greeting not yet sent,
- * its last reply being flushed), or before it has waited MAKE_ROOM_MIN_WAIT_SEC. A session
+ * its last reply being flushed), or before it has waited min_wait seconds. A session
  * waiting for a command line ranks above any DATA (it sends nothing at all), longest wait
  * first; among DATA, the one that sent least per second since it began: a big upload
  * streaming fast is the last to go, a drip the first. */
 static bool
-room_rank(const struct session *s, const struct timeval *now, bool *idle, double *rank)
+room_rank(const struct session *s, const struct timeval *now, long min_wait, bool *idle,
+          double *rank)
 {
     struct timeval waited;
     if (s->state == SESSION_COMMAND && s->greeted)
@@ -833,7 +902,7 @@ room_rank(const struct session *s, const struct timeval *now, bool *idle, double
         evutil_timersub(now, &s->data_started, &waited);
     else
         return false;
-    if (waited.tv_sec < MAKE_ROOM_MIN_WAIT_SEC)
+    if (waited.tv_sec < min_wait)
         return false;
     double seconds = (double)waited.tv_sec + (double)waited.tv_usec / 1e6;
     *idle = s->state == SESSION_COMMAND;
@@ -845,8 +914,9 @@ room_rank(const struct session *s, const struct timeval *now, bool *idle, double
  * client (room_rank): as nginx closes idle keep-alive connections when it runs out, a slot
  * held by a client that sends nothing is worth less than one that came to talk. Nothing is
  * lost: no 2xx was given for what the closed one had in flight, and a 421 tells it to come
- * back. O(n) over the sessions, only when the server is full. Returns whether a session was
- * closed. */
+ * back. A newcomer from a proven client needs a shorter wait of the unproven sessions
+ * (MAKE_ROOM_PROVEN_WAIT_SEC). O(n) over the sessions, only when the server is full. Returns
+ * whether a session was closed. */
 static bool
 make_room(struct session_group *g, const struct session *newcomer)
 {
@@ -858,7 +928,9 @@ make_room(struct session_group *g, const struct session *newcomer)
     for (struct session *s = g->head; s != NULL; s = s->next) {
         bool idle;
         double rank;
-        if (s == newcomer || !room_rank(s, &now, &idle, &rank))
+        long min_wait = newcomer->proven && !s->proven ? MAKE_ROOM_PROVEN_WAIT_SEC
+                                                       : MAKE_ROOM_MIN_WAIT_SEC;
+        if (s == newcomer || !room_rank(s, &now, min_wait, &idle, &rank))
             continue;
         /* The loop's clock is coarse (a few ms): of equal waits, the older connection goes. */
         if (victim == NULL || (idle && !victim_idle) ||
@@ -873,49 +945,53 @@ make_room(struct session_group *g, const struct session *newcomer)
         return false;
     struct timeval waited;
     evutil_timersub(&now, victim_idle ? &victim->command_since : &victim->data_started, &waited);
+    /* A discarded message is told each time, as a client leaving during DATA is (its id may
+     * be asked about); idle sessions closed by the thousand are counted. */
+    char more[96];
     if (!victim_idle)
         log_info("session %lu: closed to make room for a new connection: in DATA for %ld s, "
                  "message from <%s> discarded after %zu bytes, id %s",
                  victim->id, (long)waited.tv_sec, victim->env.mailfrom ? victim->env.mailfrom : "",
                  victim->decoder.size, victim->txn_id);
-    else
+    else if (log_burst_pass(g, &g->evictions, "idle ones closed", more, sizeof(more)))
         log_info("session %lu: closed to make room for a new connection: waited %ld s for a "
-                 "command",
-                 victim->id, (long)waited.tv_sec);
+                 "command%s",
+                 victim->id, (long)waited.tv_sec, more);
     /* Its message and input go now, not once the 421 is flushed, as at the DATA budget. */
     session_reset_transaction(victim);
     struct evbuffer *in = bufferevent_get_input(victim->bev);
     evbuffer_drain(in, evbuffer_get_length(in));
     session_reply(victim, "421 4.3.2 %s Too busy, closing idle connection; try again later",
                   g->hostname);
-    session_close_after_flush(victim);
+    /* Freed now, not once its 421 is flushed: a victim that does not read would otherwise
+     * keep its descriptor while the newcomer takes another, and the count passes the cap.
+     * Safe here: this runs from the accept, with none of the victim's callbacks running, and
+     * it owes nothing (no call). The 421 is a courtesy; what the socket takes now is sent. */
+    session_flush(victim);
+    session_free(victim);
     return true;
 }
 
-/* A flood is refused by the thousand a second: the first refusal in each REFUSED_REPORT_SEC is
- * logged, and the others are counted into the next one logged, or (s NULL: a connection was
- * taken) into a line of their own once the interval is over, so a flood that ends is told. */
+/* Refusals at the caps, logged as log_burst_pass does; s NULL: a connection was taken, so a
+ * flood that ended is told with a line of its own once its interval is over. */
 static void
 log_refusal(struct session_group *g, const struct session *s, const char *why)
 {
-    struct timeval now, since;
-    event_base_gettimeofday_cached(g->base, &now);
-    evutil_timersub(&now, &g->refused_logged, &since);
-    if (evutil_timerisset(&g->refused_logged) && since.tv_sec < REFUSED_REPORT_SEC) {
-        if (s != NULL)
-            g->refused_unlogged++;
+    char more[96];
+    if (s == NULL) {
+        struct timeval now, since;
+        event_base_gettimeofday_cached(g->base, &now);
+        evutil_timersub(&now, &g->refusals.logged, &since);
+        if (since.tv_sec < REFUSED_REPORT_SEC)
+            return;
+        log_warn("refused %u more connections in the last %ld s", g->refusals.unlogged,
+                 (long)since.tv_sec);
+        g->refusals.unlogged = 0;
+        g->refusals.logged = now;
         return;
     }
-    if (s == NULL)
-        log_warn("refused %u more connections in the last %ld s", g->refused_unlogged,
-                 (long)since.tv_sec);
-    else if (g->refused_unlogged > 0)
-        log_warn("session %lu: refused %s: %s (and %u more refused in the last %ld s)", s->id,
-                 s->peer_addr, why, g->refused_unlogged, (long)since.tv_sec);
-    else
-        log_warn("session %lu: refused %s: %s", s->id, s->peer_addr, why);
-    g->refused_unlogged = 0;
-    g->refused_logged = now;
+    if (log_burst_pass(g, &g->refusals, "refused", more, sizeof(more)))
+        log_warn("session %lu: refused %s: %s%s", s->id, s->peer_addr, why, more);
 }
 
 void
@@ -973,10 +1049,13 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
         g->per_client = peer_count_new();
     unsigned from_client = g->per_client ? peer_count_add(g->per_client, s->peer_addr) : 0;
     s->counted = from_client > 0;
+    struct timeval now;
+    event_base_gettimeofday_cached(g->base, &now);
+    s->proven = proven_clients_contains(g->proven, s->peer_addr, now.tv_sec);
     /* The per-client cap first: a client over its share takes no one else's slot. */
     bool per_client = from_client > g->cfg->max_per_client;
     bool total = !per_client && g->count > g->cfg->max_connections && !make_room(g, s);
-    if (!total && !per_client && g->refused_unlogged > 0)
+    if (!total && !per_client && g->refusals.unlogged > 0)
         log_refusal(g, NULL, NULL);
     if (total || per_client) {
         log_refusal(g, s, total ? "too many connections" : "too many connections from this client");
@@ -1008,6 +1087,8 @@ session_group_free(struct session_group *g)
     session_group_close_all(g);
     peer_count_free(g->per_client);
     g->per_client = NULL;
+    proven_clients_free(g->proven);
+    g->proven = NULL;
 }
 
 void

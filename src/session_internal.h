@@ -70,6 +70,7 @@ struct session {
     unsigned junk;          /* junk commands (commands.c) since a message was accepted */
     bool greeted;           /* the 220 went out; input before it is a pregreet */
     bool counted;           /* in g->per_client */
+    bool proven;            /* its address had a message accepted lately (g->proven) */
     bool message_reply;     /* the reply being written answers a message, not a command */
     bool read_eof;          /* the client half-closed: what is buffered is all that will come */
     bool write_failed;      /* the socket refused a write: the client is gone */

@@ -673,11 +673,12 @@ class Reply:
 class SMTPClient:
     """A raw-socket SMTP client: connect, send bytes, read replies, all with timeouts."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=None, greeting=True):
+    def __init__(self, port, host="127.0.0.1", timeout=None, greeting=True, source=None):
         """Every timeout given to a client (here or per call) is scaled by SLOWDOWN; the
-        default is REPLY_TIMEOUT."""
+        default is REPLY_TIMEOUT. `source`: the client address (another of 127.0.0.0/8)."""
         self.timeout = REPLY_TIMEOUT if timeout is None else bound(timeout)
-        self.sock = socket.create_connection((host, port), timeout=self.timeout)
+        self.sock = socket.create_connection((host, port), timeout=self.timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
         self.greeting = self.reply() if greeting else None
 

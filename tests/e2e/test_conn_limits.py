@@ -329,6 +329,32 @@ class TestMakeRoom(ConnTestCase):
         self.assertEqual(busy.reply().code // 100, 4)
         self.assertEqual([r.mailfrom for r in wait_records(d, 1)], ["new@b.example"])
 
+    def test_proven_client_goes_first(self):
+        """A client that had a message accepted is served ahead of sessions that never sent
+        one: with the server full of idle sessions that waited over a second but under the
+        5 s anyone may take, a newcomer from another address is refused, and one from the
+        proven address takes the oldest idle slot and delivers."""
+        srv = self.start_server("sink", args=["--max-connections", "4"])
+        wait_until(lambda: srv.client_sockets() == 0, 10, what="the probe connection closed")
+        with SMTPClient(srv.port, source="127.0.0.3") as first:
+            self.send_message(first, helo=EHLO)
+            first.cmd("QUIT")
+        wait_until(lambda: srv.client_sockets() == 0, 10, what="the first client gone")
+        idle = [self.connect(srv) for _ in range(4)]
+        for c in idle:
+            self.assertEqual(c.cmd(EHLO).code, 250)
+        # Watched 1.5 s: the server is full and nobody came, so nobody is closed; it is also
+        # the second a proven newcomer needs the idle ones to have waited.
+        self.assertEqual(quiet([c.sock for c in idle], 1.5), [], "closed with no newcomer")
+        # The idle ones have waited about 1.5 s, well under 5 s: an unknown address waits.
+        with SMTPClient(srv.port, source="127.0.0.2") as unknown:
+            self.assertEqual(unknown.greeting.code, 421, unknown.greeting)
+        with SMTPClient(srv.port, source="127.0.0.3") as proven:
+            self.assertEqual(proven.greeting.code, 220, proven.greeting)
+            self.assertEqual(idle[0].reply().lines, [TOO_BUSY_421])
+            self.send_message(proven, helo=EHLO)
+        self.assertEqual(idle[1].cmd("NOOP").code, 250)
+
     def make_dir(self):
         d = tempfile.mkdtemp(prefix="luasmtpd-conn-")
         self.addCleanup(shutil.rmtree, d, True)
