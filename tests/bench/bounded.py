@@ -314,7 +314,7 @@ def main():
     ap.add_argument("--trickle-rate", type=int, default=1024, help="bytes a second after the burst")
     ap.add_argument("--duration", type=float, default=90)
     ap.add_argument("--period", type=float, default=1.0, help="seconds between good messages")
-    ap.add_argument("--overhead", type=int, default=48,
+    ap.add_argument("--overhead", type=int, default=24,
                     help="MiB above the budget the peak RSS may reach (idle RSS, connections, "
                          "allocator slack)")
     ap.add_argument("--max-log-lines-per-s", type=float, default=50)

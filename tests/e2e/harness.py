@@ -828,6 +828,36 @@ class Record:
                 f"data={self.data[:60]!r}...)")
 
 
+def drip_until_reply(case, c, byte, timeout, most=120):
+    """Sends `byte` on client c once a second from a thread (at most `most` times) until the
+    server answers; returns (reply, seconds from the first byte, bytes sent). The thread ends
+    with the call, or at the test's cleanup if the reply never came."""
+    stop = threading.Event()
+    sent = []
+
+    def drip():
+        for _ in range(most):
+            if stop.is_set():
+                return
+            try:
+                c.sock.send(byte)
+            except OSError:
+                return
+            sent.append(time.monotonic())
+            stop.wait(1.0)
+
+    t0 = time.monotonic()
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    case.addCleanup(dripper.join, 5)
+    case.addCleanup(stop.set)
+    try:
+        r = c.reply(timeout=timeout)
+    finally:
+        stop.set()
+    return r, time.monotonic() - t0, len(sent)
+
+
 def stuff(data):
     """Dot-stuffs a message for a raw client (RFC 5321 4.5.2)."""
     return b"".join(b"." + line if line.startswith(b".") else line

@@ -12,12 +12,11 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 import time
 import unittest
 
 import harness
-from harness import SMTPClient, ServerTestCase, read_records, wait_records, wait_until
+from harness import SMTPClient, ServerTestCase, wait_records, wait_until
 
 EHLO = "EHLO client.example"
 BODY = b"Subject: conn\r\n\r\nbody\r\n"
@@ -85,30 +84,7 @@ class TestCommandTimeout(ConnTestCase):
     def drip_until_reply(self, c, wait):
         """Sends one byte of a command line ("N") a second from a thread, never a line end,
         until the server answers; returns (reply, seconds from now, bytes sent)."""
-        stop = threading.Event()
-        sent = []
-
-        def drip():
-            for _ in range(120):  # bounded: two minutes of bytes at most
-                if stop.is_set():
-                    return
-                try:
-                    c.sock.send(b"N")
-                except OSError:
-                    return
-                sent.append(time.monotonic())
-                stop.wait(1.0)
-
-        t0 = time.monotonic()
-        dripper = threading.Thread(target=drip, daemon=True)
-        dripper.start()
-        self.addCleanup(dripper.join, 5)
-        self.addCleanup(stop.set)
-        try:
-            r = c.reply(timeout=wait)
-        finally:
-            stop.set()
-        return r, time.monotonic() - t0, len(sent)
+        return harness.drip_until_reply(self, c, b"N", wait)
 
     def test_byte_a_second_is_cut(self):
         """--timeout 3 and a client that sends a byte of a command every second, after the

@@ -10,7 +10,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import unittest
 
 import harness
@@ -295,32 +294,11 @@ class TestDataRateWindow(BudgetTestCase):
         c = self.open_data(srv, "a@b.example", timeout=5)
         c.send(lines(200_000))
         self.wait_read_by_server(srv, c, "the server to read the burst")
-        t0 = time.monotonic()
-        stop = threading.Event()
-        sent = []
-
-        def drip():
-            while not stop.is_set():
-                try:
-                    c.sock.send(b"x")
-                except OSError:
-                    return
-                sent.append(time.monotonic())
-                stop.wait(1.0)
-
-        dripper = threading.Thread(target=drip, daemon=True)
-        dripper.start()
-        self.addCleanup(dripper.join, 5)
-        self.addCleanup(stop.set)
-        try:
-            r = c.reply(timeout=35 + 15)
-        finally:
-            stop.set()
-        elapsed = time.monotonic() - t0
+        r, elapsed, n_sent = harness.drip_until_reply(self, c, b"x", 35 + 15)
         self.assertReply(r, 421, "421 4.4.2 test.example Error: timeout exceeded")
         self.assertGreaterEqual(elapsed, 29.5)
         self.assertLess(elapsed, 35 + harness.bound(10), "not the sliding window")
-        self.assertGreater(len(sent), 25, "the drip did not keep going")
+        self.assertGreater(n_sent, 25, "the drip did not keep going")
         self.assertTrue(c.wait_closed(3))
         srv.wait_log(r"info: session \d+: data rate too low, closing")
         self.assertEqual(harness.read_records(d), [])

@@ -9,7 +9,6 @@ import select
 import shutil
 import socket
 import tempfile
-import threading
 import time
 import unittest
 
@@ -132,32 +131,11 @@ class TestTimeouts(ServerTestCase):
         c.cmd("MAIL FROM:<a@b.example>")
         c.cmd("RCPT TO:<c@d.example>")
         self.assertEqual(c.cmd("DATA").code, 354)
-        t0 = time.monotonic()
-        stop = threading.Event()
-        sent = []
-
-        def drip():
-            while not stop.is_set():
-                try:
-                    c.sock.send(b"x")
-                except OSError:
-                    return
-                sent.append(time.monotonic())
-                stop.wait(1.0)
-
-        dripper = threading.Thread(target=drip, daemon=True)
-        dripper.start()
-        self.addCleanup(dripper.join, 5)
-        self.addCleanup(stop.set)
-        try:
-            r = c.reply(timeout=41)
-        finally:
-            stop.set()
-        elapsed = time.monotonic() - t0
+        r, elapsed, n_sent = harness.drip_until_reply(self, c, b"x", 41)
         self.assertEqual(r.lines, ["421 4.4.2 test.example Error: timeout exceeded"])
         self.assertGreaterEqual(elapsed, 29.5)
         self.assertLess(elapsed, 35 + harness.bound(10), "not the rate check")
-        self.assertGreater(len(sent), 25, "the drip did not keep going")
+        self.assertGreater(n_sent, 25, "the drip did not keep going")
         self.assertTrue(c.wait_closed(3))
         srv.wait_log(r"info: session \d+: data rate too low, closing")
         self.assertEqual(read_records(d), [])
