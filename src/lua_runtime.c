@@ -64,7 +64,13 @@ struct lrt_call {
     void *arg;
     lrt_cancel_fn cancel;
     void *cancel_arg;
+    size_t message_bytes; /* process_message: the size of the message it was given */
 };
+
+/* Once a call that was given a message this big ends, its string is garbage: Lua would keep it
+ * until the heap doubles, so the memory of messages already answered could reach the DATA
+ * budget again. A full collection then costs the live objects, not the bytes of strings. */
+#define COLLECT_AFTER_MESSAGE_BYTES (1024 * 1024)
 
 struct lrt_session {
     struct lrt_session *prev, *next;
@@ -556,6 +562,8 @@ static void
 call_free(struct lrt_call *call)
 {
     luaL_unref(call->gen->L, LUA_REGISTRYINDEX, call->co_ref);
+    if (call->message_bytes >= COLLECT_AFTER_MESSAGE_BYTES)
+        lua_gc(call->gen->L, LUA_GCCOLLECT);
     gen_release(call->gen);
     free(call);
 }
@@ -857,6 +865,7 @@ lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_d
     lua_pushstring(co, msg->env->mailfrom ? msg->env->mailfrom : "");
     push_strv(co, &msg->env->rcpts);
     lua_pushlstring(co, msg->data->data ? msg->data->data : "", msg->data->len);
+    call->message_bytes = msg->data->len;
     /* Lua has its copy: the session's goes now, so a big message is held twice only briefly. */
     buf_free(msg->data);
     lua_createtable(co, 0, 6);

@@ -27,6 +27,16 @@ struct slot {
     unsigned backoff; /* seconds the last restart waited */
 };
 
+/* Restart times and the shutdown deadline are intervals: a wall clock set back must not hold a
+ * worker's restart until it catches up. */
+static time_t
+monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
 static pid_t
 start_worker(unsigned w, unsigned n_workers, int *fds, int n_addrs, const sigset_t *mask,
              worker_fn fn, void *arg)
@@ -75,7 +85,7 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
         return 1;
     for (unsigned w = 0; w < n_workers; w++) {
         slots[w].pid = start_worker(w, n_workers, fds, n_addrs, &old, fn, arg);
-        slots[w].started = time(NULL);
+        slots[w].started = monotonic_seconds();
         log_info("worker %u started (pid %d)", w + 1, (int)slots[w].pid);
     }
 
@@ -94,7 +104,7 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
                     continue;
                 slots[w].pid = 0;
                 bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-                time_t now = time(NULL);
+                time_t now = monotonic_seconds();
                 struct slot *s = &slots[w];
                 if (now - s->started >= STABLE_SEC)
                     s->backoff = 0;
@@ -127,14 +137,14 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
                 log_info("%s: stopping %u worker(s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                          n_workers);
                 stopping = true;
-                deadline = time(NULL) + shutdown_timeout + 5;
+                deadline = monotonic_seconds() + shutdown_timeout + 5;
             }
             signal_all(slots, n_workers, sig); /* a second one makes them close at once */
         } else if (sig == SIGHUP) {
             signal_all(slots, n_workers, SIGHUP);
         }
 
-        time_t now = time(NULL);
+        time_t now = monotonic_seconds();
         bool alive = false;
         for (unsigned w = 0; w < n_workers; w++) {
             if (slots[w].pid > 0) {
