@@ -22,12 +22,7 @@ buf_reserve(struct buf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < want)
         cap *= 2;
-    char *p = realloc(b->data, cap);
-    if (p == NULL)
-        return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
+    return buf_set_capacity(b, cap);
 }
 
 int
