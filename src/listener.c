@@ -1,6 +1,6 @@
 /* The process around the sessions: binds the listening sockets, drops root, loads the handler,
- * accepts, and turns signals into a graceful stop (SIGTERM, SIGINT). Owns the event loop's
- * lifetime; never parses SMTP. */
+ * accepts, and stops gracefully when reload.c reports a stop signal. Owns the event loop's
+ * lifetime; never parses SMTP, and leaves when to reload to reload.c. */
 #include "luasmtpd/listener.h"
 
 #include <arpa/inet.h>
@@ -52,7 +52,6 @@ struct server {
     unsigned accept_failures;       /* since the last report */
     struct timeval accept_reported; /* when the last report was logged; 0: never */
     struct session_group sessions;
-    struct event *signals[3];
     struct event *shutdown_timer;
     struct reload *reload;
     bool stopping;
@@ -189,8 +188,8 @@ drop_privileges(const struct config *cfg)
 }
 
 static void
-on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr, int len,
-          void *arg)
+listener_on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr,
+                   int len, void *arg)
 {
     (void)listener;
     struct server *srv = arg;
@@ -210,7 +209,7 @@ on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *
 }
 
 static void
-on_accept_error(struct evconnlistener *listener, void *arg)
+listener_on_accept_error(struct evconnlistener *listener, void *arg)
 {
     (void)listener;
     struct server *srv = arg;
@@ -240,7 +239,7 @@ on_accept_error(struct evconnlistener *listener, void *arg)
 }
 
 static void
-on_accept_resume(evutil_socket_t fd, short what, void *arg)
+listener_on_accept_resume(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -252,14 +251,14 @@ on_accept_resume(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_sessions_gone(void *arg)
+listener_on_sessions_gone(void *arg)
 {
     struct server *srv = arg;
     event_base_loopexit(srv->base, NULL);
 }
 
 static void
-on_shutdown_timer(evutil_socket_t fd, short what, void *arg)
+listener_on_shutdown_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -270,13 +269,12 @@ on_shutdown_timer(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_stop_signal(evutil_socket_t sig, short what, void *arg)
+listener_on_stop(void *arg, int sig)
 {
-    (void)what;
     struct server *srv = arg;
     if (srv->stopping) {
         log_warn("second stop signal: closing now");
-        on_shutdown_timer(-1, 0, srv);
+        listener_on_shutdown_timer(-1, 0, srv);
         return;
     }
     srv->stopping = true;
@@ -292,33 +290,19 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     struct timeval grace = {.tv_sec = srv->cfg->shutdown_timeout};
-    srv->shutdown_timer = evtimer_new(srv->base, on_shutdown_timer, srv);
+    srv->shutdown_timer = evtimer_new(srv->base, listener_on_shutdown_timer, srv);
     evtimer_add(srv->shutdown_timer, &grace);
 }
 
+/* What a reload is: a new generation of the runtime (lrt_load logs how it went). */
 static void
-on_hup(evutil_socket_t sig, short what, void *arg)
+listener_on_reload(void *arg)
 {
-    (void)sig;
-    (void)what;
     struct server *srv = arg;
-    log_info("SIGHUP: reloading %s", srv->cfg->script_path);
     lrt_load(srv->sessions.rt);
 }
 
-static void
-on_script_changed(void *arg)
-{
-    struct server *srv = arg;
-    /* Mid-save the file may be gone for a moment; the save's last event brings us back. */
-    if (access(srv->cfg->script_path, R_OK) != 0) {
-        log_debug("%s is not there (yet): no reload", srv->cfg->script_path);
-        return;
-    }
-    log_info("%s changed: reloading", srv->cfg->script_path);
-    lrt_load(srv->sessions.rt);
-}
-
+/* Every Lua file a generation loads is watched as the script is. */
 static void
 on_lua_file(void *arg, const char *path)
 {
@@ -340,28 +324,6 @@ fqdn(void)
         freeaddrinfo(res);
     }
     return strdup(name);
-}
-
-/* Before serve() has its handlers nothing is in flight (the script is loading), so a stop
- * signal then stops at once, and says so; exit 0, as a stop after the loop ran. */
-static void
-on_stop_signal_while_loading(int sig)
-{
-    (void)sig;
-    static const char said[] = "luasmtpd: stop signal while loading the script: exiting\n";
-    ssize_t ignored = write(STDERR_FILENO, said, sizeof(said) - 1);
-    (void)ignored;
-    _exit(0);
-}
-
-/* SIGHUP, which would end the process by default, is blocked until serve() handles it. */
-static sigset_t
-listener_hup_only(void)
-{
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGHUP);
-    return set;
 }
 
 /* Raises the soft descriptor limit to the hard one, and lowers --max-connections to what fits
@@ -426,9 +388,11 @@ serve(void *arg, int *fds, int n)
                                       : NULL;
     if (srv.base != NULL && dns == NULL)
         dns = evdns_base_new(srv.base, 0);
-    if (srv.base != NULL && !cfg->no_reload) {
-        srv.reload = reload_new(srv.base, on_script_changed, &srv);
-        reload_watch(srv.reload, cfg->script_path);
+    if (srv.base != NULL) {
+        struct reload_options triggers = {.base = srv.base, .script_path = cfg->script_path,
+                                          .watch = !cfg->no_reload, .reload = listener_on_reload,
+                                          .stop = listener_on_stop, .arg = &srv};
+        srv.reload = reload_new(&triggers);
     }
     struct lrt_options opts = {.cfg = cfg, .lua_dir = lua_dir, .hostname = hostname,
                                .base = srv.base, .dns = dns, .on_file = on_lua_file,
@@ -440,27 +404,25 @@ serve(void *arg, int *fds, int n)
             close(fds[i]);
         goto out;
     }
+    if (srv.reload == NULL) { /* out of memory */
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        goto out;
+    }
 
     srv.sessions = (struct session_group){.base = srv.base, .cfg = cfg, .rt = rt,
-                                          .hostname = hostname, .on_empty = on_sessions_gone,
+                                          .hostname = hostname,
+                                          .on_empty = listener_on_sessions_gone,
                                           .on_empty_arg = &srv};
-    srv.accept_resume = evtimer_new(srv.base, on_accept_resume, &srv);
+    srv.accept_resume = evtimer_new(srv.base, listener_on_accept_resume, &srv);
     for (int i = 0; i < n; i++) {
-        srv.listeners[i] = evconnlistener_new(srv.base, on_accept, &srv,
+        srv.listeners[i] = evconnlistener_new(srv.base, listener_on_accept, &srv,
                                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
                                               fds[i]);
-        evconnlistener_set_error_cb(srv.listeners[i], on_accept_error);
+        evconnlistener_set_error_cb(srv.listeners[i], listener_on_accept_error);
     }
     srv.n_listeners = n;
-    srv.signals[0] = evsignal_new(srv.base, SIGTERM, on_stop_signal, &srv);
-    srv.signals[1] = evsignal_new(srv.base, SIGINT, on_stop_signal, &srv);
-    srv.signals[2] = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
-    for (int i = 0; i < 3; i++)
-        evsignal_add(srv.signals[i], NULL);
-    /* listener_run blocked SIGHUP until now: one sent while the script loaded is pending, and
-     * becomes a reload once the loop runs, instead of killing the process. */
-    sigset_t hup = listener_hup_only();
-    sigprocmask(SIG_UNBLOCK, &hup, NULL);
+    reload_start(srv.reload);
     /* Said only now, when a client or a signal can be answered: tests and scripts wait for it. */
     for (int i = 0; sa->announce && i < n; i++)
         log_listening(fds[i]);
@@ -475,17 +437,16 @@ serve(void *arg, int *fds, int n)
     for (int i = 0; i < srv.n_listeners; i++)
         if (srv.listeners[i])
             evconnlistener_free(srv.listeners[i]);
-    for (int i = 0; i < 3; i++)
-        event_free(srv.signals[i]);
     if (srv.shutdown_timer)
         event_free(srv.shutdown_timer);
     if (srv.accept_resume)
         event_free(srv.accept_resume);
 out:
+    /* First, as the stop signals' handlers went before the runtime's finalizers ran. */
+    reload_free(srv.reload);
     lrt_free(rt);
     /* Deliveries cancelled by the shutdown whose children have not been reaped yet. */
     pipe_shutdown();
-    reload_free(srv.reload);
     watchdog_stop();
     if (dns != NULL)
         evdns_base_free(dns, 0);
@@ -499,12 +460,8 @@ int
 listener_run(struct config *cfg, const char *lua_dir)
 {
     signal(SIGPIPE, SIG_IGN);
-    /* Until serve() has its handlers (in this process and in every worker, which inherit
-     * both): a stop signal ends the load at once, a SIGHUP waits for the loop. */
-    signal(SIGTERM, on_stop_signal_while_loading);
-    signal(SIGINT, on_stop_signal_while_loading);
-    sigset_t hup = listener_hup_only();
-    sigprocmask(SIG_BLOCK, &hup, NULL);
+    /* Until serve()'s reload_start, here and in every worker. */
+    reload_hold_signals();
     unsigned workers = cfg->workers > 1 ? cfg->workers : 1;
     int fds[MAX_LISTENERS];
     int n = bind_all(cfg, fds, MAX_LISTENERS, workers);

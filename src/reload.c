@@ -1,11 +1,13 @@
-/* File-change reload triggers over inotify (see reload.h). Events for names we do not watch
- * (an editor's swap and backup files) are ignored; a watched name's write-and-close or
- * rename-into-place arms a short timer, so the several events of one save give one reload. */
+/* Reload and stop triggers (see reload.h): the signals, and file changes over inotify. Events
+ * for names we do not watch (an editor's swap and backup files) are ignored; a watched name's
+ * write-and-close or rename-into-place arms a short timer, so the several events of one save
+ * give one reload. It never loads anything itself. */
 #include "luasmtpd/reload.h"
 
 #include <errno.h>
 #include <event2/event.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
@@ -22,26 +24,81 @@ struct watched {
 };
 
 struct reload {
-    int fd;
+    struct reload_options opts; /* opts.script_path is the caller's, kept alive by it */
+    int fd;                     /* inotify; -1 when not watching */
     struct event *readable;
     struct event *settle;
-    reload_fn trigger;
-    void *arg;
+    struct event *signals[3];
     struct watched *files;
     size_t n_files;
 };
 
 static void
-on_settled(evutil_socket_t fd, short what, void *arg)
+reload_on_settled(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct reload *r = arg;
-    r->trigger(r->arg);
+    /* Mid-save the file may be gone for a moment; the save's last event brings us back. */
+    if (access(r->opts.script_path, R_OK) != 0) {
+        log_debug("%s is not there (yet): no reload", r->opts.script_path);
+        return;
+    }
+    log_info("%s changed: reloading", r->opts.script_path);
+    r->opts.reload(r->opts.arg);
 }
 
 static void
-on_inotify(evutil_socket_t fd, short what, void *arg)
+reload_on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct reload *r = arg;
+    log_info("SIGHUP: reloading %s", r->opts.script_path);
+    r->opts.reload(r->opts.arg);
+}
+
+static void
+reload_on_stop(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct reload *r = arg;
+    r->opts.stop(r->opts.arg, (int)sig);
+}
+
+/* Nothing is in flight while the script first loads, so a stop signal then stops at once, and
+ * says so; exit 0, as a stop after the loop ran. */
+static void
+reload_on_stop_while_loading(int sig)
+{
+    (void)sig;
+    static const char said[] = "luasmtpd: stop signal while loading the script: exiting\n";
+    ssize_t ignored = write(STDERR_FILENO, said, sizeof(said) - 1);
+    (void)ignored;
+    _exit(0);
+}
+
+/* SIGHUP, which would end the process by default, is blocked until reload_start handles it. */
+static sigset_t
+reload_hup_only(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    return set;
+}
+
+void
+reload_hold_signals(void)
+{
+    signal(SIGTERM, reload_on_stop_while_loading);
+    signal(SIGINT, reload_on_stop_while_loading);
+    sigset_t hup = reload_hup_only();
+    sigprocmask(SIG_BLOCK, &hup, NULL);
+}
+
+static void
+reload_on_inotify(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct reload *r = arg;
@@ -68,29 +125,45 @@ on_inotify(evutil_socket_t fd, short what, void *arg)
 }
 
 struct reload *
-reload_new(struct event_base *base, reload_fn trigger, void *arg)
+reload_new(const struct reload_options *opts)
 {
     struct reload *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return NULL;
-    r->trigger = trigger;
-    r->arg = arg;
+    r->opts = *opts;
+    r->fd = -1;
+    r->signals[0] = evsignal_new(opts->base, SIGTERM, reload_on_stop, r);
+    r->signals[1] = evsignal_new(opts->base, SIGINT, reload_on_stop, r);
+    r->signals[2] = evsignal_new(opts->base, SIGHUP, reload_on_hup, r);
+    if (!opts->watch)
+        return r;
     r->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (r->fd == -1) {
         log_warn("cannot watch scripts for changes: %s (SIGHUP still reloads)", strerror(errno));
-        free(r);
-        return NULL;
+        return r;
     }
-    r->readable = event_new(base, r->fd, EV_READ | EV_PERSIST, on_inotify, r);
-    r->settle = evtimer_new(base, on_settled, r);
+    r->readable = event_new(opts->base, r->fd, EV_READ | EV_PERSIST, reload_on_inotify, r);
+    r->settle = evtimer_new(opts->base, reload_on_settled, r);
     event_add(r->readable, NULL);
+    reload_watch(r, opts->script_path);
     return r;
+}
+
+void
+reload_start(struct reload *r)
+{
+    for (int i = 0; i < 3; i++)
+        evsignal_add(r->signals[i], NULL);
+    /* reload_hold_signals blocked SIGHUP until now: one sent while the script loaded is
+     * pending, and becomes a reload once the loop runs, instead of killing the process. */
+    sigset_t hup = reload_hup_only();
+    sigprocmask(SIG_UNBLOCK, &hup, NULL);
 }
 
 int
 reload_watch(struct reload *r, const char *path)
 {
-    if (r == NULL)
+    if (r == NULL || r->fd == -1)
         return -1;
     char full[PATH_MAX];
     if (realpath(path, full) == NULL)
@@ -125,9 +198,14 @@ reload_free(struct reload *r)
 {
     if (r == NULL)
         return;
-    event_free(r->readable);
-    event_free(r->settle);
-    close(r->fd);
+    for (int i = 0; i < 3; i++)
+        if (r->signals[i] != NULL)
+            event_free(r->signals[i]);
+    if (r->fd != -1) {
+        event_free(r->readable);
+        event_free(r->settle);
+        close(r->fd);
+    }
     for (size_t i = 0; i < r->n_files; i++)
         free(r->files[i].name);
     free(r->files);

@@ -45,7 +45,7 @@ start_worker(unsigned w, unsigned n_workers, int *fds, int n_addrs, const sigset
     if (pid != 0)
         return pid;
     /* The caller's mask from before workers_run: SIGTERM and SIGINT open again, SIGHUP still
-     * blocked (listener_run) until the worker's loop handles it. */
+     * blocked (reload_hold_signals) until the worker's loop handles it. */
     sigprocmask(SIG_SETMASK, mask, NULL);
     int mine[n_addrs > 0 ? n_addrs : 1];
     for (int a = 0; a < n_addrs; a++) {
