@@ -7,62 +7,18 @@
  * the command calls for (2xx, 3xx for DATA's go-ahead); a reply of the wrong class, one nobody
  * asked for, a malformed one, a close or a timeout fails the connection, and every command
  * still waiting gets that failure with no reply code. Reply text is cleaned before anyone sees
- * it (see relay_reply), so it can be passed on as our own reply. */
+ * it (see struct relay_reply), so it can be passed on as our own reply. */
 #ifndef LUASMTPD_RELAY_CONN_H
 #define LUASMTPD_RELAY_CONN_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "luasmtpd/relay_reply.h"
+
 struct event_base;
 struct evdns_base;
 struct relay_conn;
-
-enum relay_failure {
-    RELAY_OK = 0,
-    RELAY_CONNECT_FAILED, /* could not resolve or connect */
-    RELAY_TIMED_OUT,
-    RELAY_TEMPFAIL, /* the server answered 4xx */
-    RELAY_PERMFAIL, /* the server answered 5xx */
-    RELAY_PROTOCOL, /* a malformed, unsolicited or wrong-class reply, or a close */
-    /* The connection failed (timeout, close, nonsense) after the end of the message had left
-     * us and before its reply came: the server may have delivered it. The one outcome where a
-     * failure may leave a copy behind; callers must say so. */
-    RELAY_UNKNOWN,
-};
-
-const char *relay_failure_name(enum relay_failure kind);
-
-/* True for the kinds that mean the connection is gone (no reply, no code), as opposed to a
- * reply (RELAY_OK) or a refusal the server gave (RELAY_TEMPFAIL, RELAY_PERMFAIL). */
-bool relay_failure_is_fatal(enum relay_failure kind);
-
-/* Longest line of reply text we hand on (without the code and its separator): short enough
- * that the text, passed on as our own reply even with an enhanced status code put in front
- * of it, stays within RFC 5321's 512 bytes a line (smtp_reply.c's limit). */
-#define RELAY_TEXT_LINE_MAX 480
-
-/* A server reply. `text` holds the lines' texts joined by "\n", without their codes, each
- * line cut to RELAY_TEXT_LINE_MAX bytes and every byte outside printable ASCII replaced by
- * '?' (a tab by a space). `code` is 0 when there was no reply: then `text` says what failed.
- * `end_of_data` is true for a reply (or the failure) that answers the end of a message, as
- * opposed to a command (DATA itself included). */
-struct relay_reply {
-    int code;
-    char *text;
-    bool end_of_data;
-};
-
-/* Sorts a reply code into a kind: 2xx/3xx ok, 4xx, 5xx; anything else is a protocol error.
- * It does not know which class a command calls for; the connection checks that. */
-enum relay_failure relay_reply_kind(const struct relay_reply *reply);
-
-enum relay_ext {
-    RELAY_EXT_PIPELINING = 1 << 0,
-    RELAY_EXT_SIZE = 1 << 1,
-    RELAY_EXT_8BITMIME = 1 << 2,
-    RELAY_EXT_SMTPUTF8 = 1 << 3,
-};
 
 /* The timeouts, in seconds, per stage (RFC 5321 4.5.3.2). `timeout` bounds the connect, the
  * greeting, each command's reply and each step of sending a message (a write that makes no
@@ -88,19 +44,11 @@ struct relay_conn_options {
  * included. */
 typedef void (*relay_ready_fn)(void *arg, struct relay_conn *conn, enum relay_failure kind,
                                const struct relay_reply *reply);
-typedef void (*relay_reply_fn)(void *arg, enum relay_failure kind, const struct relay_reply *reply);
 
 /* NULL when out of memory, or when opts->helo holds a CR or LF (errno EINVAL). */
 struct relay_conn *relay_conn_open(struct event_base *base, struct evdns_base *dns,
                                    const struct relay_conn_options *opts, relay_ready_fn ready,
                                    void *arg);
-
-/* Which reply class counts as success for a command: 2xx for every command we know (MAIL,
- * RCPT, RSET, NOOP, QUIT, ...); 2xx or 3xx for a command the caller passes through. */
-enum relay_expect {
-    RELAY_EXPECT_2XX,
-    RELAY_EXPECT_2XX_3XX,
-};
 
 /* Queues a command line (without CRLF); `done` gets its reply, in order, from the event loop.
  * Once the connection failed, every queued and later command gets the failure. -1 (errno
