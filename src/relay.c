@@ -29,7 +29,7 @@ struct relay {
 };
 
 static bool
-has_8bit(const char *data, size_t len)
+relay_has_8bit(const char *data, size_t len)
 {
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)data[i] & 0x80)
@@ -40,7 +40,7 @@ has_8bit(const char *data, size_t len)
 /* 8-bit bytes in the header section (up to the first empty line): internationalised header
  * fields, which need SMTPUTF8 (RFC 6532) where an 8-bit body needs only 8BITMIME. */
 static bool
-header_has_8bit(const char *data, size_t len)
+relay_header_has_8bit(const char *data, size_t len)
 {
     const char *p = data, *end = data + len;
     while (p < end) {
@@ -49,7 +49,7 @@ header_has_8bit(const char *data, size_t len)
         size_t n = (size_t)(line_end - p);
         if (n == 0 || (n == 1 && *p == '\r'))
             return false;
-        if (has_8bit(p, n))
+        if (relay_has_8bit(p, n))
             return true;
         p = nl ? nl + 1 : end;
     }
@@ -60,18 +60,18 @@ header_has_8bit(const char *data, size_t len)
  * client marked SMTPUTF8, cannot go to a server without SMTPUTF8. A client that marked pure
  * ASCII mail SMTPUTF8 asked for nothing the server must have. */
 static bool
-needs_smtputf8(const struct relay *r)
+relay_needs_smtputf8(const struct relay *r)
 {
-    if (has_8bit(r->mailfrom, strlen(r->mailfrom)))
+    if (relay_has_8bit(r->mailfrom, strlen(r->mailfrom)))
         return true;
     for (size_t i = 0; i < r->n_rcpts; i++)
-        if (has_8bit(r->rcpts[i], strlen(r->rcpts[i])))
+        if (relay_has_8bit(r->rcpts[i], strlen(r->rcpts[i])))
             return true;
-    return r->smtputf8 && header_has_8bit(r->data, r->len);
+    return r->smtputf8 && relay_header_has_8bit(r->data, r->len);
 }
 
 static void
-set_reply(struct relay_reply *dst, int code, const char *text)
+relay_set_reply(struct relay_reply *dst, int code, const char *text)
 {
     free(dst->text);
     dst->code = code;
@@ -95,7 +95,7 @@ relay_free(struct relay *r)
 }
 
 static void
-finish(struct relay *r, enum relay_failure kind)
+relay_finish(struct relay *r, enum relay_failure kind)
 {
     r->result.kind = kind;
     r->done(r->arg, &r->result);
@@ -104,109 +104,119 @@ finish(struct relay *r, enum relay_failure kind)
 
 /* The whole transaction failed with `kind`; a fatal kind carries no code. */
 static void
-fail_with(struct relay *r, enum relay_failure kind, const struct relay_reply *reply)
+relay_fail_with(struct relay *r, enum relay_failure kind, const struct relay_reply *reply)
 {
-    set_reply(&r->result.reply, relay_failure_is_fatal(kind) ? 0 : reply->code, reply->text);
-    finish(r, kind);
+    relay_set_reply(&r->result.reply, relay_failure_is_fatal(kind) ? 0 : reply->code, reply->text);
+    relay_finish(r, kind);
+}
+
+/* A lost connection (a fatal kind) ends the transaction whatever the reply was for; true when
+ * it did, and `r` is gone. */
+static bool
+relay_lost(struct relay *r, enum relay_failure kind, const struct relay_reply *reply)
+{
+    if (!relay_failure_is_fatal(kind))
+        return false;
+    relay_fail_with(r, kind, reply);
+    return true;
 }
 
 static void
-on_data_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
+relay_on_data_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
 {
     struct relay *r = arg;
     /* DATA refused, the message refused before its end, or the connection lost: the whole
      * transaction failed (RELAY_UNKNOWN when the end of the message had gone out). */
     if (relay_failure_is_fatal(kind) || !reply->end_of_data || !relay_conn_lmtp(r->conn)) {
-        fail_with(r, kind, reply);
+        relay_fail_with(r, kind, reply);
         return;
     }
     /* LMTP (RFC 2033 4.2): one reply per accepted recipient, in RCPT order. */
-    set_reply(&r->result.rcpt_replies[r->accepted_at[r->data_replies_seen]], reply->code,
-              reply->text);
+    relay_set_reply(&r->result.rcpt_replies[r->accepted_at[r->data_replies_seen]], reply->code,
+                    reply->text);
     if (kind == RELAY_OK || r->result.reply.code == 0)
-        set_reply(&r->result.reply, reply->code, reply->text);
+        relay_set_reply(&r->result.reply, reply->code, reply->text);
     if (++r->data_replies_seen < r->accepted)
         return;
-    finish(r, RELAY_OK);
+    relay_finish(r, RELAY_OK);
 }
 
 static void
-on_rcpt_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
+relay_on_rcpt_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
 {
     struct relay *r = arg;
-    if (relay_failure_is_fatal(kind)) {
-        fail_with(r, kind, reply);
+    if (relay_lost(r, kind, reply))
         return;
-    }
     size_t i = r->rcpt_replies_seen++;
-    set_reply(&r->result.rcpt_replies[i], reply->code, reply->text);
+    relay_set_reply(&r->result.rcpt_replies[i], reply->code, reply->text);
     if (kind == RELAY_OK)
         r->accepted_at[r->accepted++] = i;
     if (r->rcpt_replies_seen < r->n_rcpts)
         return;
     if (r->mail_failed) {
-        finish(r, relay_reply_kind(&r->result.reply));
+        relay_finish(r, relay_reply_kind(&r->result.reply));
         return;
     }
     if (r->accepted == 0) {
         /* Every recipient refused: the per-recipient answers are the result. */
-        set_reply(&r->result.reply, r->result.rcpt_replies[0].code, r->result.rcpt_replies[0].text);
-        finish(r, RELAY_OK);
+        relay_set_reply(&r->result.reply, r->result.rcpt_replies[0].code,
+                        r->result.rcpt_replies[0].text);
+        relay_finish(r, RELAY_OK);
         return;
     }
     if (relay_conn_data(r->conn, r->data, r->len,
-                        relay_conn_lmtp(r->conn) ? (unsigned)r->accepted : 1, on_data_reply,
+                        relay_conn_lmtp(r->conn) ? (unsigned)r->accepted : 1, relay_on_data_reply,
                         r) == -1) {
-        set_reply(&r->result.reply, 0, "out of memory");
-        finish(r, RELAY_PROTOCOL);
+        relay_set_reply(&r->result.reply, 0, "out of memory");
+        relay_finish(r, RELAY_PROTOCOL);
     }
 }
 
 static void
-on_mail_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
+relay_on_mail_reply(void *arg, enum relay_failure kind, const struct relay_reply *reply)
 {
     struct relay *r = arg;
-    if (relay_failure_is_fatal(kind)) {
-        fail_with(r, kind, reply);
-    } else if (kind != RELAY_OK) {
+    if (relay_lost(r, kind, reply))
+        return;
+    if (kind != RELAY_OK) {
         r->mail_failed = true; /* the RCPT replies still come; then this is the result */
-        set_reply(&r->result.reply, reply->code, reply->text);
+        relay_set_reply(&r->result.reply, reply->code, reply->text);
     }
 }
 
 /* A permanent failure of our own making, before anything of the transaction is sent. */
 static void
-refuse(struct relay *r, int code, const char *fmt, const char *peer)
+relay_refuse(struct relay *r, int code, const char *fmt, const char *peer)
 {
     struct buf text = {0};
     buf_printf(&text, fmt, peer);
-    set_reply(&r->result.reply, code, text.data ? text.data : "");
+    relay_set_reply(&r->result.reply, code, text.data ? text.data : "");
     buf_free(&text);
-    finish(r, RELAY_PERMFAIL);
+    relay_finish(r, RELAY_PERMFAIL);
 }
 
 static void
-on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
-         const struct relay_reply *reply)
+relay_on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
+               const struct relay_reply *reply)
 {
     struct relay *r = arg;
     if (kind != RELAY_OK) {
         r->conn = NULL; /* already gone */
-        set_reply(&r->result.reply, reply->code, reply->text);
-        finish(r, kind);
+        relay_set_reply(&r->result.reply, reply->code, reply->text);
+        relay_finish(r, kind);
         return;
     }
     unsigned ext = relay_conn_extensions(conn);
-    bool eight_bit = has_8bit(r->data, r->len);
-    bool utf8 = needs_smtputf8(r);
+    bool eight_bit = relay_has_8bit(r->data, r->len);
+    bool utf8 = relay_needs_smtputf8(r);
     if (utf8 && !(ext & RELAY_EXT_SMTPUTF8)) {
-        refuse(r, 553, "5.6.7 SMTPUTF8 is required, but was not offered by %s",
-               relay_conn_peer(conn));
+        relay_refuse(r, 553, "5.6.7 SMTPUTF8 is required, but was not offered by %s",
+                     relay_conn_peer(conn));
         return;
     }
     if (eight_bit && !(ext & RELAY_EXT_8BITMIME)) {
-        refuse(r, 554, "5.6.3 8-bit data, but 8BITMIME was not offered by %s",
-               relay_conn_peer(conn));
+        relay_refuse(r, 554, "5.6.3 8-bit data, but 8BITMIME was not offered by %s",
+                     relay_conn_peer(conn));
         return;
     }
     struct buf line = {0};
@@ -218,35 +228,43 @@ on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
     if (rc == 0 && (ext & RELAY_EXT_SMTPUTF8) && (utf8 || r->smtputf8))
         rc = buf_append_str(&line, " SMTPUTF8");
     if (rc == 0)
-        rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, on_mail_reply, r);
+        rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, relay_on_mail_reply,
+                                r);
     for (size_t i = 0; rc == 0 && i < r->n_rcpts; i++) {
         buf_reset(&line);
         rc = buf_printf(&line, "RCPT TO:<%s>", r->rcpts[i]);
         if (rc == 0)
-            rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, on_rcpt_reply, r);
+            rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX,
+                                    relay_on_rcpt_reply, r);
     }
     buf_free(&line);
     if (rc == -1) {
         /* Whatever was queued is abandoned with the connection: no callback will come. */
-        set_reply(&r->result.reply, 0,
-                  errno == EINVAL ? "a line break in an address" : "out of memory");
-        finish(r, RELAY_PROTOCOL);
+        relay_set_reply(&r->result.reply, 0,
+                        errno == EINVAL ? "a line break in an address" : "out of memory");
+        relay_finish(r, RELAY_PROTOCOL);
     }
+}
+
+/* A CR or LF in an address would end our command line early and smuggle another in. */
+static bool
+relay_has_line_break(const struct relay_request *req)
+{
+    if (strpbrk(req->mailfrom, "\r\n") != NULL)
+        return true;
+    for (size_t i = 0; i < req->n_rcpts; i++)
+        if (strpbrk(req->rcpts[i], "\r\n") != NULL)
+            return true;
+    return false;
 }
 
 struct relay *
 relay_start(struct event_base *base, struct evdns_base *dns, const struct relay_request *req,
             relay_done_fn done, void *arg)
 {
-    if (strpbrk(req->mailfrom, "\r\n") != NULL) {
+    if (relay_has_line_break(req)) {
         errno = EINVAL;
         return NULL;
-    }
-    for (size_t i = 0; i < req->n_rcpts; i++) {
-        if (strpbrk(req->rcpts[i], "\r\n") != NULL) {
-            errno = EINVAL;
-            return NULL;
-        }
     }
     struct relay *r = calloc(1, sizeof(*r));
     if (r == NULL)
@@ -269,7 +287,7 @@ relay_start(struct event_base *base, struct evdns_base *dns, const struct relay_
         r->n_rcpts = i + 1;
     }
     if (ok)
-        r->conn = relay_conn_open(base, dns, &req->conn, on_ready, r);
+        r->conn = relay_conn_open(base, dns, &req->conn, relay_on_ready, r);
     if (!ok || r->conn == NULL) {
         int saved = errno;
         relay_free(r);

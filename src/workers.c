@@ -30,7 +30,7 @@ struct slot {
 /* Restart times and the shutdown deadline are intervals: a wall clock set back must not hold a
  * worker's restart until it catches up. */
 static time_t
-monotonic_seconds(void)
+workers_monotonic_seconds(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -38,8 +38,8 @@ monotonic_seconds(void)
 }
 
 static pid_t
-start_worker(unsigned w, unsigned n_workers, int *fds, int n_addrs, const sigset_t *mask,
-             worker_fn fn, void *arg)
+workers_start_one(unsigned w, unsigned n_workers, int *fds, int n_addrs, const sigset_t *mask,
+                  worker_fn fn, void *arg)
 {
     pid_t pid = fork();
     if (pid != 0)
@@ -61,7 +61,7 @@ start_worker(unsigned w, unsigned n_workers, int *fds, int n_addrs, const sigset
 }
 
 static void
-signal_all(struct slot *slots, unsigned n, int sig)
+workers_signal_all(struct slot *slots, unsigned n, int sig)
 {
     for (unsigned i = 0; i < n; i++)
         if (slots[i].pid > 0)
@@ -84,8 +84,8 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
     if (slots == NULL)
         return 1;
     for (unsigned w = 0; w < n_workers; w++) {
-        slots[w].pid = start_worker(w, n_workers, fds, n_addrs, &old, fn, arg);
-        slots[w].started = monotonic_seconds();
+        slots[w].pid = workers_start_one(w, n_workers, fds, n_addrs, &old, fn, arg);
+        slots[w].started = workers_monotonic_seconds();
         log_info("worker %u started (pid %d)", w + 1, (int)slots[w].pid);
     }
 
@@ -104,7 +104,7 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
                     continue;
                 slots[w].pid = 0;
                 bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-                time_t now = monotonic_seconds();
+                time_t now = workers_monotonic_seconds();
                 struct slot *s = &slots[w];
                 if (now - s->started >= STABLE_SEC)
                     s->backoff = 0;
@@ -137,20 +137,20 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
                 log_info("%s: stopping %u worker(s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                          n_workers);
                 stopping = true;
-                deadline = monotonic_seconds() + shutdown_timeout + 5;
+                deadline = workers_monotonic_seconds() + shutdown_timeout + 5;
             }
-            signal_all(slots, n_workers, sig); /* a second one makes them close at once */
+            workers_signal_all(slots, n_workers, sig); /* a second one makes them close at once */
         } else if (sig == SIGHUP) {
-            signal_all(slots, n_workers, SIGHUP);
+            workers_signal_all(slots, n_workers, SIGHUP);
         }
 
-        time_t now = monotonic_seconds();
+        time_t now = workers_monotonic_seconds();
         bool alive = false;
         for (unsigned w = 0; w < n_workers; w++) {
             if (slots[w].pid > 0) {
                 alive = true;
             } else if (!stopping && now >= slots[w].restart_at) {
-                slots[w].pid = start_worker(w, n_workers, fds, n_addrs, &old, fn, arg);
+                slots[w].pid = workers_start_one(w, n_workers, fds, n_addrs, &old, fn, arg);
                 slots[w].started = now;
                 log_info("worker %u restarted (pid %d)", w + 1, (int)slots[w].pid);
                 alive = true;
@@ -162,7 +162,7 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
             break;
         if (stopping && now > deadline) {
             log_warn("workers still running after the shutdown grace: killing them");
-            signal_all(slots, n_workers, SIGKILL);
+            workers_signal_all(slots, n_workers, SIGKILL);
             deadline = now + 60;
         }
     }
