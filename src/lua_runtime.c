@@ -1,7 +1,9 @@
 /* Generations of lua_State and the calls into them. Each call runs in a coroutine of its own,
  * anchored in the registry while it lives, so a yielding binding can suspend it and the loop
  * can resume it later; a call's state says whether a late resume is still allowed. It turns Lua
- * values into plain C results; what a reply string means is the session's business. */
+ * values into plain C results; what a reply string means is the session's business. Reading
+ * the script's files (and refusing untrusted ones) is lua_load.c's; each runtime owns the pool
+ * of smtpd.pipe children its bindings share. */
 #include "luasmtpd/lua_runtime.h"
 
 #include <lauxlib.h>
