@@ -308,10 +308,12 @@ local function deliver_lmtp(tx, dest, data, options)
     return refusal
   end
   local results, err, code = tx.lmtp:data(data)
-  if not results and code then
-    -- Mailman refused the DATA command itself: no message went, and its answer stands.
+  -- Mailman refused the DATA command itself: no message went, and its answer stands. Told by
+  -- the message ("kind: CODE text") agreeing with the code, not by a code being there at all.
+  local said, text = tostring(err):match("^[^:]*: (%d%d%d) (.*)$")
+  if not results and code and tonumber(said) == code then
     close_lmtp(tx)
-    return smtpd.reply(code, tostring(err):match("^[^:]*: %d%d%d (.*)$") or tostring(err))
+    return smtpd.reply(code, text)
   end
   if not results then
     close_lmtp(tx)
