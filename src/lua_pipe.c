@@ -135,7 +135,7 @@ build_env(lua_State *L, int opts)
 static int
 l_smtpd_pipe(lua_State *L)
 {
-    const struct lrt_options *opts = lua_touserdata(L, lua_upvalueindex(1));
+    const struct lrt_env *env = lua_touserdata(L, lua_upvalueindex(1));
     size_t len;
     lua_settop(L, 3); /* what follows pushes scratch values above the arguments */
     char **argv = check_argv(L, 1);
@@ -168,7 +168,7 @@ l_smtpd_pipe(lua_State *L)
     struct pipe_request req = {.argv = argv, .envp = envp, .data = data, .len = len,
                                .timeout = timeout, .output_cap = (size_t)output_limit};
     /* pipe_spawn copies argv and envp: the userdata above may go once this returns. */
-    lp->job = pipe_spawn(opts->base, &req, on_pipe_done, lp);
+    lp->job = pipe_spawn(env->pipes, &req, on_pipe_done, lp);
     if (lp->job == NULL) {
         lpipe_free(lp);
         lua_pushnil(L);
@@ -180,9 +180,9 @@ l_smtpd_pipe(lua_State *L)
 }
 
 void
-lpipe_add(lua_State *L, const struct lrt_options *opts)
+lpipe_add(lua_State *L, const struct lrt_env *env)
 {
-    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushlightuserdata(L, (void *)env);
     lua_pushcclosure(L, l_smtpd_pipe, 1);
     lua_setfield(L, -2, "pipe");
 }

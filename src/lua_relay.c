@@ -24,8 +24,8 @@
 
 #define UPSTREAM_META "smtpd.upstream"
 
-static const struct lrt_options *
-options_of(lua_State *L)
+static const struct lrt_env *
+env_of(lua_State *L)
 {
     return lua_touserdata(L, lua_upvalueindex(1));
 }
@@ -125,16 +125,16 @@ number_field(lua_State *L, const char *what, const char *name, double dflt)
 /* Reads the connection fields shared by relay{} and connect{}; defaults come from the command
  * line's remotehost:remoteport. */
 static void
-check_conn_options(lua_State *L, const char *what, const struct lrt_options *opts,
+check_conn_options(lua_State *L, const char *what, const struct lrt_env *env,
                    struct relay_conn_options *co)
 {
     size_t len;
     co->host = string_field(L, what, "host", false, &len);
     if (co->host == NULL)
-        co->host = opts->cfg->remote_host;
+        co->host = env->remote_host;
     else if (line_problem(co->host, len) != NULL || len == 0)
         luaL_error(L, "%s: field 'host' is not a host name", what);
-    lua_Integer port = opts->cfg->remote_port;
+    lua_Integer port = env->remote_port;
     if (lua_getfield(L, 1, "port") != LUA_TNIL) {
         if (!lua_isinteger(L, -1))
             luaL_error(L, "%s: field 'port' must be an integer", what);
@@ -149,7 +149,7 @@ check_conn_options(lua_State *L, const char *what, const struct lrt_options *opt
     lua_pop(L, 1);
     co->helo = string_field(L, what, "helo", false, &len);
     if (co->helo == NULL) {
-        co->helo = opts->hostname;
+        co->helo = env->hostname;
     } else {
         const char *why = line_problem(co->helo, len);
         if (why != NULL)
@@ -254,11 +254,11 @@ static int
 l_smtpd_relay(lua_State *L)
 {
     static const char what[] = "smtpd.relay";
-    const struct lrt_options *opts = options_of(L);
+    const struct lrt_env *env = env_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     struct lrt_call *call = waiting_call(L, what);
     struct relay_request req = {0};
-    check_conn_options(L, what, opts, &req.conn);
+    check_conn_options(L, what, env, &req.conn);
 
     size_t len;
     req.mailfrom = string_field(L, what, "from", true, &len);
@@ -324,7 +324,7 @@ l_smtpd_relay(lua_State *L)
     lr->call = call;
     lua_pushvalue(L, data_index);
     lr->data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lr->relay = relay_start(opts->base, opts->dns, &req, on_relay_done, lr);
+    lr->relay = relay_start(env->base, env->dns, &req, on_relay_done, lr);
     if (lr->relay == NULL) {
         free_rcpts(lr);
         lrelay_free(lr);
@@ -446,11 +446,11 @@ static int
 l_smtpd_connect(lua_State *L)
 {
     static const char what[] = "smtpd.connect";
-    const struct lrt_options *opts = options_of(L);
+    const struct lrt_env *env = env_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     struct lrt_call *call = waiting_call(L, what);
     struct relay_conn_options co;
-    check_conn_options(L, what, opts, &co);
+    check_conn_options(L, what, env, &co);
     struct upstream *up = lua_newuserdatauv(L, sizeof(*up), 1);
     memset(up, 0, sizeof(*up));
     up->self_ref = up->data_ref = up->results_ref = LUA_NOREF;
@@ -459,7 +459,7 @@ l_smtpd_connect(lua_State *L)
     lua_replace(L, 1); /* upstream_wait anchors argument 1 */
     up->waiting = call;
     up->L = L;
-    struct relay_conn *conn = relay_conn_open(opts->base, opts->dns, &co, on_upstream_ready, up);
+    struct relay_conn *conn = relay_conn_open(env->base, env->dns, &co, on_upstream_ready, up);
     if (conn == NULL) {
         up->waiting = NULL;
         up->closed = true;
@@ -731,7 +731,7 @@ static const luaL_Reg upstream_methods[] = {
 };
 
 void
-lrelay_add(lua_State *L, const struct lrt_options *opts)
+lrelay_add(lua_State *L, const struct lrt_env *env)
 {
     if (luaL_newmetatable(L, UPSTREAM_META)) {
         luaL_newlib(L, upstream_methods);
@@ -744,10 +744,10 @@ lrelay_add(lua_State *L, const struct lrt_options *opts)
         lua_setfield(L, -2, "__close");
     }
     lua_pop(L, 1);
-    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushlightuserdata(L, (void *)env);
     lua_pushcclosure(L, l_smtpd_relay, 1);
     lua_setfield(L, -2, "relay");
-    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushlightuserdata(L, (void *)env);
     lua_pushcclosure(L, l_smtpd_connect, 1);
     lua_setfield(L, -2, "connect");
 }

@@ -228,8 +228,8 @@ relay_on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
     if (rc == 0 && (ext & RELAY_EXT_SMTPUTF8) && (utf8 || r->smtputf8))
         rc = buf_append_str(&line, " SMTPUTF8");
     if (rc == 0)
-        rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, relay_on_mail_reply,
-                                r);
+        rc =
+            relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, relay_on_mail_reply, r);
     for (size_t i = 0; rc == 0 && i < r->n_rcpts; i++) {
         buf_reset(&line);
         rc = buf_printf(&line, "RCPT TO:<%s>", r->rcpts[i]);

@@ -34,8 +34,7 @@ relay_pending_command(const char *line, size_t len, enum relay_expect expect, re
 }
 
 struct relay_pending *
-relay_pending_data(const char *data, size_t len, unsigned nreplies, relay_reply_fn done,
-                   void *arg)
+relay_pending_data(const char *data, size_t len, unsigned nreplies, relay_reply_fn done, void *arg)
 {
     struct relay_pending *p = calloc(1, sizeof(*p));
     if (p == NULL || (p->line = strdup("DATA\r\n")) == NULL) {

@@ -40,8 +40,8 @@ test_smuggling_refused(void **state)
     static const char *const lines[] = {"RCPT TO:<a>\r\nDATA", "RCPT TO:<a>\nDATA", "RSET\r"};
     for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
         errno = 0;
-        assert_null(relay_pending_command(lines[i], strlen(lines[i]), RELAY_EXPECT_2XX, NULL,
-                                          NULL));
+        assert_null(
+            relay_pending_command(lines[i], strlen(lines[i]), RELAY_EXPECT_2XX, NULL, NULL));
         assert_int_equal(errno, EINVAL);
     }
     errno = 0;

@@ -16,10 +16,10 @@
 #include "luasmtpd/relay_reply.h"
 
 struct read_case {
-    const char *in;            /* fed in one piece */
-    enum relay_read outcome;   /* of the first relay_reply_read */
-    int code;                  /* when RELAY_READ_REPLY */
-    const char *text;          /* when RELAY_READ_REPLY */
+    const char *in;          /* fed in one piece */
+    enum relay_read outcome; /* of the first relay_reply_read */
+    int code;                /* when RELAY_READ_REPLY */
+    const char *text;        /* when RELAY_READ_REPLY */
 };
 
 static const struct read_case read_cases[] = {
@@ -31,7 +31,7 @@ static const struct read_case read_cases[] = {
     {"250 OK", RELAY_READ_MORE, 0, NULL}, /* no line end yet */
     {"", RELAY_READ_MORE, 0, NULL},
     {"354 go ahead\r\n", RELAY_READ_REPLY, 354, "go ahead"},
-    {"199 x\r\n", RELAY_READ_REPLY, 199, "x"}, /* a code; which class is allowed is not ours */
+    {"199 x\r\n", RELAY_READ_REPLY, 199, "x"},    /* a code; which class is allowed is not ours */
     {"550xyz\r\n", RELAY_READ_REPLY, 550, "xyz"}, /* no separator: the rest is text */
     {"250 a\tb\x01\x7f\xc3\xa9\r\n", RELAY_READ_REPLY, 250, "a b????"},
     {"600 no\r\n", RELAY_READ_MALFORMED, 0, NULL},
@@ -170,7 +170,7 @@ test_kinds_and_names(void **state)
     static const struct {
         int code;
         enum relay_failure kind;
-    } kinds[] = {{250, RELAY_OK}, {354, RELAY_OK},        {421, RELAY_TEMPFAIL},
+    } kinds[] = {{250, RELAY_OK},       {354, RELAY_OK},       {421, RELAY_TEMPFAIL},
                  {550, RELAY_PERMFAIL}, {199, RELAY_PROTOCOL}, {0, RELAY_PROTOCOL}};
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
         struct relay_reply reply = {.code = kinds[i].code, .text = ""};
@@ -199,9 +199,9 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_read_cases),   cmocka_unit_test(test_read_in_pieces),
-        cmocka_unit_test(test_long_line),    cmocka_unit_test(test_many_lines),
-        cmocka_unit_test(test_extensions),   cmocka_unit_test(test_kinds_and_names),
+        cmocka_unit_test(test_read_cases), cmocka_unit_test(test_read_in_pieces),
+        cmocka_unit_test(test_long_line),  cmocka_unit_test(test_many_lines),
+        cmocka_unit_test(test_extensions), cmocka_unit_test(test_kinds_and_names),
         cmocka_unit_test(test_excerpt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
