@@ -1,5 +1,5 @@
-/* The process around the sessions: listening sockets, accept, signals, privilege drop and the
- * graceful stop. It never parses SMTP. */
+/* The process around the sessions: listening sockets, accept, privilege drop and the graceful
+ * stop. It never parses SMTP; which signals and edits reload or stop it is reload.h's. */
 #ifndef LUASMTPD_LISTENER_H
 #define LUASMTPD_LISTENER_H
 
