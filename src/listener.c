@@ -23,7 +23,6 @@
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/reload.h"
-#include "luasmtpd/pipe.h"
 #include "luasmtpd/session.h"
 #include "luasmtpd/watchdog.h"
 #include "luasmtpd/workers.h"
@@ -405,6 +404,29 @@ fit_descriptors(struct config *cfg)
     cfg->max_connections = (unsigned)fits;
 }
 
+/* What the runtime is given of the command line; serve() adds the loop and the file watcher. */
+static struct lrt_options
+runtime_options(const struct config *cfg, const char *lua_dir, const char *hostname)
+{
+    return (struct lrt_options){
+        .env = {.hostname = hostname, .remote_host = cfg->remote_host,
+                .remote_port = cfg->remote_port, .settings = cfg->settings,
+                .n_settings = cfg->n_settings, .size_limit = cfg->size_limit, .debug = cfg->debug},
+        .load = {.lua_dir = lua_dir, .script_path = cfg->script_path,
+                 .started_as_root = cfg->started_as_root},
+        .lua_instructions = cfg->lua_instructions,
+        .lua_memory_mb = cfg->lua_memory_mb,
+        .max_children = cfg->max_children,
+    };
+}
+
+bool
+listener_check_script(const struct config *cfg, const char *lua_dir)
+{
+    struct lrt_options opts = runtime_options(cfg, lua_dir, "localhost");
+    return lrt_check(&opts);
+}
+
 struct serve_args {
     struct config *cfg;
     const char *lua_dir;
@@ -430,9 +452,11 @@ serve(void *arg, int *fds, int n)
         srv.reload = reload_new(srv.base, on_script_changed, &srv);
         reload_watch(srv.reload, cfg->script_path);
     }
-    struct lrt_options opts = {.cfg = cfg, .lua_dir = lua_dir, .hostname = hostname,
-                               .base = srv.base, .dns = dns, .on_file = on_lua_file,
-                               .on_file_arg = &srv};
+    struct lrt_options opts = runtime_options(cfg, lua_dir, hostname);
+    opts.env.base = srv.base;
+    opts.env.dns = dns;
+    opts.load.on_file = on_lua_file;
+    opts.load.on_file_arg = &srv;
     struct lrt *rt = lrt_new(&opts);
     int status = 1;
     if (srv.base == NULL || rt == NULL || !lrt_load(rt)) {
@@ -482,9 +506,7 @@ serve(void *arg, int *fds, int n)
     if (srv.accept_resume)
         event_free(srv.accept_resume);
 out:
-    lrt_free(rt);
-    /* Deliveries cancelled by the shutdown whose children have not been reaped yet. */
-    pipe_shutdown();
+    lrt_free(rt); /* with it the children of deliveries the shutdown cancelled */
     reload_free(srv.reload);
     watchdog_stop();
     if (dns != NULL)
@@ -515,15 +537,13 @@ listener_run(struct config *cfg, const char *lua_dir)
             close(fds[i]);
         return 1;
     }
-    pipe_set_max_children(cfg->max_children);
     fit_descriptors(cfg);
     struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};
     if (workers == 1)
         return serve(&args, fds, n);
 
     /* Found out here, once, rather than by every worker dying in turn. */
-    struct lrt_options check = {.cfg = cfg, .lua_dir = lua_dir, .hostname = "localhost"};
-    if (!lrt_check(&check)) {
+    if (!listener_check_script(cfg, lua_dir)) {
         for (int i = 0; i < n; i++)
             close(fds[i]);
         return 1;

@@ -76,13 +76,13 @@ check_argv(lua_State *L, int index)
 
 /* The child's environment: PATH, then opts.env's KEY=VALUE pairs (which may replace it). */
 static char **
-build_env(lua_State *L, int opts)
+build_env(lua_State *L, int options)
 {
     lua_newtable(L);
     int list = lua_gettop(L);
     int n = 0;
     bool has_path = false;
-    if (lbind_field(L, opts, WHAT, "env", LUA_TTABLE, false) != LUA_TNIL) {
+    if (lbind_field(L, options, WHAT, "env", LUA_TTABLE, false) != LUA_TNIL) {
         lua_pushnil(L);
         while (lua_next(L, -2) != 0) {
             if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
@@ -116,7 +116,7 @@ build_env(lua_State *L, int opts)
 static int
 l_smtpd_pipe(lua_State *L)
 {
-    const struct lrt_options *opts = lua_touserdata(L, lua_upvalueindex(1));
+    const struct lrt_env *env = lua_touserdata(L, lua_upvalueindex(1));
     size_t len;
     lua_settop(L, 3); /* what follows pushes scratch values above the arguments */
     char **argv = check_argv(L, 1);
@@ -147,7 +147,7 @@ l_smtpd_pipe(lua_State *L)
     struct pipe_request req = {.argv = argv, .envp = envp, .data = data, .len = len,
                                .timeout = timeout, .output_cap = (size_t)output_limit};
     /* pipe_spawn copies argv and envp: the userdata above may go once this returns. */
-    lp->job = pipe_spawn(opts->base, &req, lpipe_on_done, lp);
+    lp->job = pipe_spawn(env->pipes, &req, lpipe_on_done, lp);
     if (lp->job == NULL) {
         lbind_release(&lp->hold);
         return lbind_fail(L, LPIPE_FAILURE_CODE, "cannot run %s: out of memory", argv[0]);
@@ -156,9 +156,9 @@ l_smtpd_pipe(lua_State *L)
 }
 
 void
-lpipe_add(lua_State *L, const struct lrt_options *opts)
+lpipe_add(lua_State *L, const struct lrt_env *env)
 {
-    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushlightuserdata(L, (void *)env);
     lua_pushcclosure(L, l_smtpd_pipe, 1);
     lua_setfield(L, -2, "pipe");
 }

@@ -25,8 +25,8 @@
 
 #define UPSTREAM_META "smtpd.upstream"
 
-static const struct lrt_options *
-options_of(lua_State *L)
+static const struct lrt_env *
+env_of(lua_State *L)
 {
     return lua_touserdata(L, lua_upvalueindex(1));
 }
@@ -112,7 +112,7 @@ check_seconds(lua_State *L, const char *what, const char *name, double dflt)
 /* Checks what relay{} and connect{} share: the options table, a call that may wait, and the
  * connection fields (defaults from the command line's remotehost:remoteport). */
 static struct lrt_call *
-check_conn_options(lua_State *L, const char *what, const struct lrt_options *opts,
+check_conn_options(lua_State *L, const char *what, const struct lrt_env *env,
                    struct relay_conn_options *co)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -120,10 +120,10 @@ check_conn_options(lua_State *L, const char *what, const struct lrt_options *opt
     size_t len;
     co->host = lbind_string(L, 1, what, "host", false, &len);
     if (co->host == NULL)
-        co->host = opts->cfg->remote_host;
+        co->host = env->remote_host;
     else if (line_problem(co->host, len) != NULL || len == 0)
         lbind_field_error(L, what, "host", "is not a host name");
-    lua_Integer port = opts->cfg->remote_port;
+    lua_Integer port = env->remote_port;
     port = lbind_integer(L, 1, what, "port", port);
     if (port <= 0 || port >= 65536)
         lbind_field_error(L, what, "port", "must be 1-65535");
@@ -133,7 +133,7 @@ check_conn_options(lua_State *L, const char *what, const struct lrt_options *opt
     co->lmtp = lbind_boolean(L, 1, what, "lmtp", false);
     co->helo = lbind_string(L, 1, what, "helo", false, &len);
     if (co->helo == NULL)
-        co->helo = opts->hostname;
+        co->helo = env->hostname;
     else
         check_line_field(L, what, "helo", co->helo, len);
     return call;
@@ -252,9 +252,9 @@ static int
 l_smtpd_relay(lua_State *L)
 {
     static const char what[] = "smtpd.relay";
-    const struct lrt_options *opts = options_of(L);
+    const struct lrt_env *env = env_of(L);
     struct relay_request req = {0};
-    struct lrt_call *call = check_conn_options(L, what, opts, &req.conn);
+    struct lrt_call *call = check_conn_options(L, what, env, &req.conn);
 
     size_t len;
     req.mailfrom = lbind_string(L, 1, what, "from", true, &len);
@@ -288,7 +288,7 @@ l_smtpd_relay(lua_State *L)
     req.rcpts = (const char *const *)rcpts;
     req.n_rcpts = n;
     lbind_anchor(L, &lr->hold, 0, data_index);
-    lr->relay = relay_start(opts->base, opts->dns, &req, lrelay_on_done, lr);
+    lr->relay = relay_start(env->base, env->dns, &req, lrelay_on_done, lr);
     if (lr->relay == NULL) {
         lbind_release(&lr->hold);
         return lbind_fail(L, 0, "%s: cannot start (out of memory)", what);
@@ -384,16 +384,16 @@ static int
 l_smtpd_connect(lua_State *L)
 {
     static const char what[] = "smtpd.connect";
-    const struct lrt_options *opts = options_of(L);
+    const struct lrt_env *env = env_of(L);
     struct relay_conn_options co;
-    struct lrt_call *call = check_conn_options(L, what, opts, &co);
+    struct lrt_call *call = check_conn_options(L, what, env, &co);
     struct upstream *up = lua_newuserdatauv(L, sizeof(*up), 1);
     memset(up, 0, sizeof(*up));
     lbind_hold_init(&up->hold, up, upstream_stop, NULL);
     up->lmtp = co.lmtp;
     luaL_setmetatable(L, UPSTREAM_META);
     lua_replace(L, 1); /* upstream_wait anchors argument 1 */
-    struct relay_conn *conn = relay_conn_open(opts->base, opts->dns, &co, upstream_on_ready, up);
+    struct relay_conn *conn = relay_conn_open(env->base, env->dns, &co, upstream_on_ready, up);
     if (conn == NULL) {
         up->closed = true;
         return lbind_fail(L, 0, "%s: cannot start (out of memory)", what);
@@ -665,7 +665,7 @@ static const luaL_Reg upstream_metamethods[] = {
 };
 
 void
-lrelay_add(lua_State *L, const struct lrt_options *opts)
+lrelay_add(lua_State *L, const struct lrt_env *env)
 {
     if (luaL_newmetatable(L, UPSTREAM_META)) {
         luaL_setfuncs(L, upstream_metamethods, 0);
@@ -674,10 +674,10 @@ lrelay_add(lua_State *L, const struct lrt_options *opts)
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
-    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushlightuserdata(L, (void *)env);
     lua_pushcclosure(L, l_smtpd_relay, 1);
     lua_setfield(L, -2, "relay");
-    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushlightuserdata(L, (void *)env);
     lua_pushcclosure(L, l_smtpd_connect, 1);
     lua_setfield(L, -2, "connect");
 }

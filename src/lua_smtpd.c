@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "luasmtpd/config.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_pipe.h"
 #include "luasmtpd/lua_relay.h"
@@ -169,44 +170,43 @@ static const luaL_Reg smtpd_functions[] = {
 static int
 lsmtpd_open(lua_State *L)
 {
-    const struct lrt_options *opts = lua_touserdata(L, lua_upvalueindex(1));
-    const struct config *cfg = opts->cfg;
+    const struct lrt_env *env = lua_touserdata(L, lua_upvalueindex(1));
 
     luaL_newlib(L, smtpd_functions);
 
     lua_pushliteral(L, LUASMTPD_VERSION);
     lua_setfield(L, -2, "version");
-    lua_pushstring(L, opts->hostname);
+    lua_pushstring(L, env->hostname);
     lua_setfield(L, -2, "hostname");
-    lua_pushboolean(L, cfg->debug);
+    lua_pushboolean(L, env->debug);
     lua_setfield(L, -2, "debugging");
 
     lua_createtable(L, 0, 2);
-    lua_pushstring(L, cfg->remote_host);
+    lua_pushstring(L, env->remote_host);
     lua_setfield(L, -2, "host");
-    lua_pushinteger(L, cfg->remote_port);
+    lua_pushinteger(L, env->remote_port);
     lua_setfield(L, -2, "port");
     lua_setfield(L, -2, "remote");
 
-    lua_createtable(L, 0, (int)cfg->n_settings);
-    for (size_t i = 0; i < cfg->n_settings; i++) {
-        lua_pushstring(L, cfg->settings[i].value);
-        lua_setfield(L, -2, cfg->settings[i].key);
+    lua_createtable(L, 0, (int)env->n_settings);
+    for (size_t i = 0; i < env->n_settings; i++) {
+        lua_pushstring(L, env->settings[i].value);
+        lua_setfield(L, -2, env->settings[i].key);
     }
     lua_setfield(L, -2, "settings");
 
-    lua_pushinteger(L, (lua_Integer)cfg->size_limit);
+    lua_pushinteger(L, (lua_Integer)env->size_limit);
     lua_setfield(L, -2, "size_limit");
-    lrelay_add(L, opts);
-    lpipe_add(L, opts);
+    lrelay_add(L, env);
+    lpipe_add(L, env);
     return 1;
 }
 
 void
-lsmtpd_register(lua_State *L, const struct lrt_options *opts)
+lsmtpd_register(lua_State *L, const struct lrt_env *env)
 {
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushlightuserdata(L, (void *)opts);
+    lua_pushlightuserdata(L, (void *)env);
     lua_pushcclosure(L, lsmtpd_open, 1);
     lua_setfield(L, -2, "smtpd");
     lua_pop(L, 1);

@@ -11,7 +11,6 @@
 #include "luasmtpd/config.h"
 #include "luasmtpd/listener.h"
 #include "luasmtpd/log.h"
-#include "luasmtpd/lua_runtime.h"
 
 /* The bundled scripts: $LUASMTPD_LUA_DIR; else the source tree's when this binary is the one
  * in the build tree (a developer runs what they edit); else <prefix>/share/luasmtpd/lua beside
@@ -72,8 +71,7 @@ main(int argc, char **argv)
     }
     log_set_debug(cfg.debug);
     if (cfg.check_only) {
-        struct lrt_options opts = {.cfg = &cfg, .lua_dir = lua_dir, .hostname = "localhost"};
-        bool good = lrt_check(&opts);
+        bool good = listener_check_script(&cfg, lua_dir);
         printf("%s: %s\n", cfg.script_path, good ? "ok" : "failed (see the error above)");
         config_free(&cfg);
         return good ? 0 : 1;

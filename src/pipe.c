@@ -27,10 +27,10 @@
 #define WRITE_CHUNK (64 * 1024)
 
 struct pipe_job {
-    struct pipe_job *prev_live, *next_live;   /* every job not yet freed, for pipe_shutdown */
+    struct pipe_job *prev_live, *next_live;   /* every job not yet freed, for pipe_pool_free */
     struct pipe_job *next_queued;
     struct pipe_job *prev_running, *next_running; /* children watched through SIGCHLD */
-    struct event_base *base;
+    struct pipe_pool *pool;
     char **argv;
     char **envp;
     const char *data;
@@ -48,19 +48,28 @@ struct pipe_job {
     int wait_status;
 };
 
-static unsigned max_children = 32;
-static unsigned running_children;
-static struct pipe_job *queue_head, *queue_tail;
-/* Where pidfd_open is missing (kernels before 5.3, valgrind), exits are learnt from SIGCHLD:
- * the handler is set up before the first fork, and each signal checks every child it knows. */
-static struct event *sigchld_event;
-static struct pipe_job *watched;
-static struct pipe_job *live;
+struct pipe_pool {
+    struct event_base *base;
+    unsigned max_children;
+    unsigned running_children;
+    struct pipe_job *queue_head, *queue_tail;
+    /* Where pidfd_open is missing (kernels before 5.3, valgrind), exits are learnt from
+     * SIGCHLD: the handler is set up before the first fork, and each signal checks every child
+     * it knows. */
+    struct event *sigchld_event;
+    struct pipe_job *watched;
+    struct pipe_job *live;
+};
 
-void
-pipe_set_max_children(unsigned max)
+struct pipe_pool *
+pipe_pool_new(struct event_base *base, unsigned max_children)
 {
-    max_children = max ? max : 1;
+    struct pipe_pool *pool = calloc(1, sizeof(*pool));
+    if (pool == NULL)
+        return NULL;
+    pool->base = base;
+    pool->max_children = max_children ? max_children : 1;
+    return pool;
 }
 
 static char **
@@ -92,12 +101,13 @@ free_strings(char **v)
 static void
 unwatch(struct pipe_job *job)
 {
-    if (job->prev_running == NULL && watched != job)
+    struct pipe_pool *pool = job->pool;
+    if (job->prev_running == NULL && pool->watched != job)
         return;
     if (job->prev_running != NULL)
         job->prev_running->next_running = job->next_running;
     else
-        watched = job->next_running;
+        pool->watched = job->next_running;
     if (job->next_running != NULL)
         job->next_running->prev_running = job->prev_running;
     job->prev_running = job->next_running = NULL;
@@ -116,15 +126,16 @@ close_fd(int *fd, struct event **ev)
     }
 }
 
-static void start_queued(void);
+static void start_queued(struct pipe_pool *pool);
 
 static void
 job_free(struct pipe_job *job)
 {
+    struct pipe_pool *pool = job->pool;
     if (job->prev_live != NULL)
         job->prev_live->next_live = job->next_live;
-    else if (live == job)
-        live = job->next_live;
+    else if (pool->live == job)
+        pool->live = job->next_live;
     if (job->next_live != NULL)
         job->next_live->prev_live = job->prev_live;
     unwatch(job);
@@ -141,16 +152,17 @@ job_free(struct pipe_job *job)
 
 /* Reports (unless cancelled) and frees; a finished child frees a slot for a queued job. */
 static void
-finish(struct pipe_job *job, const struct pipe_result *result)
+pipe_job_finish(struct pipe_job *job, const struct pipe_result *result)
 {
+    struct pipe_pool *pool = job->pool;
     if (job->running) {
-        running_children--;
+        pool->running_children--;
         job->running = false;
     }
     if (!job->cancelled)
         job->done(job->arg, result);
     job_free(job);
-    start_queued();
+    start_queued(pool);
 }
 
 static void
@@ -171,7 +183,7 @@ maybe_finish(struct pipe_job *job)
         result.outcome = PIPE_EXITED;
         result.status = WEXITSTATUS(st);
     }
-    finish(job, &result);
+    pipe_job_finish(job, &result);
 }
 
 static void
@@ -194,7 +206,7 @@ drain_output(struct pipe_job *job)
 }
 
 static void
-on_output(evutil_socket_t fd, short what, void *arg)
+pipe_on_output(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -204,7 +216,7 @@ on_output(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_stdin_writable(evutil_socket_t fd, short what, void *arg)
+pipe_on_stdin_writable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct pipe_job *job = arg;
@@ -253,7 +265,7 @@ on_reaped(struct pipe_job *job)
 }
 
 static void
-on_exit_event(evutil_socket_t fd, short what, void *arg)
+pipe_on_exit(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -263,17 +275,17 @@ on_exit_event(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_sigchld(evutil_socket_t fd, short what, void *arg)
+pipe_on_sigchld(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    (void)arg;
+    struct pipe_pool *pool = arg;
     /* A finished job may start queued ones or free others: look again from the top after each
      * one that exited. */
-    for (struct pipe_job *job = watched; job != NULL;) {
+    for (struct pipe_job *job = pool->watched; job != NULL;) {
         if (reap(job)) {
             on_reaped(job);
-            job = watched;
+            job = pool->watched;
         } else {
             job = job->next_running;
         }
@@ -281,7 +293,7 @@ on_sigchld(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_timer(evutil_socket_t fd, short what, void *arg)
+pipe_on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -389,14 +401,15 @@ fail_job(struct pipe_job *job, const char *what, int err)
     snprintf(text, sizeof(text), "cannot run %s: %s%s%s", job->argv[0], what, err ? ": " : "",
              err ? strerror(err) : "");
     struct pipe_result result = {.outcome = PIPE_FAILED, .error = text, .output = ""};
-    finish(job, &result);
+    pipe_job_finish(job, &result);
 }
 
 static void
-start(struct pipe_job *job)
+pipe_job_start(struct pipe_job *job)
 {
+    struct pipe_pool *pool = job->pool;
     int in[2], out[2], errp[2];
-    running_children++;
+    pool->running_children++;
     job->running = true;
     if (pipe2(in, O_CLOEXEC) == -1) {
         fail_job(job, "pipe", errno);
@@ -424,10 +437,10 @@ start(struct pipe_job *job)
         close(errp[1]);
         errp[1] = moved;
     }
-    if (sigchld_event == NULL) {
-        sigchld_event = evsignal_new(job->base, SIGCHLD, on_sigchld, NULL);
-        if (sigchld_event != NULL)
-            evsignal_add(sigchld_event, NULL);
+    if (pool->sigchld_event == NULL) {
+        pool->sigchld_event = evsignal_new(pool->base, SIGCHLD, pipe_on_sigchld, pool);
+        if (pool->sigchld_event != NULL)
+            evsignal_add(pool->sigchld_event, NULL);
     }
     int limit = fd_limit();
     pid_t pid = fork();
@@ -457,24 +470,24 @@ start(struct pipe_job *job)
     fcntl(job->stdin_fd, F_SETFL, O_NONBLOCK);
     fcntl(job->output_fd, F_SETFL, O_NONBLOCK);
     job->pid_fd = pidfd_open(pid, 0);
-    job->timer = evtimer_new(job->base, on_timer, job);
+    job->timer = evtimer_new(pool->base, pipe_on_timer, job);
     if (job->pid_fd >= 0) {
-        job->exit_ev = event_new(job->base, job->pid_fd, EV_READ | EV_PERSIST, on_exit_event, job);
+        job->exit_ev = event_new(pool->base, job->pid_fd, EV_READ | EV_PERSIST, pipe_on_exit, job);
     } else {
-        job->next_running = watched;
-        if (watched != NULL)
-            watched->prev_running = job;
-        watched = job;
+        job->next_running = pool->watched;
+        if (pool->watched != NULL)
+            pool->watched->prev_running = job;
+        pool->watched = job;
     }
-    job->output_ev = event_new(job->base, job->output_fd, EV_READ | EV_PERSIST, on_output, job);
-    job->stdin_ev = event_new(job->base, job->stdin_fd, EV_WRITE | EV_PERSIST, on_stdin_writable, job);
+    job->output_ev = event_new(pool->base, job->output_fd, EV_READ | EV_PERSIST, pipe_on_output, job);
+    job->stdin_ev = event_new(pool->base, job->stdin_fd, EV_WRITE | EV_PERSIST, pipe_on_stdin_writable, job);
     if (n == (ssize_t)sizeof(child_err)) {
         /* exec failed: reap the child, report why. */
         waitpid(pid, NULL, 0);
         fail_job(job, "exec", child_err);
         return;
     }
-    if ((job->pid_fd >= 0 && job->exit_ev == NULL) || (job->pid_fd < 0 && sigchld_event == NULL) ||
+    if ((job->pid_fd >= 0 && job->exit_ev == NULL) || (job->pid_fd < 0 && pool->sigchld_event == NULL) ||
         job->timer == NULL || job->output_ev == NULL || job->stdin_ev == NULL) {
         int err = errno;
         kill(pid, SIGKILL);
@@ -497,46 +510,47 @@ start(struct pipe_job *job)
 }
 
 static void
-start_queued(void)
+start_queued(struct pipe_pool *pool)
 {
-    while (queue_head != NULL && running_children < max_children) {
-        struct pipe_job *job = queue_head;
-        queue_head = job->next_queued;
-        if (queue_head == NULL)
-            queue_tail = NULL;
-        start(job);
+    while (pool->queue_head != NULL && pool->running_children < pool->max_children) {
+        struct pipe_job *job = pool->queue_head;
+        pool->queue_head = job->next_queued;
+        if (pool->queue_head == NULL)
+            pool->queue_tail = NULL;
+        pipe_job_start(job);
     }
 }
 
 /* Starting from the loop, never inside pipe_spawn, keeps `done` from running before the
  * caller has yielded. */
 static void
-on_start(evutil_socket_t fd, short what, void *arg)
+pipe_on_start(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct pipe_job *job = arg;
+    struct pipe_pool *pool = job->pool;
     event_free(job->timer);
     job->timer = NULL;
     if (job->cancelled) {
         job_free(job);
         return;
     }
-    if (queue_tail)
-        queue_tail->next_queued = job;
+    if (pool->queue_tail)
+        pool->queue_tail->next_queued = job;
     else
-        queue_head = job;
-    queue_tail = job;
-    start_queued();
+        pool->queue_head = job;
+    pool->queue_tail = job;
+    start_queued(pool);
 }
 
 struct pipe_job *
-pipe_spawn(struct event_base *base, const struct pipe_request *req, pipe_done_fn done, void *arg)
+pipe_spawn(struct pipe_pool *pool, const struct pipe_request *req, pipe_done_fn done, void *arg)
 {
     struct pipe_job *job = calloc(1, sizeof(*job));
     if (job == NULL)
         return NULL;
-    job->base = base;
+    job->pool = pool;
     job->stdin_fd = job->output_fd = job->pid_fd = -1;
     job->data = req->data;
     job->len = req->len;
@@ -546,15 +560,15 @@ pipe_spawn(struct event_base *base, const struct pipe_request *req, pipe_done_fn
     job->arg = arg;
     job->argv = copy_strings(req->argv);
     job->envp = copy_strings(req->envp);
-    job->timer = evtimer_new(base, on_start, job);
+    job->timer = evtimer_new(pool->base, pipe_on_start, job);
     if (job->argv == NULL || job->envp == NULL || job->argv[0] == NULL || job->timer == NULL) {
         job_free(job);
         return NULL;
     }
-    job->next_live = live;
-    if (live != NULL)
-        live->prev_live = job;
-    live = job;
+    job->next_live = pool->live;
+    if (pool->live != NULL)
+        pool->live->prev_live = job;
+    pool->live = job;
     struct timeval now = {0, 0};
     evtimer_add(job->timer, &now);
     return job;
@@ -575,16 +589,17 @@ pipe_cancel(struct pipe_job *job)
         job->stdin_ev = NULL;
     }
     if (job->pid == 0) {
-        /* Not started: either waiting for on_start (which frees it) or in the queue. */
-        struct pipe_job **p = &queue_head;
+        /* Not started: either waiting for pipe_on_start (which frees it) or in the queue. */
+        struct pipe_pool *pool = job->pool;
+        struct pipe_job **p = &pool->queue_head;
         while (*p != NULL && *p != job)
             p = &(*p)->next_queued;
         if (*p == job) {
             *p = job->next_queued;
-            if (queue_tail == job) {
-                queue_tail = NULL;
-                for (struct pipe_job *q = queue_head; q != NULL; q = q->next_queued)
-                    queue_tail = q;
+            if (pool->queue_tail == job) {
+                pool->queue_tail = NULL;
+                for (struct pipe_job *q = pool->queue_head; q != NULL; q = q->next_queued)
+                    pool->queue_tail = q;
             }
             job_free(job);
         }
@@ -594,27 +609,27 @@ pipe_cancel(struct pipe_job *job)
         job->killed = true;
         kill(job->pid, SIGTERM);
         struct timeval grace = {.tv_sec = KILL_GRACE_SEC};
-        evtimer_add(job->timer, &grace); /* then SIGKILL; on_exit_event reaps and frees */
+        evtimer_add(job->timer, &grace); /* then SIGKILL; pipe_on_exit reaps and frees */
     }
 }
 
 void
-pipe_shutdown(void)
+pipe_pool_free(struct pipe_pool *pool)
 {
-    while (live != NULL) {
-        struct pipe_job *job = live;
+    if (pool == NULL)
+        return;
+    while (pool->live != NULL) {
+        struct pipe_job *job = pool->live;
         if (job->pid > 0 && !job->exited) {
             kill(job->pid, SIGKILL);
             while (waitpid(job->pid, NULL, 0) == -1 && errno == EINTR)
                 ;
         }
         if (job->running)
-            running_children--;
+            pool->running_children--;
         job_free(job);
     }
-    queue_head = queue_tail = NULL;
-    if (sigchld_event != NULL) {
-        event_free(sigchld_event);
-        sigchld_event = NULL;
-    }
+    if (pool->sigchld_event != NULL)
+        event_free(pool->sigchld_event);
+    free(pool);
 }

@@ -8,5 +8,8 @@
 /* Binds, drops privileges, loads the handler and serves until SIGTERM/SIGINT. Returns the
  * process exit status. */
 int listener_run(struct config *cfg, const char *lua_dir);
+/* Loads the script in a throw-away state, as a reload would (--check, and before the workers
+ * start). false: the reason was logged. */
+bool listener_check_script(const struct config *cfg, const char *lua_dir);
 
 #endif

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/lua_wait.h"
 
 /* Pushes field `name` of the options table at `t` and returns its type. A field of another
  * type than `type` raises "WHAT: field 'NAME' must be a TYPE, not GOT"; so does an absent one

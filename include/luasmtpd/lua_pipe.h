@@ -5,9 +5,9 @@
 
 #include <lua.h>
 
-#include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/lua_wait.h"
 
 /* Adds pipe to the module table on the top of the stack. */
-void lpipe_add(lua_State *L, const struct lrt_options *opts);
+void lpipe_add(lua_State *L, const struct lrt_env *env);
 
 #endif

@@ -6,9 +6,9 @@
 
 #include <lua.h>
 
-#include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/lua_wait.h"
 
 /* Adds relay and connect to the module table on the top of the stack. */
-void lrelay_add(lua_State *L, const struct lrt_options *opts);
+void lrelay_add(lua_State *L, const struct lrt_env *env);
 
 #endif

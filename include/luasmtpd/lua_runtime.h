@@ -8,25 +8,19 @@
 #include <stddef.h>
 
 #include "luasmtpd/buf.h"
-#include "luasmtpd/config.h"
 #include "luasmtpd/envelope.h"
+#include "luasmtpd/lua_load.h"
+#include "luasmtpd/lua_wait.h"
 
-struct event_base;
-struct evdns_base;
 struct lrt;
-struct lrt_call;
 struct lrt_session;
-typedef struct lua_State lua_State;
 
 struct lrt_options {
-    const struct config *cfg; /* settings, remote, debug, script path */
-    const char *lua_dir;      /* the bundled scripts and helpers */
-    const char *hostname;
-    struct event_base *base;  /* for the bindings that wait on events */
-    struct evdns_base *dns;
-    /* Told of every Lua file a generation loads with require, so it can be watched. */
-    void (*on_file)(void *arg, const char *path);
-    void *on_file_arg;
+    struct lrt_env env;        /* what the bindings see; lrt_new adds env.pipes */
+    struct lload_options load; /* the script, the helpers' directory, the trust checks */
+    unsigned lua_instructions; /* per entry into Lua, then it fails; 0: no limit */
+    unsigned lua_memory_mb;    /* per state; 0: no limit */
+    unsigned max_children;     /* smtpd.pipe children at once; the rest queue */
 };
 
 struct lrt_message {
@@ -44,6 +38,7 @@ enum lrt_outcome {
 /* Called once per call that was not cancelled, possibly before the call returned NULL. */
 typedef void (*lrt_done_fn)(void *arg, enum lrt_outcome outcome, const char *reply, size_t len);
 
+/* With the pipe pool on opts->env.base; NULL when out of memory. */
 struct lrt *lrt_new(const struct lrt_options *opts);
 /* Loads the script as a new generation: a fresh lua_State runs the script and its on_load();
  * only when that worked and process_message is a function does it become current. Calls in
@@ -53,6 +48,8 @@ bool lrt_load(struct lrt *rt);
 /* Loads a script in a throw-away state and reports whether a reload would accept it. */
 bool lrt_check(const struct lrt_options *opts);
 unsigned lrt_generation_id(const struct lrt *rt);
+/* After the last session was freed (its calls cancelled): closes the generation, then kills and
+ * reaps the children still running. Before the event base is freed. */
 void lrt_free(struct lrt *rt);
 
 /* A connection's side of the runtime: the `session` table scripts keep state in. A
@@ -84,24 +81,5 @@ struct lrt_call *lrt_process_message(struct lrt_session *ls, const struct lrt_me
                                      lrt_done_fn done, void *done_arg);
 /* The client went away: `done` will not be called, and what the call waits on is cancelled. */
 void lrt_call_cancel(struct lrt_call *call);
-
-/* For bindings that wait: only a handler's own coroutine may (NULL elsewhere). */
-struct lrt_call *lrt_call_of(lua_State *L);
-typedef void (*lrt_cancel_fn)(void *arg);
-/* Suspends the call until lrt_call_resume; `cancel` runs instead if the client leaves first.
- * Use as `return lrt_wait(L, call, cancel, arg);`.
- *
- * The rule for `cancel`: once it returns, nothing may use memory Lua owns. Right after it the
- * coroutine is let go, and with it the generation may close (a reload made a new one current),
- * freeing every string, table and userdata in it at once. So a cancel ends every use of them
- * before it returns: it stops (not merely flags) the work that reads a Lua string in place (a
- * message being fed or sent), unregisters every callback whose argument is or points into a
- * userdata, and drops its registry references last. Work that must outlive the cancel (a child
- * being killed, a QUIT being said) may go on only on memory C owns. The completion callback
- * never runs after a cancel. */
-int lrt_wait(lua_State *L, struct lrt_call *call, lrt_cancel_fn cancel, void *cancel_arg);
-/* The coroutine to push the results on before resuming. */
-lua_State *lrt_call_thread(struct lrt_call *call);
-void lrt_call_resume(struct lrt_call *call, int nresults);
 
 #endif

@@ -4,9 +4,9 @@
 
 #include <lua.h>
 
-#include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/lua_wait.h"
 
-/* Registers `smtpd` in package.preload; `opts` must outlive the state. */
-void lsmtpd_register(lua_State *L, const struct lrt_options *opts);
+/* Registers `smtpd` in package.preload; `env` must outlive the state. */
+void lsmtpd_register(lua_State *L, const struct lrt_env *env);
 
 #endif

@@ -11,6 +11,7 @@
 
 struct event_base;
 struct pipe_job;
+struct pipe_pool;
 
 struct pipe_request {
     char *const *argv;  /* argv[0] is looked up in the PATH of envp when it has no '/' */
@@ -39,18 +40,19 @@ struct pipe_result {
 
 typedef void (*pipe_done_fn)(void *arg, const struct pipe_result *result);
 
-/* Sets how many children may run at once (default 32). */
-void pipe_set_max_children(unsigned max);
+/* The children of one event loop: those running (at most `max_children`, 0 counting as 1) and
+ * those waiting their turn. NULL when out of memory. */
+struct pipe_pool *pipe_pool_new(struct event_base *base, unsigned max_children);
 /* Starts (or queues) a job; `done` is called once, later, from the event loop. NULL when out
  * of memory. */
-struct pipe_job *pipe_spawn(struct event_base *base, const struct pipe_request *req,
+struct pipe_job *pipe_spawn(struct pipe_pool *pool, const struct pipe_request *req,
                             pipe_done_fn done, void *arg);
 /* `done` will not be called, and req->data is not read again once this returns: the feed
  * stops, the child's stdin stays open (no end of input) until the child, sent SIGTERM then
  * SIGKILL, is reaped in the background. */
 void pipe_cancel(struct pipe_job *job);
 /* When the loop is over: kills (SIGKILL) and reaps what is still running, frees every job,
- * calls no `done`. Before the event base is freed. */
-void pipe_shutdown(void);
+ * calls no `done`, then frees the pool. Before the event base is freed. NULL: nothing. */
+void pipe_pool_free(struct pipe_pool *pool);
 
 #endif

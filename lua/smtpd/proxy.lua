@@ -169,6 +169,24 @@ local function ready(session)
   return up, false
 end
 
+-- What the upstream's answer to MAIL or RCPT (`what`) means for our client: nil when it took
+-- the address, its own refusal, or 451 when it is gone or answered nonsense (then the
+-- connection goes too: nothing more it says can be trusted).
+local function answer(session, what, code, text)
+  if not code then
+    M.close(session)
+    return M.unavailable(text)
+  end
+  if code >= 200 and code < 300 then
+    return nil
+  end
+  if code >= 400 and code < 600 then
+    return smtpd.reply(code, text)
+  end
+  M.close(session)
+  return M.unavailable("unexpected reply to " .. what .. ": " .. code)
+end
+
 -- Starts the client's transaction upstream with MAIL. Returns nil when the upstream took it,
 -- or the reply for our client.
 function M.open(session, mailfrom, params)
@@ -192,20 +210,12 @@ function M.open(session, mailfrom, params)
     M.close(session)
     return M.open(session, mailfrom, params)
   end
-  if not code then
-    M.close(session)
-    return M.unavailable(text)
-  end
-  if code >= 200 and code < 300 then
+  local refusal = answer(session, "MAIL", code, text)
+  if refusal == nil then
     session.upstream_busy = true
     session.relay = { rcpts = {}, keys = {}, utf8 = utf8, utf8_sent = utf8_sent }
-    return nil
   end
-  if code >= 400 and code < 600 then
-    return smtpd.reply(code, text)
-  end
-  M.close(session)
-  return M.unavailable("unexpected reply to MAIL: " .. code)
+  return refusal
 end
 
 -- The recipients the upstream accepted in this transaction, each once, in RCPT order.
@@ -213,12 +223,23 @@ function M.recipients(session)
   return session.relay and session.relay.rcpts or {}
 end
 
+-- The client's transaction in progress upstream, or nil and the 451 for `what` when there is
+-- none: never opened, or lost with its connection after it took recipients.
+local function current(session, what)
+  local relay = session.relay
+  if not (session.upstream and relay) or relay.lost then
+    return nil, M.unavailable("no upstream transaction for " .. what)
+  end
+  return relay
+end
+
 -- Asks the upstream about one recipient: nil when accepted, else the reply for our client.
 function M.rcpt(session, address)
-  local up, relay = session.upstream, session.relay
-  if not (up and relay) or relay.lost then
-    return M.unavailable("no upstream transaction for this recipient")
+  local relay, refusal = current(session, "this recipient")
+  if not relay then
+    return refusal
   end
+  local up = session.upstream
   local key = M.address_key(address)
   if relay.keys[key] then
     return nil -- the upstream has it already: one copy per address
@@ -230,31 +251,23 @@ function M.rcpt(session, address)
   if unsendable then
     return M.UNSENDABLE
   end
-  if not code then
-    M.close(session)
-    return M.unavailable(text)
-  end
-  if code >= 200 and code < 300 then
+  refusal = answer(session, "RCPT", code, text)
+  if refusal == nil then
     relay.keys[key] = true
     relay.rcpts[#relay.rcpts + 1] = address
-    return nil
   end
-  if code >= 400 and code < 600 then
-    return smtpd.reply(code, text)
-  end
-  M.close(session)
-  return M.unavailable("unexpected reply to RCPT: " .. code)
+  return refusal
 end
 
 -- Why the message cannot go upstream as the transaction stands, or nil: the connection was
 -- lost after recipients were taken, or the message needs what the upstream does not offer.
 -- Nothing has been sent when this refuses.
 function M.check(session, data)
-  local up, relay = session.upstream, session.relay
-  if not (up and relay) or relay.lost then
-    return M.unavailable("no upstream transaction for this message")
+  local relay, refusal = current(session, "this message")
+  if not relay then
+    return refusal
   end
-  local refusal = M.content_refusal(up.extensions, data, relay.utf8, relay.utf8_sent)
+  refusal = M.content_refusal(session.upstream.extensions, data, relay.utf8, relay.utf8_sent)
   if refusal then
     smtpd.log("info", "not sent upstream:", refusal)
   end

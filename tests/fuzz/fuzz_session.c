@@ -37,8 +37,16 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     cfg.size_limit = 4096;
     cfg.max_recipients = 5;
     base = event_base_new();
-    opts = (struct lrt_options){.cfg = &cfg, .lua_dir = LUASMTPD_SOURCE_LUA_DIR,
-                                .hostname = "fuzz.example", .base = base};
+    opts = (struct lrt_options){
+        .env = {.base = base, .hostname = "fuzz.example", .remote_host = cfg.remote_host,
+                .remote_port = cfg.remote_port, .settings = cfg.settings,
+                .n_settings = cfg.n_settings, .size_limit = cfg.size_limit, .debug = cfg.debug},
+        .load = {.lua_dir = LUASMTPD_SOURCE_LUA_DIR, .script_path = cfg.script_path,
+                 .started_as_root = cfg.started_as_root},
+        .lua_instructions = cfg.lua_instructions,
+        .lua_memory_mb = cfg.lua_memory_mb,
+        .max_children = cfg.max_children,
+    };
     rt = lrt_new(&opts);
     if (rt == NULL || !lrt_load(rt))
         abort();
