@@ -147,8 +147,7 @@ lrelay_push_failure(lua_State *L, const char *what, enum relay_failure kind,
 {
     const char *text = reply->text ? reply->text : "";
     if (!relay_failure_is_fatal(kind) && reply->code >= 400)
-        return lbind_fail(L, reply->code, "%s: %d %s", relay_failure_name(kind), reply->code,
-                          text);
+        return lbind_fail(L, reply->code, "%s: %d %s", relay_failure_name(kind), reply->code, text);
     if (kind == RELAY_OK)
         kind = RELAY_PROTOCOL; /* a failure must never read as a success */
     int n = lbind_fail(L, 0, "%s: %s", relay_failure_name(kind), text);

@@ -45,8 +45,8 @@ struct lbind_hold {
     struct lrt_call *call; /* NULL while nothing waits */
     lua_State *L;          /* a thread of the state, for the unrefs */
     int refs[LBIND_REFS];
-    lbind_owner_fn stop;   /* at a cancel: stops the work, so nothing reads Lua's memory */
-    lbind_owner_fn free;   /* frees the owner once the wait is over; NULL when Lua owns it */
+    lbind_owner_fn stop; /* at a cancel: stops the work, so nothing reads Lua's memory */
+    lbind_owner_fn free; /* frees the owner once the wait is over; NULL when Lua owns it */
     void *owner;
 };
 
