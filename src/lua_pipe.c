@@ -5,72 +5,54 @@
 #include "luasmtpd/lua_pipe.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "luasmtpd/lua_bind.h"
 #include "luasmtpd/pipe.h"
 
 #define DEFAULT_TIMEOUT 60.0
 #define DEFAULT_OUTPUT_LIMIT (64 * 1024)
 
+static const char WHAT[] = "smtpd.pipe";
+
+/* A failed child asks for 451 whatever the cause: a signal or a timeout may have cut the delivery
+ * short and a command that could not run may run next time, so the client keeps the message
+ * and retries (delivery.lua answers the same). */
+#define LPIPE_FAILURE_CODE 451
+
 struct lpipe {
     struct pipe_job *job;
-    struct lrt_call *call;
-    lua_State *L;
-    int data_ref;
+    struct lbind_hold hold; /* the call, and the message fed in place */
     double timeout;
 };
 
 static void
-lpipe_free(struct lpipe *lp)
-{
-    luaL_unref(lp->L, LUA_REGISTRYINDEX, lp->data_ref);
-    free(lp);
-}
-
-static void
-on_pipe_done(void *arg, const struct pipe_result *result)
+lpipe_on_done(void *arg, const struct pipe_result *result)
 {
     struct lpipe *lp = arg;
-    struct lrt_call *call = lp->call;
-    lua_State *co = lrt_call_thread(call);
-    int n;
-    switch (result->outcome) {
-    case PIPE_EXITED:
+    lua_State *co = lbind_thread(&lp->hold);
+    int n = 2;
+    if (result->outcome == PIPE_EXITED) {
         lua_pushinteger(co, result->status);
         lua_pushlstring(co, result->output, result->output_len);
-        n = 2;
-        break;
-    case PIPE_SIGNALED:
-        lua_pushnil(co);
-        lua_pushfstring(co, "killed by signal %d", result->status);
-        lua_pushliteral(co, "signal");
-        n = 3;
-        break;
-    case PIPE_TIMED_OUT:
-        lua_pushnil(co);
-        lua_pushfstring(co, "timed out after %f s", lp->timeout);
-        lua_pushliteral(co, "timeout");
-        n = 3;
-        break;
-    default:
-        lua_pushnil(co);
-        lua_pushstring(co, result->error);
-        lua_pushliteral(co, "failed");
-        n = 3;
-        break;
+    } else if (result->outcome == PIPE_SIGNALED) {
+        n = lbind_fail(co, LPIPE_FAILURE_CODE, "killed by signal %d", result->status);
+    } else if (result->outcome == PIPE_TIMED_OUT) {
+        char seconds[32]; /* "1", "0.5": %g, where Lua's own %f would say "1.0" */
+        snprintf(seconds, sizeof(seconds), "%g", lp->timeout);
+        n = lbind_fail(co, LPIPE_FAILURE_CODE, "timed out after %s s", seconds);
+    } else {
+        n = lbind_fail(co, LPIPE_FAILURE_CODE, "%s", result->error);
     }
-    lp->L = co;
-    lpipe_free(lp);
-    lrt_call_resume(call, n);
+    lbind_resume(&lp->hold, n);
 }
 
 static void
-cancel_pipe(void *arg)
+lpipe_stop(void *arg)
 {
-    struct lpipe *lp = arg;
-    pipe_cancel(lp->job);
-    lpipe_free(lp);
+    pipe_cancel(((struct lpipe *)arg)->job);
 }
 
 /* Collects a NULL-terminated array of "a" strings from the list at `index`, as a userdata on
@@ -94,21 +76,20 @@ check_argv(lua_State *L, int index)
 
 /* The child's environment: PATH, then opts.env's KEY=VALUE pairs (which may replace it). */
 static char **
-build_env(lua_State *L, int opts)
+build_env(lua_State *L, int options)
 {
     lua_newtable(L);
     int list = lua_gettop(L);
     int n = 0;
     bool has_path = false;
-    if (opts != 0 && lua_getfield(L, opts, "env") != LUA_TNIL) {
-        luaL_argcheck(L, lua_istable(L, -1), opts, "env must be a table");
+    if (lbind_field(L, options, WHAT, "env", LUA_TTABLE, false) != LUA_TNIL) {
         lua_pushnil(L);
         while (lua_next(L, -2) != 0) {
             if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-                luaL_error(L, "bad argument #%d to 'pipe' (env holds a non-string)", opts);
+                lbind_field_error(L, WHAT, "env", "holds a non-string");
             const char *key = lua_tostring(L, -2);
             if (*key == '\0' || strchr(key, '=') != NULL)
-                luaL_error(L, "bad argument #%d to 'pipe' (bad env name '%s')", opts, key);
+                lbind_field_error(L, WHAT, "env", "holds a bad name '%s'", key);
             has_path = has_path || strcmp(key, "PATH") == 0;
             lua_pushfstring(L, "%s=%s", key, lua_tostring(L, -1));
             lua_rawseti(L, list, ++n);
@@ -131,7 +112,7 @@ build_env(lua_State *L, int opts)
 }
 
 /* smtpd.pipe(argv, data [, {timeout=, env=, output_limit=}])
- *   -> status, output | nil, err, kind ("signal", "timeout" or "failed") */
+ *   -> status, output | nil, err, 451 (killed by a signal, timed out, could not run) */
 static int
 l_smtpd_pipe(lua_State *L)
 {
@@ -140,18 +121,18 @@ l_smtpd_pipe(lua_State *L)
     lua_settop(L, 3); /* what follows pushes scratch values above the arguments */
     char **argv = check_argv(L, 1);
     const char *data = luaL_checklstring(L, 2, &len);
-    int opt = lua_isnoneornil(L, 3) ? 0 : 3;
-    if (opt)
-        luaL_checktype(L, 3, LUA_TTABLE);
-    double timeout = DEFAULT_TIMEOUT;
-    lua_Integer output_limit = DEFAULT_OUTPUT_LIMIT;
-    if (opt && lua_getfield(L, opt, "timeout") != LUA_TNIL)
-        timeout = luaL_checknumber(L, -1);
-    if (opt && lua_getfield(L, opt, "output_limit") != LUA_TNIL)
-        output_limit = luaL_checkinteger(L, -1);
-    luaL_argcheck(L, timeout > 0, 3, "timeout must be positive");
-    luaL_argcheck(L, output_limit >= 0, 3, "output_limit must not be negative");
-    char **envp = build_env(L, opt);
+    if (lua_isnoneornil(L, 3)) {
+        lua_newtable(L); /* no options: every field takes its default */
+        lua_replace(L, 3);
+    }
+    luaL_checktype(L, 3, LUA_TTABLE);
+    double timeout = lbind_number(L, 3, WHAT, "timeout", DEFAULT_TIMEOUT);
+    lua_Integer output_limit = lbind_integer(L, 3, WHAT, "output_limit", DEFAULT_OUTPUT_LIMIT);
+    if (!(timeout > 0))
+        lbind_field_error(L, WHAT, "timeout", "must be positive");
+    if (output_limit < 0)
+        lbind_field_error(L, WHAT, "output_limit", "must not be negative");
+    char **envp = build_env(L, 3);
     struct lrt_call *call = lrt_call_of(L);
     if (call == NULL)
         return luaL_error(L, "smtpd.pipe: can only be used inside a handler or hook, not while "
@@ -160,23 +141,18 @@ l_smtpd_pipe(lua_State *L)
     struct lpipe *lp = calloc(1, sizeof(*lp));
     if (lp == NULL)
         return luaL_error(L, "smtpd.pipe: out of memory");
-    lp->call = call;
-    lp->L = L;
+    lbind_hold_init(&lp->hold, lp, lpipe_stop, free);
     lp->timeout = timeout;
-    lua_pushvalue(L, 2);
-    lp->data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lbind_anchor(L, &lp->hold, 0, 2);
     struct pipe_request req = {.argv = argv, .envp = envp, .data = data, .len = len,
                                .timeout = timeout, .output_cap = (size_t)output_limit};
     /* pipe_spawn copies argv and envp: the userdata above may go once this returns. */
-    lp->job = pipe_spawn(env->pipes, &req, on_pipe_done, lp);
+    lp->job = pipe_spawn(env->pipes, &req, lpipe_on_done, lp);
     if (lp->job == NULL) {
-        lpipe_free(lp);
-        lua_pushnil(L);
-        lua_pushliteral(L, "smtpd.pipe: out of memory");
-        lua_pushliteral(L, "failed");
-        return 3;
+        lbind_release(&lp->hold);
+        return lbind_fail(L, LPIPE_FAILURE_CODE, "cannot run %s: out of memory", argv[0]);
     }
-    return lrt_wait(L, call, cancel_pipe, lp);
+    return lbind_wait(L, &lp->hold, call);
 }
 
 void

@@ -1,6 +1,7 @@
 /* The `smtpd` module scripts `require`: logging, the settings given on the command line, the
  * upstream, the version. Every binding checks its arguments first and raises on misuse, as
- * Lua's own libraries do; nothing here blocks the loop. */
+ * Lua's own libraries do; a failure the script should handle returns nil, message, code
+ * (lua_bind.h); nothing here blocks the loop. */
 #include "luasmtpd/lua_smtpd.h"
 
 #include <lauxlib.h>
@@ -15,7 +16,7 @@
 
 /* Joins arguments from `first` on with spaces, each through tostring(). */
 static void
-push_joined(lua_State *L, int first)
+lsmtpd_push_joined(lua_State *L, int first)
 {
     int top = lua_gettop(L);
     luaL_Buffer b;
@@ -37,7 +38,7 @@ l_smtpd_log(lua_State *L)
     int level = luaL_checkoption(L, 1, NULL, levels);
     if (level == LOG_DEBUG && !log_debug_enabled())
         return 0;
-    push_joined(L, 2);
+    lsmtpd_push_joined(L, 2);
     log_msg((enum log_level)level, "script: %s", lua_tostring(L, -1));
     return 0;
 }
@@ -48,7 +49,7 @@ l_smtpd_debug(lua_State *L)
 {
     if (!log_debug_enabled())
         return 0;
-    push_joined(L, 1);
+    lsmtpd_push_joined(L, 1);
     log_msg(LOG_DEBUG, "script: %s", lua_tostring(L, -1));
     return 0;
 }
@@ -167,7 +168,7 @@ static const luaL_Reg smtpd_functions[] = {
 };
 
 static int
-open_smtpd(lua_State *L)
+lsmtpd_open(lua_State *L)
 {
     const struct lrt_env *env = lua_touserdata(L, lua_upvalueindex(1));
 
@@ -206,7 +207,7 @@ lsmtpd_register(lua_State *L, const struct lrt_env *env)
 {
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushlightuserdata(L, (void *)env);
-    lua_pushcclosure(L, open_smtpd, 1);
+    lua_pushcclosure(L, lsmtpd_open, 1);
     lua_setfield(L, -2, "smtpd");
     lua_pop(L, 1);
 }

@@ -21,12 +21,15 @@ local function reason(text)
   return line
 end
 
--- Returns nil when delivered, or a reply line; also true when the failure is temporary.
-function M.reply(status, output, kind)
+-- Takes what smtpd.pipe returned: status, output, or nil, message, code (451 for a signal, a
+-- timeout or a command that could not run). Returns nil when delivered, or a reply line; also
+-- true when the failure is temporary.
+function M.reply(status, output, code)
   if status == 0 then
     return nil
   end
   if status == nil then
+    -- the code smtpd.pipe gives every failure of its own is 451: temporary, as here
     return "451 4.3.0 Delivery failed, try again later: " .. reason(output), true
   end
   if status == 75 then

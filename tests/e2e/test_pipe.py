@@ -25,8 +25,8 @@ MESSAGE = (b"Subject: pipe test\r\nFrom: a@example.org\r\n\r\n"
 # pipe.c and the pipe_run fixture log timeouts and kills at level warn
 WARN = r" warn: "
 
-# "250 2.0.0 status=0 kind=nil len=12 out=<...>" or "250 2.0.0 status=nil kind=failed msg=<...>"
-RESULT = re.compile(r"^250 2\.0\.0 status=(\S+) kind=(\S+)"
+# "250 2.0.0 status=0 code=nil len=12 out=<...>" or "250 2.0.0 status=nil code=451 msg=<...>"
+RESULT = re.compile(r"^250 2\.0\.0 status=(\S+) code=(\S+)"
                     r"(?: len=(\d+) out=<(.*)>| msg=<(.*)>)$")
 
 
@@ -69,7 +69,7 @@ class PipeTestCase(ServerTestCase):
         return self.start_server(handler, sets=sets, expect_errors=[WARN])
 
     def run_cmd(self, srv, cmd, data=MESSAGE, reply_timeout=15):
-        """Sends to cmd@ and parses the fixture's report: (status, kind, len, out, msg)."""
+        """Sends to cmd@ and parses the fixture's report: (status, code, len, out, msg)."""
         c = self.connect(srv, timeout=reply_timeout)
         c.cmd(EHLO)
         self.assertEqual(c.cmd("MAIL FROM:<sender@example.org>").code, 250)
@@ -79,8 +79,8 @@ class PipeTestCase(ServerTestCase):
         reply = c.reply()
         m = RESULT.match(reply.lines[-1])
         self.assertTrue(m, f"{cmd}: unexpected reply {reply.lines!r}")
-        status, kind, length, out, msg = m.groups()
-        return status, kind, int(length) if length else None, out, msg
+        status, code, length, out, msg = m.groups()
+        return status, code, int(length) if length else None, out, msg
 
     def read(self, name):
         with open(os.path.join(self.dir, name), "rb") as f:
@@ -105,8 +105,8 @@ class PipeTestCase(ServerTestCase):
 class TestPipe(PipeTestCase):
     def test_cat_into_file_gets_the_message(self):
         srv = self.start()
-        status, kind, length, out, _ = self.run_cmd(srv, "cat")
-        self.assertEqual((status, kind, length, out), ("0", "nil", 0, ""))
+        status, code, length, out, _ = self.run_cmd(srv, "cat")
+        self.assertEqual((status, code, length, out), ("0", "nil", 0, ""))
         self.assertEqual(self.read("cat.eml"), MESSAGE)
         self.assertNoChildren(srv)
 
@@ -119,8 +119,8 @@ class TestPipe(PipeTestCase):
 
     def test_killed_by_signal(self):
         srv = self.start()
-        status, kind, _, _, msg = self.run_cmd(srv, "signal")
-        self.assertEqual((status, kind), ("nil", "signal"))
+        status, code, _, _, msg = self.run_cmd(srv, "signal")
+        self.assertEqual((status, code), ("nil", "451"))
         self.assertEqual(msg, "killed by signal 9")
         self.assertNoChildren(srv)
 
@@ -129,10 +129,10 @@ class TestPipe(PipeTestCase):
         srv = self.start(timeout="1")
         data = MESSAGE + (b"y" * 1022 + b"\r\n") * 256
         t0 = time.monotonic()
-        status, kind, _, _, msg = self.run_cmd(srv, "hang", data)
+        status, code, _, _, msg = self.run_cmd(srv, "hang", data)
         elapsed = time.monotonic() - t0
-        self.assertEqual((status, kind), ("nil", "timeout"), msg)
-        self.assertIn("timed out", msg)
+        self.assertEqual((status, code), ("nil", "451"), msg)
+        self.assertEqual(msg, "timed out after 1 s")
         self.assertGreater(elapsed, 0.8)
         self.assertGone(self.pid_from("hang.pid"))
         self.assertNoChildren(srv)
@@ -143,9 +143,9 @@ class TestPipe(PipeTestCase):
     def test_timeout_escalates_to_sigkill(self):
         srv = self.start(timeout="1")
         t0 = time.monotonic()
-        status, kind, _, _, _ = self.run_cmd(srv, "stubborn")
+        status, code, _, _, _ = self.run_cmd(srv, "stubborn")
         elapsed = time.monotonic() - t0
-        self.assertEqual((status, kind), ("nil", "timeout"))
+        self.assertEqual((status, code), ("nil", "451"))
         # SIGTERM at 1 s is ignored; SIGKILL follows after pipe.c's 2 s grace (the log lines
         # below say which signal ended it)
         self.assertGreater(elapsed, 2.5)
@@ -160,10 +160,10 @@ class TestPipe(PipeTestCase):
                 if limit:
                     sets["output_limit"] = limit
                 srv = self.start(**sets)
-                status, kind, length, out, _ = self.run_cmd(srv, "loud", reply_timeout=90)
-                # Status 0, not kind "timeout": the child was not left blocked on a full output
+                status, code, length, out, _ = self.run_cmd(srv, "loud", reply_timeout=90)
+                # Status 0, not a timeout: the child was not left blocked on a full output
                 # pipe (it would have been killed at the 60 s timeout).
-                self.assertEqual((status, kind, length), ("0", "nil", expect))
+                self.assertEqual((status, code, length), ("0", "nil", expect))
                 self.assertEqual(out, "x" * 200)
                 self.assertEqual(self.read("loud.out"), b"x" * expect)
                 self.assertNoChildren(srv)
@@ -174,8 +174,8 @@ class TestPipe(PipeTestCase):
         line = bytes(range(0x21, 0x7f)) * 10 + b"\r\n"  # 942 bytes
         data = b"Subject: big\r\n\r\n" + line * (30 * 1024 * 1024 // len(line))
         self.assertGreater(len(data), 30 * 1000 * 1000)
-        status, kind, _, out, _ = self.run_cmd(srv, "sha", data, reply_timeout=60)
-        self.assertEqual((status, kind), ("0", "nil"))
+        status, code, _, out, _ = self.run_cmd(srv, "sha", data, reply_timeout=60)
+        self.assertEqual((status, code), ("0", "nil"))
         self.assertEqual(out, hashlib.sha256(data).hexdigest() + r"  -\n")
         self.assertNoChildren(srv)
 
@@ -306,8 +306,8 @@ class TestPipe(PipeTestCase):
         for cmd, name in (("missing", "/nonexistent/luasmtpd-no-such-command"),
                           ("missingpath", "luasmtpd-no-such-command-in-path")):
             with self.subTest(cmd=cmd):
-                status, kind, _, _, msg = self.run_cmd(srv, cmd)
-                self.assertEqual((status, kind), ("nil", "failed"), msg)
+                status, code, _, _, msg = self.run_cmd(srv, cmd)
+                self.assertEqual((status, code), ("nil", "451"), msg)
                 self.assertIn(name, msg)
                 self.assertIn("No such file or directory", msg)
         self.assertNoChildren(srv)

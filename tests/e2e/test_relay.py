@@ -320,10 +320,15 @@ class TestMisuse(RelayTestCase):
         "relay-in-coroutine": r"smtpd\.relay: can only be used inside a handler or hook",
         "connect-in-coroutine": r"smtpd\.connect: can only be used inside a handler or hook",
         "method-in-coroutine": r"mail: can only be used inside a handler or hook",
-        "bad-port": r"port must be 1-65535",
-        "bad-timeout": r"timeout must be positive",
+        "bad-port": r"smtpd\.relay: field 'port' must be 1-65535",
+        "bad-timeout": r"smtpd\.relay: field 'timeout' must be positive",
         "no-recipient": r"'to' names no recipient",
-        "bad-recipient": r"recipient #2 is not a string",
+        "bad-recipient": r"smtpd\.relay: field 'to' \[2\] must be a string, not number",
+        # an options table's misuse names the field (issue 13 item 4)
+        "relay-lmtp-type": r"smtpd\.relay: field 'lmtp' must be a boolean, not string",
+        "connect-port-type": r"smtpd\.connect: field 'port' must be a number, not string",
+        "pipe-timeout-type": r"smtpd\.pipe: field 'timeout' must be a number, not string",
+        "pipe-env-type": r"smtpd\.pipe: field 'env' must be a table, not string",
         "line-break-address": r"not an address",
         "bad-reply-code": r"a reply code is 200-599",
     }

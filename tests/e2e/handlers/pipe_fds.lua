@@ -17,13 +17,13 @@ function process_message(peer, mailfrom, rcpttos, data, options)
   if code ~= 250 then
     return "451 4.4.1 upstream refused MAIL: " .. tostring(code) .. " " .. tostring(text)
   end
-  local status, output, kind = smtpd.pipe({ "sh", "-c",
+  local status, output, code = smtpd.pipe({ "sh", "-c",
     'echo $$ > "$1/fds.pid"; while [ ! -e "$1/go" ]; do sleep 0.05; done; exec ls -l /proc/self/fd',
     "sh", dir }, data, { timeout = 60 })
   up:close()
   held:close()
   if status ~= 0 then
-    return ("451 4.3.0 child: %s %s"):format(tostring(kind), tostring(output))
+    return ("451 4.3.0 child: %s %s"):format(tostring(code), tostring(output))
   end
   local f = assert(io.open(dir .. "/fds.out", "wb"))
   f:write(output)

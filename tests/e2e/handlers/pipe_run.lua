@@ -1,7 +1,7 @@
 -- Test fixture: runs smtpd.pipe with the command pipe_cmds.lua picks for the first recipient
 -- and answers with what it returned:
---   "250 2.0.0 status=<status> kind=<kind> len=<#output> out=<first 200 bytes, escaped>"
--- (for a failure, status=nil and the message follows as msg=<...>). With settings.dir, the
+--   "250 2.0.0 status=<status> code=<code> len=<#output> out=<first 200 bytes, escaped>"
+-- (for a failure, status=nil, code its third value and the message follows as msg=<...>). With settings.dir, the
 -- whole output also goes to DIR/<command>.out.
 local smtpd = require "smtpd"
 local cmds = require "pipe_cmds"
@@ -13,15 +13,15 @@ end
 
 function process_message(peer, mailfrom, rcpttos, data, options)
   local name, argv, opts = cmds.pick(rcpttos)
-  local status, output, kind = smtpd.pipe(argv, data, opts)
+  local status, output, code = smtpd.pipe(argv, data, opts)
   if status == nil then
-    return ("250 2.0.0 status=nil kind=%s msg=<%s>"):format(tostring(kind), escape(output or ""))
+    return ("250 2.0.0 status=nil code=%s msg=<%s>"):format(tostring(code), escape(output or ""))
   end
   if smtpd.settings.dir then
     local f = assert(io.open(smtpd.settings.dir .. "/" .. name .. ".out", "wb"))
     f:write(output)
     f:close()
   end
-  return ("250 2.0.0 status=%d kind=%s len=%d out=<%s>"):format(status, tostring(kind), #output,
+  return ("250 2.0.0 status=%d code=%s len=%d out=<%s>"):format(status, tostring(code), #output,
                                                                 escape(output))
 end

@@ -1,5 +1,6 @@
--- Test fixture: misuses the relay bindings in the way the sender's local part names; each
--- case must raise (the client gets 451 4.3.0, the log the error). "ok@..." just accepts.
+-- Test fixture: misuses the bindings (relay, connect, the upstream's methods, pipe, reply) in
+-- the way the sender's local part names; each case must raise (the client gets 451 4.3.0, the
+-- log the error). "ok@..." just accepts.
 local smtpd = require "smtpd"
 
 local message = "Subject: misuse\r\n\r\nbody\r\n"
@@ -55,6 +56,22 @@ end
 cases["line-break-address"] = function()
   local up = assert(smtpd.connect{})
   return up:mail("a@b.example>\r\nRSET")
+end
+
+cases["relay-lmtp-type"] = function()
+  return smtpd.relay{ lmtp = "yes", from = "a@b.example", to = "c@d.example", data = message }
+end
+
+cases["connect-port-type"] = function()
+  return smtpd.connect{ port = "smtp" }
+end
+
+cases["pipe-timeout-type"] = function()
+  return smtpd.pipe({ "true" }, "", { timeout = "soon" })
+end
+
+cases["pipe-env-type"] = function()
+  return smtpd.pipe({ "true" }, "", { env = "PATH=/bin" })
 end
 
 cases["bad-reply-code"] = function()
