@@ -1,14 +1,36 @@
 /* The SMTP commands of a session (RFC 5321 4.1 with Python smtpd's replies and RFC 3463
- * enhanced codes): each checks its syntax and the session's state, answers, and hands the
- * command to the script's hook where there is one. No I/O here beyond the session's replies. */
+ * enhanced codes), as one table of rows {check, hook, proceed}: check answers what is wrong
+ * with the command and records what the rest needs, the script's hook (if any) decides, and
+ * proceed carries the command on. This file runs the table, so the command being carried out
+ * (s->cmd) is its own. No I/O here beyond the session's replies. */
+#include "luasmtpd/commands.h"
+
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "luasmtpd/config.h"
+#include "luasmtpd/conn.h"
+#include "luasmtpd/data_budget.h"
 #include "luasmtpd/log.h"
-#include "session_internal.h"
+#include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/smtp_reply.h"
+
+/* A row's hook when the script is not asked. */
+#define NO_HOOK (-1)
+
+struct command {
+    /* false: it answered (an error) and the command ends here. NULL: nothing to check. */
+    bool (*check)(struct session *s, char *arg);
+    int hook; /* an enum lrt_hook, or NO_HOOK */
+    /* `reply`: the hook's 2xx (or 3xx) in wire form, to send in place of ours; or NULL. */
+    void (*proceed)(struct session *s, const char *reply, size_t len);
+    /* The hook refused (reply: its 4xx/5xx in wire form) or failed (reply NULL). NULL: the
+     * refusal is sent and the command ends (commands_refused). */
+    void (*refused)(struct session *s, const char *reply, size_t len);
+};
 
 /* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8. */
 static size_t
@@ -23,16 +45,105 @@ line_limit(const struct session *s, enum smtp_verb verb)
     return limit;
 }
 
-void
-commands_accept_helo(struct session *s, const char *name, bool extended)
+/* Records what proceed and the hook need, in memory that outlives the command line. */
+static void
+commands_keep(struct session *s, const char *arg, const struct smtp_param *params, int n_params)
 {
-    session_reset_transaction(s);
+    free(s->cmd.arg);
+    s->cmd.arg = strdup(arg);
+    strv_clear(&s->cmd.params);
+    for (int i = 0; i < n_params; i++) {
+        char word[CONN_LINE_MAX + 1];
+        snprintf(word, sizeof(word), "%s%s%s", params[i].keyword, params[i].value ? "=" : "",
+                 params[i].value ? params[i].value : "");
+        strv_push(&s->cmd.params, word);
+    }
+}
+
+void
+commands_release(struct session *s)
+{
+    free(s->cmd.arg);
+    s->cmd.arg = NULL;
+    strv_clear(&s->cmd.params);
+}
+
+static void
+commands_refused(struct session *s, const char *reply, size_t len)
+{
+    if (reply != NULL)
+        conn_send(s, CONN_REPLY_COMMAND, reply, len);
+    else
+        conn_reply_const(s, "451 4.3.0 Error: the script failed; try again later");
+}
+
+/* The greeting: on_connect's refusal ends the connection. */
+static void
+greeting_proceed(struct session *s, const char *reply, size_t len)
+{
+    (void)reply;
+    (void)len;
+    unsigned delay_ms = s->g->cfg->greet_delay_ms;
+    if (delay_ms > 0) {
+        /* session_on_timer greets once the delay is over, unless the client talks first. */
+        struct timeval delay = {.tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000};
+        evtimer_add(s->timer, &delay);
+    } else {
+        conn_greet(s);
+    }
+}
+
+static void
+greeting_refused(struct session *s, const char *reply, size_t len)
+{
+    if (reply != NULL)
+        conn_send(s, CONN_REPLY_COMMAND, reply, len);
+    else
+        conn_reply(s, "421 4.3.0 %s Error: the script failed; try again later", s->g->hostname);
+    conn_close_after_flush(s);
+}
+
+static bool
+greeting_check(struct session *s, char *arg, const char *verb)
+{
+    if (*arg == '\0') {
+        conn_reply(s, "501 5.5.4 Syntax: %s hostname", verb);
+        return false;
+    }
+    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
+     * do we, so scripts see one helo name per connection. */
+    if (s->helo != NULL) {
+        conn_reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
+        return false;
+    }
+    commands_keep(s, arg, NULL, 0);
+    return true;
+}
+
+static bool
+helo_check(struct session *s, char *arg)
+{
+    return greeting_check(s, arg, "HELO");
+}
+
+static bool
+ehlo_check(struct session *s, char *arg)
+{
+    return greeting_check(s, arg, "EHLO");
+}
+
+/* HELO/EHLO accepted (after on_helo): record the name, answer with our capabilities. */
+static void
+greeting_accept(struct session *s, bool extended)
+{
+    const char *name = s->cmd.arg;
+    conn_end_transaction(s);
     free(s->helo);
     s->helo = strdup(name);
     s->esmtp = extended;
     lrt_session_set_helo(s->ls, name, extended);
     if (!extended) {
-        session_reply(s, "250 %s", s->g->hostname);
+        conn_reply(s, "250 %s", s->g->hostname);
         return;
     }
     const struct config *cfg = s->g->cfg;
@@ -46,132 +157,131 @@ commands_accept_helo(struct session *s, const char *name, bool extended)
     if (cfg->smtputf8)
         buf_append_str(&b, "250-SMTPUTF8\r\n");
     buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
-    session_reply_bytes(s, b.data, b.len);
+    conn_send(s, CONN_REPLY_COMMAND, b.data, b.len);
     buf_free(&b);
 }
 
-void
-commands_accept_path(struct session *s, enum smtp_verb verb, const char *reply, size_t len)
+static void
+helo_proceed(struct session *s, const char *reply, size_t len)
 {
-    bool mail = verb == SMTP_VERB_MAIL;
-    bool ok = mail ? envelope_set_sender(&s->env, s->hook_arg) == 0
-                   : strv_push(&s->env.rcpts, s->hook_arg) == 0;
-    for (size_t i = 0; ok && mail && i < s->hook_params.n; i++)
-        ok = strv_push(&s->env.mail_options, s->hook_params.items[i]) == 0;
-    log_debug("session %lu: %s <%s>", s->id, mail ? "sender" : "recipient", s->hook_arg);
-    if (!ok) {
-        session_reset_transaction(s);
-        session_reply_const(s, "451 4.3.0 Error: out of memory");
-    } else if (reply != NULL) {
-        session_reply_bytes(s, reply, len);
-    } else if (mail) {
-        session_reply_const(s, "250 2.1.0 OK");
-    } else {
-        session_reply_const(s, "250 2.1.5 OK");
-    }
+    (void)reply;
+    (void)len;
+    greeting_accept(s, false);
 }
 
 static void
-cmd_greeting(struct session *s, const char *arg, bool extended)
+ehlo_proceed(struct session *s, const char *reply, size_t len)
 {
-    const char *verb = extended ? "EHLO" : "HELO";
-    if (*arg == '\0') {
-        session_reply(s, "501 5.5.4 Syntax: %s hostname", verb);
-        return;
-    }
-    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
-     * do we, so scripts see one helo name per connection. */
-    if (s->helo != NULL) {
-        session_reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
-        return;
-    }
-    session_ask_hook(s, LRT_HOOK_HELO, extended ? SMTP_VERB_EHLO : SMTP_VERB_HELO, arg, NULL, 0);
+    (void)reply;
+    (void)len;
+    greeting_accept(s, true);
 }
 
-static void
-cmd_helo(struct session *s, char *arg)
-{
-    cmd_greeting(s, arg, false);
-}
-
-static void
-cmd_ehlo(struct session *s, char *arg)
-{
-    cmd_greeting(s, arg, true);
-}
-
-static void
-cmd_noop(struct session *s, char *arg)
+static bool
+noop_check(struct session *s, char *arg)
 {
     if (*arg)
-        session_reply_const(s, "501 5.5.4 Syntax: NOOP");
-    else
-        session_reply_const(s, "250 2.0.0 OK");
+        conn_reply_const(s, "501 5.5.4 Syntax: NOOP");
+    return *arg == '\0';
 }
 
 static void
-cmd_quit(struct session *s, char *arg)
+ok_proceed(struct session *s, const char *reply, size_t len)
 {
-    (void)arg;
-    session_reply_const(s, "221 2.0.0 Bye");
-    session_close_after_flush(s);
+    (void)reply;
+    (void)len;
+    conn_reply_const(s, "250 2.0.0 OK");
 }
 
 static void
-cmd_rset(struct session *s, char *arg)
+quit_proceed(struct session *s, const char *reply, size_t len)
 {
-    if (*arg) {
-        session_reply_const(s, "501 5.5.4 Syntax: RSET");
-        return;
-    }
-    session_reset_transaction(s);
-    session_reply_const(s, "250 2.0.0 OK");
+    (void)reply;
+    (void)len;
+    conn_reply_const(s, "221 2.0.0 Bye");
+    conn_close_after_flush(s);
+}
+
+static bool
+rset_check(struct session *s, char *arg)
+{
+    if (*arg)
+        conn_reply_const(s, "501 5.5.4 Syntax: RSET");
+    return *arg == '\0';
 }
 
 static void
-cmd_help(struct session *s, char *arg)
+rset_proceed(struct session *s, const char *reply, size_t len)
 {
+    conn_end_transaction(s);
+    ok_proceed(s, reply, len);
+}
+
+/* HELP and VRFY answer from their argument. */
+static bool
+keep_check(struct session *s, char *arg)
+{
+    commands_keep(s, arg, NULL, 0);
+    return true;
+}
+
+static void
+help_proceed(struct session *s, const char *reply, size_t len)
+{
+    (void)reply;
+    (void)len;
     static const char *const topics[][2] = {
         {"EHLO", "EHLO hostname"}, {"HELO", "HELO hostname"}, {"MAIL", "MAIL FROM: <address>"},
         {"RCPT", "RCPT TO: <address>"}, {"DATA", "DATA"}, {"RSET", "RSET"},
         {"NOOP", "NOOP"}, {"QUIT", "QUIT"}, {"VRFY", "VRFY <address>"},
     };
     static const char commands[] = "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
+    const char *arg = s->cmd.arg;
     if (*arg == '\0') {
-        session_reply(s, "250 2.0.0 %s", commands);
+        conn_reply(s, "250 2.0.0 %s", commands);
         return;
     }
     for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
         if (strcasecmp(arg, topics[i][0]) == 0) {
             bool params = s->esmtp && (i == 2 || i == 3);
-            session_reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1], params ? " [SP <mail-parameters>]" : "");
+            conn_reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1], params ? " [SP <mail-parameters>]" : "");
             return;
         }
     }
-    session_reply(s, "501 5.5.4 %s", commands);
+    conn_reply(s, "501 5.5.4 %s", commands);
 }
 
-static void
-cmd_vrfy(struct session *s, char *arg)
+static bool
+vrfy_check(struct session *s, char *arg)
 {
-    struct smtp_path path;
     if (*arg == '\0') {
-        session_reply_const(s, "501 5.5.4 Syntax: VRFY <address>");
-        return;
+        conn_reply_const(s, "501 5.5.4 Syntax: VRFY <address>");
+        return false;
     }
-    char copy[LINE_MAX_BYTES + 1];
-    snprintf(copy, sizeof(copy), "%s", arg);
-    if (smtp_parse_path(arg, &path) && !path.null_path)
-        session_reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
-    else
-        session_reply(s, "502 5.5.1 Could not VRFY %s", copy);
+    return keep_check(s, arg);
 }
 
 static void
-cmd_expn(struct session *s, char *arg)
+vrfy_proceed(struct session *s, const char *reply, size_t len)
 {
-    (void)arg;
-    session_reply_const(s, "502 5.5.1 EXPN not implemented");
+    (void)reply;
+    (void)len;
+    struct smtp_path path;
+    /* The parse writes into its input; the reply quotes the argument as it came. */
+    char copy[CONN_LINE_MAX + 1];
+    snprintf(copy, sizeof(copy), "%s", s->cmd.arg);
+    if (smtp_parse_path(copy, &path) && !path.null_path)
+        conn_reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+    else
+        conn_reply(s, "502 5.5.1 Could not VRFY %s", s->cmd.arg);
+}
+
+static void
+expn_proceed(struct session *s, const char *reply, size_t len)
+{
+    (void)reply;
+    (void)len;
+    conn_reply_const(s, "502 5.5.1 EXPN not implemented");
 }
 
 static bool
@@ -188,7 +298,7 @@ all_digits(const char *v)
 static void
 syntax_error(struct session *s, const char *usage)
 {
-    session_reply(s, "501 5.5.4 Syntax: %s%s", usage, s->esmtp ? " [SP <mail-parameters>]" : "");
+    conn_reply(s, "501 5.5.4 Syntax: %s%s", usage, s->esmtp ? " [SP <mail-parameters>]" : "");
 }
 
 /* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then anything left)
@@ -204,7 +314,7 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *usa
         known[i] = true;
         if (params[i].value == NULL ||
             (strcmp(params[i].value, "7BIT") != 0 && strcmp(params[i].value, "8BITMIME") != 0)) {
-            session_reply_const(s, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME");
+            conn_reply_const(s, "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME");
             return false;
         }
     }
@@ -213,10 +323,10 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *usa
             continue;
         known[i] = true;
         if (params[i].value != NULL) {
-            session_reply_const(s, "501 5.5.4 Error: SMTPUTF8 takes no arguments");
+            conn_reply_const(s, "501 5.5.4 Error: SMTPUTF8 takes no arguments");
             return false;
         }
-        s->env.smtputf8 = true;
+        s->tx.env.smtputf8 = true;
     }
     for (int i = 0; i < n; i++) {
         if (strcmp(params[i].keyword, "SIZE") != 0)
@@ -229,22 +339,22 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *usa
         unsigned long long size = strtoull(params[i].value, NULL, 10);
         /* RFC 1870 6.1: a size the DATA memory budget can never hold is refused for good, as
          * one over --size is; one that does not fit beside the DATA in flight, for now. */
-        enum session_data_fit fit = cfg->size_limit && size > cfg->size_limit
-                                        ? SESSION_DATA_NEVER
-                                        : session_data_fit(s, (size_t)size);
-        if (fit == SESSION_DATA_NEVER) {
-            session_reply_const(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
+        enum data_budget_fit fit = cfg->size_limit && size > cfg->size_limit
+                                        ? DATA_BUDGET_NEVER
+                                        : data_budget_fit(s, (size_t)size);
+        if (fit == DATA_BUDGET_NEVER) {
+            conn_reply_const(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
             return false;
         }
-        if (fit == SESSION_DATA_FULL) {
-            session_reply_const(s, "452 4.3.1 Insufficient system storage");
+        if (fit == DATA_BUDGET_FULL) {
+            conn_reply_const(s, "452 4.3.1 Insufficient system storage");
             return false;
         }
-        s->env.size_hint = (size_t)size;
+        s->tx.env.size_hint = (size_t)size;
     }
     for (int i = 0; i < n; i++) {
         if (!known[i]) {
-            session_reply_const(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
+            conn_reply_const(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
             return false;
         }
     }
@@ -275,106 +385,233 @@ params_argument(struct session *s, struct smtp_path *path, const char *usage,
     return n;
 }
 
-static void
-cmd_mail(struct session *s, char *arg)
+static bool
+mail_check(struct session *s, char *arg)
 {
     static const char usage[] = "MAIL FROM: <address>";
     if (s->helo == NULL) {
-        session_reply_const(s, "503 5.5.1 Error: send HELO first");
-        return;
+        conn_reply_const(s, "503 5.5.1 Error: send HELO first");
+        return false;
     }
     struct smtp_path path;
     if (!path_argument(s, arg, "FROM:", usage, &path))
-        return;
-    if (s->env.has_sender) {
-        session_reply_const(s, "503 5.5.1 Error: nested MAIL command");
-        return;
+        return false;
+    if (s->tx.env.has_sender) {
+        conn_reply_const(s, "503 5.5.1 Error: nested MAIL command");
+        return false;
     }
     if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages) {
-        session_reply(s, "421 4.7.0 %s Error: too many messages in this connection, closing",
-              s->g->hostname);
-        session_close_after_flush(s);
-        return;
+        conn_reply(s, "421 4.7.0 %s Error: too many messages in this connection, closing",
+                   s->g->hostname);
+        conn_close_after_flush(s);
+        return false;
     }
     struct smtp_param params[SMTP_PARAMS_MAX];
     int n = params_argument(s, &path, usage, params);
     if (n < 0)
-        return;
+        return false;
     if (!mail_params(s, params, n, usage)) {
-        s->env.smtputf8 = false;
-        s->env.size_hint = 0;
-        return;
+        s->tx.env.smtputf8 = false;
+        s->tx.env.size_hint = 0;
+        return false;
     }
     /* RFC 6531 3.4: a UTF-8 address is only taken in an SMTPUTF8 transaction. */
-    if (path.non_ascii && !s->env.smtputf8) {
-        s->env.smtputf8 = false;
-        session_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
-        return;
+    if (path.non_ascii && !s->tx.env.smtputf8) {
+        s->tx.env.smtputf8 = false;
+        conn_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
+        return false;
     }
-    session_begin_transaction(s);
-    session_ask_hook(s, LRT_HOOK_MAIL, SMTP_VERB_MAIL, path.address, params, n);
+    conn_begin_transaction(s);
+    commands_keep(s, path.address, params, n);
+    return true;
 }
 
-static void
-cmd_rcpt(struct session *s, char *arg)
+static bool
+rcpt_check(struct session *s, char *arg)
 {
     static const char usage[] = "RCPT TO: <address>";
     if (s->helo == NULL) {
-        session_reply_const(s, "503 5.5.1 Error: send HELO first");
-        return;
+        conn_reply_const(s, "503 5.5.1 Error: send HELO first");
+        return false;
     }
-    if (!s->env.has_sender) {
-        session_reply_const(s, "503 5.5.1 Error: need MAIL command");
-        return;
+    if (!s->tx.env.has_sender) {
+        conn_reply_const(s, "503 5.5.1 Error: need MAIL command");
+        return false;
     }
     struct smtp_path path;
     if (!path_argument(s, arg, "TO:", usage, &path))
-        return;
+        return false;
     if (path.null_path) {
         syntax_error(s, usage);
-        return;
+        return false;
     }
     struct smtp_param params[SMTP_PARAMS_MAX];
     int n = params_argument(s, &path, usage, params);
     if (n < 0)
-        return;
+        return false;
     if (n > 0) {
-        session_reply_const(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
-        return;
+        conn_reply_const(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
+        return false;
     }
-    if (path.non_ascii && !s->env.smtputf8) {
-        session_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
-        return;
+    if (path.non_ascii && !s->tx.env.smtputf8) {
+        conn_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
+        return false;
     }
-    if (s->env.rcpts.n >= s->g->cfg->max_recipients) {
-        session_reply_const(s, "452 4.5.3 Error: too many recipients");
-        return;
+    if (s->tx.env.rcpts.n >= s->g->cfg->max_recipients) {
+        conn_reply_const(s, "452 4.5.3 Error: too many recipients");
+        return false;
     }
-    session_ask_hook(s, LRT_HOOK_RCPT, SMTP_VERB_RCPT, path.address, params, n);
+    commands_keep(s, path.address, params, n);
+    return true;
+}
+
+/* MAIL or RCPT accepted (after on_mail/on_rcpt): record s->cmd in the envelope; answer with
+ * `reply` (the hook's 2xx, in wire form) or our own 250. */
+static void
+path_accept(struct session *s, bool mail, const char *reply, size_t len)
+{
+    struct envelope *env = &s->tx.env;
+    bool ok = mail ? envelope_set_sender(env, s->cmd.arg) == 0
+                   : strv_push(&env->rcpts, s->cmd.arg) == 0;
+    for (size_t i = 0; ok && mail && i < s->cmd.params.n; i++)
+        ok = strv_push(&env->mail_options, s->cmd.params.items[i]) == 0;
+    log_debug("session %lu: %s <%s>", s->id, mail ? "sender" : "recipient", s->cmd.arg);
+    if (!ok) {
+        conn_end_transaction(s);
+        conn_reply_const(s, "451 4.3.0 Error: out of memory");
+    } else if (reply != NULL) {
+        conn_send(s, CONN_REPLY_COMMAND, reply, len);
+    } else if (mail) {
+        conn_reply_const(s, "250 2.1.0 OK");
+    } else {
+        conn_reply_const(s, "250 2.1.5 OK");
+    }
 }
 
 static void
-cmd_data(struct session *s, char *arg)
+mail_proceed(struct session *s, const char *reply, size_t len)
+{
+    path_accept(s, true, reply, len);
+}
+
+/* The transaction began at the check: a refused MAIL ends it. */
+static void
+mail_refused(struct session *s, const char *reply, size_t len)
+{
+    commands_refused(s, reply, len);
+    conn_end_transaction(s);
+}
+
+static void
+rcpt_proceed(struct session *s, const char *reply, size_t len)
+{
+    path_accept(s, false, reply, len);
+}
+
+static bool
+data_check(struct session *s, char *arg)
 {
     if (s->helo == NULL) {
-        session_reply_const(s, "503 5.5.1 Error: send HELO first");
-        return;
+        conn_reply_const(s, "503 5.5.1 Error: send HELO first");
+        return false;
     }
-    if (s->env.rcpts.n == 0) {
-        session_reply_const(s, "503 5.5.1 Error: need RCPT command");
-        return;
+    if (s->tx.env.rcpts.n == 0) {
+        conn_reply_const(s, "503 5.5.1 Error: need RCPT command");
+        return false;
     }
     if (*arg) {
-        session_reply_const(s, "501 5.5.4 Syntax: DATA");
-        return;
+        conn_reply_const(s, "501 5.5.4 Syntax: DATA");
+        return false;
     }
+    return true;
+}
+
+static void
+data_proceed(struct session *s, const char *reply, size_t len)
+{
+    (void)reply;
+    (void)len;
     /* RFC 5321 4.5.3.1.10: out of room for now; the client may try DATA again, or QUIT. */
-    if (!session_data_begin(s)) {
-        session_reply_const(s, "452 4.3.1 Insufficient system storage");
+    if (!data_budget_begin(s)) {
+        conn_reply_const(s, "452 4.3.1 Insufficient system storage");
         return;
     }
-    session_enter(s, SESSION_DATA);
-    session_reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
+    conn_enter(s, SESSION_DATA);
+    conn_reply_const(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* Indexed by verb; SMTP_VERB_UNKNOWN's row is the connection's opening (no command line
+ * reaches it: an unknown verb is answered before the table). */
+static const struct command commands[] = {
+    [SMTP_VERB_UNKNOWN] = {NULL, LRT_HOOK_CONNECT, greeting_proceed, greeting_refused},
+    [SMTP_VERB_HELO] = {helo_check, LRT_HOOK_HELO, helo_proceed, NULL},
+    [SMTP_VERB_EHLO] = {ehlo_check, LRT_HOOK_HELO, ehlo_proceed, NULL},
+    [SMTP_VERB_MAIL] = {mail_check, LRT_HOOK_MAIL, mail_proceed, mail_refused},
+    [SMTP_VERB_RCPT] = {rcpt_check, LRT_HOOK_RCPT, rcpt_proceed, NULL},
+    [SMTP_VERB_DATA] = {data_check, NO_HOOK, data_proceed, NULL},
+    [SMTP_VERB_RSET] = {rset_check, NO_HOOK, rset_proceed, NULL},
+    [SMTP_VERB_NOOP] = {noop_check, NO_HOOK, ok_proceed, NULL},
+    [SMTP_VERB_QUIT] = {NULL, NO_HOOK, quit_proceed, NULL},
+    [SMTP_VERB_VRFY] = {vrfy_check, NO_HOOK, vrfy_proceed, NULL},
+    [SMTP_VERB_EXPN] = {NULL, NO_HOOK, expn_proceed, NULL},
+    [SMTP_VERB_HELP] = {keep_check, NO_HOOK, help_proceed, NULL},
+};
+
+/* The hook's answer: a 4xx/5xx reply refuses the command; nil (or a 2xx reply, sent in place
+ * of ours for MAIL and RCPT) lets it go on. A failing hook refuses with 4xx. Then the session
+ * goes on as after any command. */
+static void
+commands_hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t len)
+{
+    struct session *s = arg;
+    const struct command *c = &commands[s->cmd.verb];
+    s->call = NULL;
+    conn_enter(s, s->cmd.resume);
+    struct buf wire = {0};
+    int code = 0;
+    if (outcome == LRT_REPLY) {
+        code = smtp_reply_format(text, len, &wire);
+        if (code == -1) {
+            log_error("session %lu: a hook returned an invalid reply: %.80s", s->id, text);
+            outcome = LRT_FAILED;
+        }
+    }
+    if (outcome == LRT_FAILED || code >= 400)
+        (c->refused != NULL ? c->refused : commands_refused)(
+            s, outcome == LRT_FAILED ? NULL : wire.data, wire.len);
+    else
+        c->proceed(s, code != 0 ? wire.data : NULL, wire.len);
+    buf_free(&wire);
+    conn_after_command(s);
+    s->pump(s);
+}
+
+/* Runs a row: its check, then its hook (commands_hook_done carries it on) or its proceed. */
+static void
+commands_run(struct session *s, enum smtp_verb verb, char *arg)
+{
+    const struct command *c = &commands[verb];
+    s->cmd.verb = verb;
+    if (c->check != NULL && !c->check(s, arg))
+        return;
+    if (c->hook == NO_HOOK) {
+        c->proceed(s, NULL, 0);
+        return;
+    }
+    enum session_state resume = s->state;
+    conn_enter(s, SESSION_HOOK);
+    s->cmd.resume = resume;
+    struct lrt_call *call =
+        lrt_call_hook(s->ls, c->hook, s->cmd.arg, &s->cmd.params, commands_hook_done, s);
+    if (call != NULL)
+        s->call = call;
+}
+
+void
+commands_connect(struct session *s)
+{
+    commands_keep(s, "", NULL, 0);
+    commands_run(s, SMTP_VERB_UNKNOWN, NULL);
 }
 
 /* Commands that move no mail. Past --max-junk of them, each further one counts as an error, so
@@ -398,15 +635,6 @@ is_junk(enum smtp_verb verb)
     }
 }
 
-typedef void (*command_fn)(struct session *s, char *arg);
-
-static const command_fn commands[] = {
-    [SMTP_VERB_HELO] = cmd_helo, [SMTP_VERB_EHLO] = cmd_ehlo, [SMTP_VERB_MAIL] = cmd_mail,
-    [SMTP_VERB_RCPT] = cmd_rcpt, [SMTP_VERB_DATA] = cmd_data, [SMTP_VERB_RSET] = cmd_rset,
-    [SMTP_VERB_NOOP] = cmd_noop, [SMTP_VERB_QUIT] = cmd_quit, [SMTP_VERB_VRFY] = cmd_vrfy,
-    [SMTP_VERB_EXPN] = cmd_expn, [SMTP_VERB_HELP] = cmd_help,
-};
-
 void
 commands_dispatch(struct session *s, char *line, size_t len)
 {
@@ -415,19 +643,19 @@ commands_dispatch(struct session *s, char *line, size_t len)
     /* Length first, as Python does: an over-long line is "too long" whatever it holds. */
     bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
     if (len > line_limit(s, mail ? SMTP_VERB_MAIL : SMTP_VERB_UNKNOWN)) {
-        session_reply_const(s, "500 5.5.2 Error: line too long");
+        conn_reply_const(s, "500 5.5.2 Error: line too long");
         return;
     }
     switch (smtp_parse_command(line, len, &cmd)) {
     case SMTP_PARSE_EMPTY:
     case SMTP_PARSE_BAD:
-        session_reply_const(s, "500 5.5.2 Error: bad syntax");
+        conn_reply_const(s, "500 5.5.2 Error: bad syntax");
         return;
     case SMTP_PARSE_OK:
         break;
     }
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
-        session_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
+        conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
         return;
     }
     unsigned max_junk = s->g->cfg->max_junk;
@@ -437,6 +665,5 @@ commands_dispatch(struct session *s, char *line, size_t len)
         else
             s->errors++;
     }
-    commands[cmd.verb](s, cmd.arg);
+    commands_run(s, cmd.verb, cmd.arg);
 }
-
