@@ -340,8 +340,8 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *usa
         /* RFC 1870 6.1: a size the DATA memory budget can never hold is refused for good, as
          * one over --size is; one that does not fit beside the DATA in flight, for now. */
         enum data_budget_fit fit = cfg->size_limit && size > cfg->size_limit
-                                        ? DATA_BUDGET_NEVER
-                                        : data_budget_fit(s, (size_t)size);
+                                       ? DATA_BUDGET_NEVER
+                                       : data_budget_fit(s, (size_t)size);
         if (fit == DATA_BUDGET_NEVER) {
             conn_reply_const(s, "552 5.3.4 Error: message size exceeds fixed maximum message size");
             return false;
@@ -471,8 +471,8 @@ static void
 path_accept(struct session *s, bool mail, const char *reply, size_t len)
 {
     struct envelope *env = &s->tx.env;
-    bool ok = mail ? envelope_set_sender(env, s->cmd.arg) == 0
-                   : strv_push(&env->rcpts, s->cmd.arg) == 0;
+    bool ok =
+        mail ? envelope_set_sender(env, s->cmd.arg) == 0 : strv_push(&env->rcpts, s->cmd.arg) == 0;
     for (size_t i = 0; ok && mail && i < s->cmd.params.n; i++)
         ok = strv_push(&env->mail_options, s->cmd.params.items[i]) == 0;
     log_debug("session %lu: %s <%s>", s->id, mail ? "sender" : "recipient", s->cmd.arg);

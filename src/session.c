@@ -423,8 +423,8 @@ session_on_event(struct bufferevent *bev, short what, void *arg)
  * first; among DATA, the one that sent least per second since it began: a big upload
  * streaming fast is the last to go, a drip the first. */
 static bool
-session_room_rank(const struct session *s, const struct timeval *now, long min_wait,
-                  bool *idle, double *rank)
+session_room_rank(const struct session *s, const struct timeval *now, long min_wait, bool *idle,
+                  double *rank)
 {
     struct timeval waited;
     if (s->state == SESSION_COMMAND && s->greeted)
@@ -475,8 +475,7 @@ session_make_room(struct session_group *g, const struct session *newcomer)
     if (victim == NULL)
         return false;
     struct timeval waited;
-    evutil_timersub(&now, victim_idle ? &victim->command_since : &victim->tx.data_started,
-                    &waited);
+    evutil_timersub(&now, victim_idle ? &victim->command_since : &victim->tx.data_started, &waited);
     /* A discarded message is told each time, as a client leaving during DATA is (its id may
      * be asked about); idle sessions closed by the thousand are counted. */
     char more[96];
@@ -593,8 +592,8 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     if (!total && !per_client && g->refusals.unlogged > 0)
         session_log_refusal(g, NULL, NULL);
     if (total || per_client) {
-        session_log_refusal(g, s,
-                            total ? "too many connections" : "too many connections from this client");
+        session_log_refusal(
+            g, s, total ? "too many connections" : "too many connections from this client");
         conn_reply(s, "421 4.7.0 %s Error: too many connections%s, try again later", g->hostname,
                    total ? "" : " from your address");
         conn_close_after_flush(s);

@@ -36,8 +36,8 @@ struct session {
     struct session *prev, *next;
     unsigned long id;
     struct bufferevent *bev;
-    struct evbuffer *out;    /* replies not yet handed to the socket */
-    struct event *timer;     /* the idle timeout, checked lazily against last_activity */
+    struct evbuffer *out; /* replies not yet handed to the socket */
+    struct event *timer;  /* the idle timeout, checked lazily against last_activity */
     struct timeval last_activity;
     /* When the server began waiting for the command line now due (the greeting or the reply
      * to the last command was queued): the command timeout runs from here, not from the last
@@ -54,14 +54,14 @@ struct session {
     struct lrt_session *ls;
     struct lrt_call *call;
     unsigned long messages;
-    unsigned errors;        /* error replies to commands so far */
-    unsigned overshoot;     /* "452 4.5.3" (too many recipients) replies so far */
-    unsigned junk;          /* junk commands (commands.c) since a message was accepted */
-    bool greeted;           /* the 220 went out; input before it is a pregreet */
-    bool counted;           /* in g->per_client */
-    bool proven;            /* its address had a message accepted lately (g->proven) */
-    bool read_eof;          /* the client half-closed: what is buffered is all that will come */
-    bool write_failed;      /* the socket refused a write: the client is gone */
+    unsigned errors;    /* error replies to commands so far */
+    unsigned overshoot; /* "452 4.5.3" (too many recipients) replies so far */
+    unsigned junk;      /* junk commands (commands.c) since a message was accepted */
+    bool greeted;       /* the 220 went out; input before it is a pregreet */
+    bool counted;       /* in g->per_client */
+    bool proven;        /* its address had a message accepted lately (g->proven) */
+    bool read_eof;      /* the client half-closed: what is buffered is all that will come */
+    bool write_failed;  /* the socket refused a write: the client is gone */
     /* The command being carried out, from its check to its proceed (a hook may decide in
      * between): commands.c's alone, as it runs the command table; commands_release frees it. */
     struct {
@@ -86,7 +86,7 @@ void conn_send(struct session *s, enum conn_reply_class class, const char *bytes
 /* A one-line reply to a command, formatted; the CRLF is added. */
 void conn_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A fixed reply, without formatting: the common ones are on every message's path. */
-#define conn_send_const(s, class, text) \
+#define conn_send_const(s, class, text)                                                            \
     conn_send((s), (class), text "\r\n", sizeof(text "\r\n") - 1)
 #define conn_reply_const(s, text) conn_send_const((s), CONN_REPLY_COMMAND, text)
 /* Hands the queued replies to the socket. */
