@@ -439,13 +439,13 @@ rcpt_check(struct session *s, char *arg)
         return false;
     }
     struct smtp_path path;
+    struct smtp_param params[SMTP_PARAMS_MAX];
     if (!path_argument(s, arg, "TO:", usage, &path))
         return false;
     if (path.null_path) {
         syntax_error(s, usage);
         return false;
     }
-    struct smtp_param params[SMTP_PARAMS_MAX];
     int n = params_argument(s, &path, usage, params);
     if (n < 0)
         return false;
