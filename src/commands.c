@@ -231,11 +231,18 @@ help_proceed(struct session *s, const char *reply, size_t len)
     (void)reply;
     (void)len;
     static const char *const topics[][2] = {
-        {"EHLO", "EHLO hostname"}, {"HELO", "HELO hostname"}, {"MAIL", "MAIL FROM: <address>"},
-        {"RCPT", "RCPT TO: <address>"}, {"DATA", "DATA"}, {"RSET", "RSET"},
-        {"NOOP", "NOOP"}, {"QUIT", "QUIT"}, {"VRFY", "VRFY <address>"},
+        {"EHLO", "EHLO hostname"},
+        {"HELO", "HELO hostname"},
+        {"MAIL", "MAIL FROM: <address>"},
+        {"RCPT", "RCPT TO: <address>"},
+        {"DATA", "DATA"},
+        {"RSET", "RSET"},
+        {"NOOP", "NOOP"},
+        {"QUIT", "QUIT"},
+        {"VRFY", "VRFY <address>"},
     };
-    static const char commands[] = "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
+    static const char commands[] =
+        "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
     const char *arg = s->cmd.arg;
     if (*arg == '\0') {
         conn_reply(s, "250 2.0.0 %s", commands);
@@ -244,7 +251,8 @@ help_proceed(struct session *s, const char *reply, size_t len)
     for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
         if (strcasecmp(arg, topics[i][0]) == 0) {
             bool params = s->esmtp && (i == 2 || i == 3);
-            conn_reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1], params ? " [SP <mail-parameters>]" : "");
+            conn_reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1],
+                       params ? " [SP <mail-parameters>]" : "");
             return;
         }
     }
@@ -271,7 +279,8 @@ vrfy_proceed(struct session *s, const char *reply, size_t len)
     char copy[CONN_LINE_MAX + 1];
     snprintf(copy, sizeof(copy), "%s", s->cmd.arg);
     if (smtp_parse_path(copy, &path) && !path.null_path)
-        conn_reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+        conn_reply_const(
+            s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
     else
         conn_reply(s, "502 5.5.1 Could not VRFY %s", s->cmd.arg);
 }

@@ -264,8 +264,8 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     struct option long_options[N_FIXED + N_NUMERIC + 1];
     memcpy(long_options, fixed_options, sizeof(fixed_options));
     for (size_t i = 0; i < N_NUMERIC; i++)
-        long_options[N_FIXED + i] = (struct option){numeric_options[i].name, required_argument,
-                                                    NULL, OPT_NUMERIC + (int)i};
+        long_options[N_FIXED + i] =
+            (struct option){numeric_options[i].name, required_argument, NULL, OPT_NUMERIC + (int)i};
     long_options[N_FIXED + N_NUMERIC] = (struct option){NULL, 0, NULL, 0};
     const char *prog = argc > 0 ? argv[0] : "luasmtpd";
 
@@ -439,8 +439,8 @@ config_resolve_handler(struct config *cfg, const char *lua_dir, FILE *err)
         }
     }
     fprintf(err,
-            "luasmtpd: unknown handler '%s': name a bundled one (debugging, sink, pureproxy) or a path "
-            "to a .lua script\n",
+            "luasmtpd: unknown handler '%s': name a bundled one (debugging, sink, pureproxy) "
+            "or a path to a .lua script\n",
             cfg->handler);
     return false;
 }

@@ -60,8 +60,9 @@ static void
 format_addr(const struct sockaddr *sa, char *out, size_t len)
 {
     char host[NI_MAXHOST], port[NI_MAXSERV];
-    if (getnameinfo(sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                  : sizeof(struct sockaddr_in),
+    if (getnameinfo(sa,
+                    sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in),
                     host, sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
         snprintf(out, len, "?");
         return;
@@ -84,8 +85,8 @@ set_port(struct sockaddr *sa, unsigned short port)
 static int
 bind_all(struct config *cfg, int *fds, int max, unsigned copies)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res;
     char port_text[8];
     snprintf(port_text, sizeof(port_text), "%u", cfg->local_port);
@@ -131,9 +132,9 @@ bind_all(struct config *cfg, int *fds, int max, unsigned copies)
                 struct sockaddr_storage bound;
                 socklen_t len = sizeof(bound);
                 getsockname(fd, (struct sockaddr *)&bound, &len);
-                port = ntohs(bound.ss_family == AF_INET6
-                                 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                 : ((struct sockaddr_in *)&bound)->sin_port);
+                port =
+                    ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                      : ((struct sockaddr_in *)&bound)->sin_port);
                 set_port(ai->ai_addr, port);
             }
             fds[n++] = fd;
@@ -371,10 +372,15 @@ static struct lrt_options
 runtime_options(const struct config *cfg, const char *lua_dir, const char *hostname)
 {
     return (struct lrt_options){
-        .env = {.hostname = hostname, .remote_host = cfg->remote_host,
-                .remote_port = cfg->remote_port, .settings = cfg->settings,
-                .n_settings = cfg->n_settings, .size_limit = cfg->size_limit, .debug = cfg->debug},
-        .load = {.lua_dir = lua_dir, .script_path = cfg->script_path,
+        .env = {.hostname = hostname,
+                .remote_host = cfg->remote_host,
+                .remote_port = cfg->remote_port,
+                .settings = cfg->settings,
+                .n_settings = cfg->n_settings,
+                .size_limit = cfg->size_limit,
+                .debug = cfg->debug},
+        .load = {.lua_dir = lua_dir,
+                 .script_path = cfg->script_path,
                  .started_as_root = cfg->started_as_root},
         .lua_instructions = cfg->lua_instructions,
         .lua_memory_mb = cfg->lua_memory_mb,
@@ -406,14 +412,17 @@ serve(void *arg, int *fds, int n)
     struct server srv = {.cfg = cfg};
     srv.base = event_base_new();
     /* Upstream host names are resolved without blocking the loop. */
-    struct evdns_base *dns = srv.base ? evdns_base_new(srv.base, EVDNS_BASE_INITIALIZE_NAMESERVERS)
-                                      : NULL;
+    struct evdns_base *dns =
+        srv.base ? evdns_base_new(srv.base, EVDNS_BASE_INITIALIZE_NAMESERVERS) : NULL;
     if (srv.base != NULL && dns == NULL)
         dns = evdns_base_new(srv.base, 0);
     if (srv.base != NULL) {
-        struct reload_options triggers = {.base = srv.base, .script_path = cfg->script_path,
-                                          .watch = !cfg->no_reload, .reload = listener_on_reload,
-                                          .stop = listener_on_stop, .arg = &srv};
+        struct reload_options triggers = {.base = srv.base,
+                                          .script_path = cfg->script_path,
+                                          .watch = !cfg->no_reload,
+                                          .reload = listener_on_reload,
+                                          .stop = listener_on_stop,
+                                          .arg = &srv};
         srv.reload = reload_new(&triggers);
     }
     struct lrt_options opts = runtime_options(cfg, lua_dir, hostname);
@@ -434,15 +443,17 @@ serve(void *arg, int *fds, int n)
         goto out;
     }
 
-    srv.sessions = (struct session_group){.base = srv.base, .cfg = cfg, .rt = rt,
+    srv.sessions = (struct session_group){.base = srv.base,
+                                          .cfg = cfg,
+                                          .rt = rt,
                                           .hostname = hostname,
                                           .on_empty = listener_on_sessions_gone,
                                           .on_empty_arg = &srv};
     srv.accept_resume = evtimer_new(srv.base, listener_on_accept_resume, &srv);
     for (int i = 0; i < n; i++) {
-        srv.listeners[i] = evconnlistener_new(srv.base, listener_on_accept, &srv,
-                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
-                                              fds[i]);
+        srv.listeners[i] =
+            evconnlistener_new(srv.base, listener_on_accept, &srv,
+                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
         evconnlistener_set_error_cb(srv.listeners[i], listener_on_accept_error);
     }
     srv.n_listeners = n;

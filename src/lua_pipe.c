@@ -144,8 +144,12 @@ l_smtpd_pipe(lua_State *L)
     lbind_hold_init(&lp->hold, lp, lpipe_stop, free);
     lp->timeout = timeout;
     lbind_anchor(L, &lp->hold, 0, 2);
-    struct pipe_request req = {.argv = argv, .envp = envp, .data = data, .len = len,
-                               .timeout = timeout, .output_cap = (size_t)output_limit};
+    struct pipe_request req = {.argv = argv,
+                               .envp = envp,
+                               .data = data,
+                               .len = len,
+                               .timeout = timeout,
+                               .output_cap = (size_t)output_limit};
     /* pipe_spawn copies argv and envp: the userdata above may go once this returns. */
     lp->job = pipe_spawn(env->pipes, &req, lpipe_on_done, lp);
     if (lp->job == NULL) {

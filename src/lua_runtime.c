@@ -21,8 +21,8 @@
  * handler or hook call, one step of it between two waits, or a load). Only counted while Lua
  * code runs: C pushing arguments and results must never fail halfway. */
 struct lrt_budget {
-    size_t used, cap;              /* bytes; cap 0: no limit */
-    unsigned long counted, limit;  /* instructions in this entry; limit 0: no limit */
+    size_t used, cap;             /* bytes; cap 0: no limit */
+    unsigned long counted, limit; /* instructions in this entry; limit 0: no limit */
     bool enforcing;
 };
 
@@ -46,8 +46,8 @@ struct lrt {
 };
 
 enum lrt_call_state {
-    LRT_CALL_RUNNING,   /* inside lua_resume */
-    LRT_CALL_WAITING,   /* suspended in a binding until its event arrives */
+    LRT_CALL_RUNNING, /* inside lua_resume */
+    LRT_CALL_WAITING, /* suspended in a binding until its event arrives */
 };
 
 struct lrt_call {
@@ -386,8 +386,8 @@ call_resume(struct lrt_call *call, int nargs)
 
 /* A coroutine in `gen` with the function `name` pushed on it; NULL when out of memory. */
 static struct lrt_call *
-call_new(struct lrt_generation *gen, const char *name, unsigned long session_id,
-         lrt_done_fn done, void *arg)
+call_new(struct lrt_generation *gen, const char *name, unsigned long session_id, lrt_done_fn done,
+         void *arg)
 {
     struct lrt_call *call = calloc(1, sizeof(*call));
     if (call == NULL)
@@ -425,8 +425,8 @@ session_table_drop(struct lrt_session *ls)
         int status = lua_pcall(L, 1, 0, -3);
         budget_leave(ls->gen->budget);
         if (status != LUA_OK) {
-            log_error("session %lu: on_disconnect failed (generation %u): %s", ls->id,
-                      ls->gen->id, lua_tostring(L, -1));
+            log_error("session %lu: on_disconnect failed (generation %u): %s", ls->id, ls->gen->id,
+                      lua_tostring(L, -1));
             lua_pop(L, 1);
         }
         lua_pop(L, 1);

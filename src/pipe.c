@@ -27,7 +27,7 @@
 #define WRITE_CHUNK (64 * 1024)
 
 struct pipe_job {
-    struct pipe_job *prev_live, *next_live;   /* every job not yet freed, for pipe_pool_free */
+    struct pipe_job *prev_live, *next_live; /* every job not yet freed, for pipe_pool_free */
     struct pipe_job *next_queued;
     struct pipe_job *prev_running, *next_running; /* children watched through SIGCHLD */
     struct pipe_pool *pool;
@@ -303,7 +303,8 @@ pipe_on_timer(evutil_socket_t fd, short what, void *arg)
     int sig = job->killed ? SIGKILL : SIGTERM;
     if (!job->cancelled)
         log_warn("pipe: %s (pid %d) %s: sending %s", job->argv[0], (int)job->pid,
-                 job->killed ? "ignored SIGTERM" : "timed out", sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+                 job->killed ? "ignored SIGTERM" : "timed out",
+                 sig == SIGKILL ? "SIGKILL" : "SIGTERM");
     job->killed = true;
     kill(job->pid, sig);
     struct timeval grace = {.tv_sec = KILL_GRACE_SEC};
@@ -479,16 +480,19 @@ pipe_job_start(struct pipe_job *job)
             pool->watched->prev_running = job;
         pool->watched = job;
     }
-    job->output_ev = event_new(pool->base, job->output_fd, EV_READ | EV_PERSIST, pipe_on_output, job);
-    job->stdin_ev = event_new(pool->base, job->stdin_fd, EV_WRITE | EV_PERSIST, pipe_on_stdin_writable, job);
+    job->output_ev =
+        event_new(pool->base, job->output_fd, EV_READ | EV_PERSIST, pipe_on_output, job);
+    job->stdin_ev =
+        event_new(pool->base, job->stdin_fd, EV_WRITE | EV_PERSIST, pipe_on_stdin_writable, job);
     if (n == (ssize_t)sizeof(child_err)) {
         /* exec failed: reap the child, report why. */
         waitpid(pid, NULL, 0);
         fail_job(job, "exec", child_err);
         return;
     }
-    if ((job->pid_fd >= 0 && job->exit_ev == NULL) || (job->pid_fd < 0 && pool->sigchld_event == NULL) ||
-        job->timer == NULL || job->output_ev == NULL || job->stdin_ev == NULL) {
+    if ((job->pid_fd >= 0 && job->exit_ev == NULL) ||
+        (job->pid_fd < 0 && pool->sigchld_event == NULL) || job->timer == NULL ||
+        job->output_ev == NULL || job->stdin_ev == NULL) {
         int err = errno;
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
@@ -505,7 +509,8 @@ pipe_job_start(struct pipe_job *job)
     event_add(job->output_ev, NULL);
     event_add(job->stdin_ev, NULL);
     struct timeval tv = {.tv_sec = (time_t)job->timeout,
-                         .tv_usec = (suseconds_t)((job->timeout - (double)(time_t)job->timeout) * 1e6)};
+                         .tv_usec =
+                             (suseconds_t)((job->timeout - (double)(time_t)job->timeout) * 1e6)};
     evtimer_add(job->timer, &tv);
 }
 

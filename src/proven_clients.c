@@ -11,7 +11,7 @@
 struct slot {
     char addr[PROVEN_ADDR_MAX];
     time_t proven;
-    uint32_t chain;       /* next slot in the same bucket */
+    uint32_t chain;        /* next slot in the same bucket */
     uint32_t newer, older; /* the recency list */
 };
 

@@ -459,8 +459,8 @@ session_make_room(struct session_group *g, const struct session *newcomer)
     for (struct session *s = g->head; s != NULL; s = s->next) {
         bool idle;
         double rank;
-        long min_wait = newcomer->proven && !s->proven ? MAKE_ROOM_PROVEN_WAIT_SEC
-                                                       : MAKE_ROOM_MIN_WAIT_SEC;
+        long min_wait =
+            newcomer->proven && !s->proven ? MAKE_ROOM_PROVEN_WAIT_SEC : MAKE_ROOM_MIN_WAIT_SEC;
         if (s == newcomer || !session_room_rank(s, &now, min_wait, &idle, &rank))
             continue;
         /* The loop's clock is coarse (a few ms): of equal waits, the older connection goes. */

@@ -40,8 +40,8 @@ find_line_end(const char *p, const char *end)
     const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
     for (; end - p >= 16; p += 16) {
         __m128i chunk = _mm_loadu_si128((const __m128i *)(const void *)p);
-        int mask = _mm_movemask_epi8(
-            _mm_or_si128(_mm_cmpeq_epi8(chunk, cr), _mm_cmpeq_epi8(chunk, lf)));
+        int mask =
+            _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(chunk, cr), _mm_cmpeq_epi8(chunk, lf)));
         if (mask != 0)
             return p + __builtin_ctz((unsigned)mask);
     }
@@ -80,8 +80,8 @@ smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct
         case SMTP_DATA_DOT_CRLF:
         case SMTP_DATA_DOT_BARE:
             if (c == '\r') {
-                d->state = d->state == SMTP_DATA_DOT_CRLF ? SMTP_DATA_DOT_CR_CRLF
-                                                          : SMTP_DATA_DOT_CR_BARE;
+                d->state =
+                    d->state == SMTP_DATA_DOT_CRLF ? SMTP_DATA_DOT_CR_CRLF : SMTP_DATA_DOT_CR_BARE;
                 p++;
             } else if (c == '\n') {
                 /* A lone "." ended by a bare LF is not the end, and not stuffing either:

@@ -23,14 +23,14 @@ struct config {
     unsigned short local_port;
     char *remote_host;
     unsigned short remote_port;
-    char *handler;      /* as given to -c */
-    char *script_path;  /* the file it resolved to; set by config_resolve_handler() */
-    size_t size_limit;  /* 0: none */
+    char *handler;     /* as given to -c */
+    char *script_path; /* the file it resolved to; set by config_resolve_handler() */
+    size_t size_limit; /* 0: none */
     bool debug;
     bool smtputf8;
     bool nosetuid;
     bool started_as_root; /* euid 0 at start: scripts others could write are refused */
-    char *hostname;     /* for the greeting and EHLO; NULL: ask the system */
+    char *hostname;       /* for the greeting and EHLO; NULL: ask the system */
     /* Limits and timeouts: each one a --long-option; see the table in config.c. */
     unsigned max_recipients;   /* per message, then 452 */
     unsigned timeout;          /* seconds for a whole command line, then 421 */
@@ -50,16 +50,16 @@ struct config {
     unsigned lua_memory_mb;    /* per Lua state; 0: no limit */
     unsigned max_children;     /* smtpd.pipe children at once; the rest queue */
     unsigned watchdog;         /* seconds one loop turn may take, then exit 70; 0: off */
-    bool no_reload;     /* do not watch the script files (SIGHUP still reloads) */
-    bool check_only;    /* --check: load the script as a reload would, report, exit */
+    bool no_reload;            /* do not watch the script files (SIGHUP still reloads) */
+    bool check_only;           /* --check: load the script as a reload would, report, exit */
     struct config_setting *settings;
     size_t n_settings;
 };
 
 enum config_result {
-    CONFIG_RUN = 0,       /* go on and serve */
-    CONFIG_EXIT_OK,       /* --help or --version was printed */
-    CONFIG_EXIT_USAGE,    /* the arguments were wrong; usage was printed */
+    CONFIG_RUN = 0,    /* go on and serve */
+    CONFIG_EXIT_OK,    /* --help or --version was printed */
+    CONFIG_EXIT_USAGE, /* the arguments were wrong; usage was printed */
 };
 
 enum config_result config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err);

@@ -16,13 +16,13 @@ int strv_push(struct strv *v, const char *s);
 void strv_clear(struct strv *v);
 
 struct envelope {
-    bool has_sender;      /* MAIL was accepted */
-    char *mailfrom;       /* "" for the null sender */
+    bool has_sender; /* MAIL was accepted */
+    char *mailfrom;  /* "" for the null sender */
     struct strv rcpts;
     struct strv mail_options; /* upper-cased, as Python's mail_options */
     struct strv rcpt_options; /* the accepted RCPTs' parameters, in order */
     bool smtputf8;
-    size_t size_hint;     /* MAIL's SIZE=, 0 when not given */
+    size_t size_hint; /* MAIL's SIZE=, 0 when not given */
 };
 
 int envelope_set_sender(struct envelope *e, const char *address);

@@ -30,9 +30,9 @@ struct lrt_message {
 };
 
 enum lrt_outcome {
-    LRT_DEFAULT,  /* nil or false: go on, or the default success reply */
-    LRT_REPLY,    /* a string the session must check */
-    LRT_FAILED,   /* a Lua error or a return of the wrong type; already logged */
+    LRT_DEFAULT, /* nil or false: go on, or the default success reply */
+    LRT_REPLY,   /* a string the session must check */
+    LRT_FAILED,  /* a Lua error or a return of the wrong type; already logged */
 };
 
 /* Called once per call that was not cancelled, possibly before the call returned NULL. */

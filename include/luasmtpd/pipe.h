@@ -14,20 +14,20 @@ struct pipe_job;
 struct pipe_pool;
 
 struct pipe_request {
-    char *const *argv;  /* argv[0] is looked up in the PATH of envp when it has no '/' */
-    char *const *envp;  /* the child's whole environment */
-    const char *data;   /* fed to stdin, in place; the caller keeps it until `done` runs or
-                         * pipe_cancel returns */
+    char *const *argv; /* argv[0] is looked up in the PATH of envp when it has no '/' */
+    char *const *envp; /* the child's whole environment */
+    const char *data;  /* fed to stdin, in place; the caller keeps it until `done` runs or
+                        * pipe_cancel returns */
     size_t len;
-    double timeout;     /* seconds from start to exit */
-    size_t output_cap;  /* bytes of stdout+stderr kept; the rest is read and dropped */
+    double timeout;    /* seconds from start to exit */
+    size_t output_cap; /* bytes of stdout+stderr kept; the rest is read and dropped */
 };
 
 enum pipe_outcome {
-    PIPE_EXITED,     /* status: the exit code */
-    PIPE_SIGNALED,   /* status: the signal that killed it */
-    PIPE_TIMED_OUT,  /* we killed it */
-    PIPE_FAILED,     /* it could not run: error says why */
+    PIPE_EXITED,    /* status: the exit code */
+    PIPE_SIGNALED,  /* status: the signal that killed it */
+    PIPE_TIMED_OUT, /* we killed it */
+    PIPE_FAILED,    /* it could not run: error says why */
 };
 
 struct pipe_result {

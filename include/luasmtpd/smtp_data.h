@@ -14,20 +14,20 @@ enum smtp_data_state {
     SMTP_DATA_BOL_CRLF = 0, /* at a line start after a real CRLF (or at the start) */
     SMTP_DATA_BOL_BARE,     /* at a line start after a bare CR or LF */
     SMTP_DATA_LINE,
-    SMTP_DATA_CR,           /* a CR inside a line, waiting to see if LF follows */
-    SMTP_DATA_DOT_CRLF,     /* "." at a line start after CRLF */
+    SMTP_DATA_CR,       /* a CR inside a line, waiting to see if LF follows */
+    SMTP_DATA_DOT_CRLF, /* "." at a line start after CRLF */
     SMTP_DATA_DOT_BARE,
-    SMTP_DATA_DOT_CR_CRLF,  /* ".\r" at a line start after CRLF: LF ends the message */
+    SMTP_DATA_DOT_CR_CRLF, /* ".\r" at a line start after CRLF: LF ends the message */
     SMTP_DATA_DOT_CR_BARE,
     SMTP_DATA_DONE,
 };
 
 struct smtp_data_decoder {
     enum smtp_data_state state;
-    size_t limit;    /* decoded bytes allowed; 0 for none */
-    size_t size;     /* decoded bytes seen, stored or not */
-    bool overflow;   /* over the limit: the rest is read and dropped, the answer is 552 */
-    bool failed;     /* out of memory while storing: the answer is 451 */
+    size_t limit;  /* decoded bytes allowed; 0 for none */
+    size_t size;   /* decoded bytes seen, stored or not */
+    bool overflow; /* over the limit: the rest is read and dropped, the answer is 552 */
+    bool failed;   /* out of memory while storing: the answer is 451 */
 };
 
 void smtp_data_init(struct smtp_data_decoder *d, size_t limit);

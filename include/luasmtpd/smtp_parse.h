@@ -31,8 +31,8 @@ enum smtp_verb {
 
 enum smtp_parse_status {
     SMTP_PARSE_OK = 0,
-    SMTP_PARSE_EMPTY,   /* nothing on the line: "500 Error: bad syntax" */
-    SMTP_PARSE_BAD,     /* NUL or another control byte, or a verb too long to be one */
+    SMTP_PARSE_EMPTY, /* nothing on the line: "500 Error: bad syntax" */
+    SMTP_PARSE_BAD,   /* NUL or another control byte, or a verb too long to be one */
 };
 
 struct smtp_command {
@@ -49,10 +49,10 @@ enum smtp_parse_status smtp_parse_command(char *line, size_t len, struct smtp_co
 char *smtp_strip_keyword(char *arg, const char *keyword);
 
 struct smtp_path {
-    char *address;   /* NUL-terminated, without brackets or source route; "" for <> */
-    char *params;    /* the rest of the line, trimmed; "" when none */
-    bool null_path;  /* "<>" */
-    bool non_ascii;  /* the address holds UTF-8: needs SMTPUTF8 (RFC 6531) */
+    char *address;  /* NUL-terminated, without brackets or source route; "" for <> */
+    char *params;   /* the rest of the line, trimmed; "" when none */
+    bool null_path; /* "<>" */
+    bool non_ascii; /* the address holds UTF-8: needs SMTPUTF8 (RFC 6531) */
 };
 
 /* Parses a path ("<a@b>", "<@route:a@b>", "<>", or a bare "a@b" as Python accepts) at the
@@ -62,8 +62,8 @@ bool smtp_parse_path(char *arg, struct smtp_path *path);
 #define SMTP_PARAMS_MAX 16
 
 struct smtp_param {
-    char *keyword;  /* upper-cased */
-    char *value;    /* upper-cased as Python does; NULL for a bare keyword */
+    char *keyword; /* upper-cased */
+    char *value;   /* upper-cased as Python does; NULL for a bare keyword */
 };
 
 /* Splits ESMTP parameters (RFC 5321 4.1.2 esmtp-param) in place, upper-casing them.

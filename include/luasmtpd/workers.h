@@ -11,7 +11,7 @@ typedef int (*worker_fn)(void *arg, int *fds, int n_fds);
 
 /* fds holds n_addrs * n_workers sockets, worker w's for address a at [a * n_workers + w].
  * Returns the supervisor's exit status once every worker has stopped. */
-int workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout,
-                worker_fn fn, void *arg);
+int workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout, worker_fn fn,
+                void *arg);
 
 #endif

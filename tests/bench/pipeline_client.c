@@ -43,7 +43,7 @@ enum step { S_CONNECT, S_GREETING, S_EHLO, S_MAIL, S_RCPT, S_DATA, S_BODY, S_QUI
 struct conn {
     int fd;
     int pipelining;
-    long quota;      /* messages this connection still has to start */
+    long quota; /* messages this connection still has to start */
     /* replies expected, in order, as the steps that produced them */
     enum step expect[8];
     int nexpect;
@@ -127,7 +127,8 @@ queue(struct conn *c, const char *p, size_t n)
     /* short commands are copied into cmdbuf when possible, so that a group is one segment */
     if (c->nout > 0 && c->out[c->nout - 1].iov_base >= (void *)c->cmdbuf &&
         c->out[c->nout - 1].iov_base < (void *)(c->cmdbuf + sizeof(c->cmdbuf)) &&
-        (char *)c->out[c->nout - 1].iov_base + c->out[c->nout - 1].iov_len == c->cmdbuf + c->cmdlen &&
+        (char *)c->out[c->nout - 1].iov_base + c->out[c->nout - 1].iov_len ==
+            c->cmdbuf + c->cmdlen &&
         c->cmdlen + n <= sizeof(c->cmdbuf)) {
         memcpy(c->cmdbuf + c->cmdlen, p, n);
         c->cmdlen += n;
@@ -411,13 +412,26 @@ main(int argc, char **argv)
     int opt;
     while ((opt = getopt(argc, argv, "s:m:n:l:t:P")) != -1) {
         switch (opt) {
-        case 's': sessions = atol(optarg); break;
-        case 'm': total_msgs = atol(optarg); break;
-        case 'n': per_conn = atol(optarg); break;
-        case 'l': size = atol(optarg); break;
-        case 't': timeout = atof(optarg); break;
-        case 'P': force_pipe = 1; break;
-        default: goto usage;
+        case 's':
+            sessions = atol(optarg);
+            break;
+        case 'm':
+            total_msgs = atol(optarg);
+            break;
+        case 'n':
+            per_conn = atol(optarg);
+            break;
+        case 'l':
+            size = atol(optarg);
+            break;
+        case 't':
+            timeout = atof(optarg);
+            break;
+        case 'P':
+            force_pipe = 1;
+            break;
+        default:
+            goto usage;
         }
     }
     if (optind != argc - 1 || sessions < 1 || total_msgs < 0 || per_conn < 0 || size < 0 ||

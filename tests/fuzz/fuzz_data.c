@@ -52,8 +52,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         used1 > len)
         abort();
     /* Over the limit what was stored is thrown away (552), so only then may it differ. */
-    if (!d1.overflow && (whole.len != split.len ||
-                         (whole.len && memcmp(whole.data, split.data, whole.len) != 0)))
+    if (!d1.overflow &&
+        (whole.len != split.len || (whole.len && memcmp(whole.data, split.data, whole.len) != 0)))
         abort();
     if (limit && whole.len > limit)
         abort();

@@ -29,8 +29,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     signal(SIGPIPE, SIG_IGN);
-    char *args[] = {"fuzz", "-n", "-c", LUASMTPD_SOURCE_LUA_DIR "/sink.lua", "--max-errors",
-                    "1000", "127.0.0.1:0", NULL};
+    char *args[] = {"fuzz",         "-n",   "-c",          LUASMTPD_SOURCE_LUA_DIR "/sink.lua",
+                    "--max-errors", "1000", "127.0.0.1:0", NULL};
     if (config_parse(&cfg, 7, args, stdout, stderr) != CONFIG_RUN ||
         !config_resolve_handler(&cfg, LUASMTPD_SOURCE_LUA_DIR, stderr))
         abort();
@@ -38,10 +38,16 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     cfg.max_recipients = 5;
     base = event_base_new();
     opts = (struct lrt_options){
-        .env = {.base = base, .hostname = "fuzz.example", .remote_host = cfg.remote_host,
-                .remote_port = cfg.remote_port, .settings = cfg.settings,
-                .n_settings = cfg.n_settings, .size_limit = cfg.size_limit, .debug = cfg.debug},
-        .load = {.lua_dir = LUASMTPD_SOURCE_LUA_DIR, .script_path = cfg.script_path,
+        .env = {.base = base,
+                .hostname = "fuzz.example",
+                .remote_host = cfg.remote_host,
+                .remote_port = cfg.remote_port,
+                .settings = cfg.settings,
+                .n_settings = cfg.n_settings,
+                .size_limit = cfg.size_limit,
+                .debug = cfg.debug},
+        .load = {.lua_dir = LUASMTPD_SOURCE_LUA_DIR,
+                 .script_path = cfg.script_path,
                  .started_as_root = cfg.started_as_root},
         .lua_instructions = cfg.lua_instructions,
         .lua_memory_mb = cfg.lua_memory_mb,
