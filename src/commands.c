@@ -17,6 +17,7 @@
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/smtp_reply.h"
+#include "luasmtpd/tls.h"
 
 /* A row's hook when the script is not asked. */
 #define NO_HOOK (-1)
@@ -156,6 +157,9 @@ greeting_accept(struct session *s, bool extended)
     buf_append_str(&b, "250-8BITMIME\r\n");
     if (cfg->smtputf8)
         buf_append_str(&b, "250-SMTPUTF8\r\n");
+    /* Extensions that depend on the connection's security follow here (AUTH, next). */
+    if (!s->in_tls && tls_server_offers(s->g->tls, TLS_STARTTLS))
+        buf_append_str(&b, "250-STARTTLS\r\n");
     buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
     conn_send(s, CONN_REPLY_COMMAND, b.data, b.len);
     buf_free(&b);
@@ -283,6 +287,40 @@ vrfy_proceed(struct session *s, const char *reply, size_t len)
             s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
     else
         conn_reply(s, "502 5.5.1 Could not VRFY %s", s->cmd.arg);
+}
+
+static bool
+starttls_check(struct session *s, char *arg)
+{
+    if (*arg) {
+        conn_reply_const(s, "501 5.5.4 Syntax: STARTTLS");
+        return false;
+    }
+    if (s->in_tls) {
+        conn_reply_const(s, "503 5.5.1 Error: TLS already active");
+        return false;
+    }
+    if (!tls_server_offers(s->g->tls, TLS_STARTTLS)) {
+        conn_reply_const(s, "502 5.5.1 Error: STARTTLS not available");
+        return false;
+    }
+    /* As Postfix: the reset after the handshake would silently drop the envelope. */
+    if (s->tx.env.has_sender) {
+        conn_reply_const(s, "503 5.5.1 Error: MAIL transaction in progress");
+        return false;
+    }
+    return true;
+}
+
+/* session.c switches to TLS once the 220 is on the socket; no command is read meanwhile. */
+static void
+starttls_proceed(struct session *s, const char *reply, size_t len)
+{
+    (void)reply;
+    (void)len;
+    conn_reply_const(s, "220 2.0.0 Ready to start TLS");
+    s->tls_switch = true;
+    conn_enter(s, SESSION_HANDSHAKE);
 }
 
 static void
@@ -564,6 +602,7 @@ static const struct command commands[] = {
     [SMTP_VERB_VRFY] = {vrfy_check, NO_HOOK, vrfy_proceed, NULL},
     [SMTP_VERB_EXPN] = {NULL, NO_HOOK, expn_proceed, NULL},
     [SMTP_VERB_HELP] = {keep_check, NO_HOOK, help_proceed, NULL},
+    [SMTP_VERB_STARTTLS] = {starttls_check, NO_HOOK, starttls_proceed, NULL},
 };
 
 /* The hook's answer: a 4xx/5xx reply refuses the command; nil (or a 2xx reply, sent in place
@@ -644,6 +683,23 @@ is_junk(enum smtp_verb verb)
     }
 }
 
+/* What --require-starttls lets through in plaintext (RFC 3207 4). */
+static bool
+allowed_before_tls(enum smtp_verb verb)
+{
+    switch (verb) {
+    case SMTP_VERB_EHLO:
+    case SMTP_VERB_HELO:
+    case SMTP_VERB_STARTTLS:
+    case SMTP_VERB_NOOP:
+    case SMTP_VERB_RSET:
+    case SMTP_VERB_QUIT:
+        return true;
+    default:
+        return false;
+    }
+}
+
 void
 commands_dispatch(struct session *s, char *line, size_t len)
 {
@@ -665,6 +721,10 @@ commands_dispatch(struct session *s, char *line, size_t len)
     }
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
         conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
+        return;
+    }
+    if (s->g->cfg->require_starttls && !s->in_tls && !allowed_before_tls(cmd.verb)) {
+        conn_reply_const(s, "530 5.7.0 Must issue a STARTTLS command first");
         return;
     }
     unsigned max_junk = s->g->cfg->max_junk;

@@ -36,6 +36,8 @@ static const char usage_text[] =
     "  --no-reload           do not reload when the script files change (SIGHUP still does)\n"
     "  --check SCRIPT        load SCRIPT as a reload would, say whether it is good, exit 0/1\n"
     "%s"
+    "TLS (OpenSSL; TLS 1.2 and 1.3; certificates and keys reload on SIGHUP):\n"
+    "%s"
     "\n"
     "localhost:localport defaults to localhost:8025 (port 0 picks a free one; the bound\n"
     "address is logged), remotehost:remoteport to localhost:25 (the relay handlers'\n"
@@ -90,6 +92,30 @@ static const struct {
      "seconds one event-loop turn may take (a looping Lua __gc), then exit 70 (0: off)"},
 };
 #define N_NUMERIC (sizeof(numeric_options) / sizeof(numeric_options[0]))
+
+/* The TLS options: files (PEM), a listen address, a flag. aiosmtpd's names first; the
+ * hyphenated spellings name the same fields. */
+enum tls_option_kind { TLS_OPT_FILE, TLS_OPT_HOSTPORT, TLS_OPT_FLAG };
+static const struct {
+    const char *name;
+    enum tls_option_kind kind;
+    size_t field; /* char * (FILE), char * host beside its port (HOSTPORT), bool (FLAG) */
+    const char *help;
+} tls_options[] = {
+    {"tlscert", TLS_OPT_FILE, offsetof(struct config, tls_cert),
+     "certificate chain for STARTTLS, offered after EHLO (also --tls-cert)"},
+    {"tls-cert", TLS_OPT_FILE, offsetof(struct config, tls_cert), NULL},
+    {"tlskey", TLS_OPT_FILE, offsetof(struct config, tls_key), "its private key (also --tls-key)"},
+    {"tls-key", TLS_OPT_FILE, offsetof(struct config, tls_key), NULL},
+    {"smtpscert", TLS_OPT_FILE, offsetof(struct config, smtps_cert),
+     "certificate chain for implicit TLS from the first byte (RFC 8314)"},
+    {"smtpskey", TLS_OPT_FILE, offsetof(struct config, smtps_key), "its private key"},
+    {"smtps", TLS_OPT_HOSTPORT, offsetof(struct config, smtps_host),
+     "listen for implicit TLS here too (default: the main listener speaks it)"},
+    {"require-starttls", TLS_OPT_FLAG, offsetof(struct config, require_starttls),
+     "530 to every command but EHLO HELO STARTTLS NOOP RSET QUIT before STARTTLS"},
+};
+#define N_TLS (sizeof(tls_options) / sizeof(tls_options[0]))
 
 static unsigned *
 numeric_field(struct config *cfg, size_t i)
@@ -167,7 +193,71 @@ usage(FILE *f, const char *prog)
                 (size_t)snprintf(table + used, sizeof(table) - used, "  %-20s  %s (default %u)\n",
                                  flag, numeric_options[i].help, def);
     }
-    fprintf(f, usage_text, prog, CONFIG_DEFAULT_SIZE, table);
+    char tls[2048];
+    used = 0;
+    for (size_t i = 0; i < N_TLS && used < sizeof(tls); i++) {
+        if (tls_options[i].help == NULL)
+            continue;
+        char flag[40];
+        static const char *const metavar[] = {" FILE", " HOST:PORT", ""};
+        snprintf(flag, sizeof(flag), "--%s%s", tls_options[i].name, metavar[tls_options[i].kind]);
+        used += (size_t)snprintf(tls + used, sizeof(tls) - used, "  %-20s  %s\n", flag,
+                                 tls_options[i].help);
+    }
+    fprintf(f, usage_text, prog, CONFIG_DEFAULT_SIZE, table, tls);
+}
+
+/* The TLS options' values: a FILE must be readable now, so a typo is a usage error at start;
+ * its contents are tls.c's to judge. */
+static bool
+tls_option_set(struct config *cfg, size_t i, const char *value, const char *prog, FILE *err)
+{
+    char *base = (char *)cfg + tls_options[i].field;
+    switch (tls_options[i].kind) {
+    case TLS_OPT_FLAG:
+        *(bool *)base = true;
+        return true;
+    case TLS_OPT_HOSTPORT:
+        free(cfg->smtps_host);
+        cfg->smtps_host = NULL;
+        if (config_parse_hostport(value, &cfg->smtps_host, &cfg->smtps_port))
+            return true;
+        fprintf(err, "%s: bad --%s address: %s\n", prog, tls_options[i].name, value);
+        return false;
+    case TLS_OPT_FILE:
+        if (access(value, R_OK) != 0) {
+            fprintf(err, "%s: cannot read --%s %s: %s\n", prog, tls_options[i].name, value,
+                    strerror(errno));
+            return false;
+        }
+        free(*(char **)base);
+        *(char **)base = strdup(value);
+        return true;
+    }
+    return false;
+}
+
+/* A certificate needs its key and a key its certificate; --smtps needs both of SMTPS's. */
+static bool
+tls_options_complete(const struct config *cfg, const char *prog, FILE *err)
+{
+    if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+        fprintf(err, "%s: --tlscert and --tlskey go together\n", prog);
+        return false;
+    }
+    if ((cfg->smtps_cert == NULL) != (cfg->smtps_key == NULL)) {
+        fprintf(err, "%s: --smtpscert and --smtpskey go together\n", prog);
+        return false;
+    }
+    if (cfg->smtps_host != NULL && cfg->smtps_cert == NULL) {
+        fprintf(err, "%s: --smtps needs --smtpscert and --smtpskey\n", prog);
+        return false;
+    }
+    if (cfg->require_starttls && cfg->tls_cert == NULL && cfg->smtps_cert == NULL) {
+        fprintf(err, "%s: --require-starttls needs --tlscert and --tlskey\n", prog);
+        return false;
+    }
+    return true;
 }
 
 static bool
@@ -241,7 +331,8 @@ enum {
     OPT_HOSTNAME,
     OPT_NO_RELOAD,
     OPT_CHECK,
-    OPT_NUMERIC, /* OPT_NUMERIC + i: numeric_options[i] */
+    OPT_TLS,            /* OPT_TLS + i: tls_options[i] */
+    OPT_NUMERIC = 1024, /* OPT_NUMERIC + i: numeric_options[i] */
 };
 
 enum config_result
@@ -261,12 +352,17 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         {"check", required_argument, NULL, OPT_CHECK},
     };
     enum { N_FIXED = sizeof(fixed_options) / sizeof(fixed_options[0]) };
-    struct option long_options[N_FIXED + N_NUMERIC + 1];
+    struct option long_options[N_FIXED + N_NUMERIC + N_TLS + 1];
     memcpy(long_options, fixed_options, sizeof(fixed_options));
     for (size_t i = 0; i < N_NUMERIC; i++)
         long_options[N_FIXED + i] =
             (struct option){numeric_options[i].name, required_argument, NULL, OPT_NUMERIC + (int)i};
-    long_options[N_FIXED + N_NUMERIC] = (struct option){NULL, 0, NULL, 0};
+    for (size_t i = 0; i < N_TLS; i++)
+        long_options[N_FIXED + N_NUMERIC + i] =
+            (struct option){tls_options[i].name,
+                            tls_options[i].kind == TLS_OPT_FLAG ? no_argument : required_argument,
+                            NULL, OPT_TLS + (int)i};
+    long_options[N_FIXED + N_NUMERIC + N_TLS] = (struct option){NULL, 0, NULL, 0};
     const char *prog = argc > 0 ? argv[0] : "luasmtpd";
 
     memset(cfg, 0, sizeof(*cfg));
@@ -337,6 +433,11 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
             fprintf(err, "%s: option requires an argument: %s\n", prog, argv[optind - 1]);
             goto bad;
         default:
+            if (c >= OPT_TLS && c < OPT_TLS + (int)N_TLS) {
+                if (!tls_option_set(cfg, (size_t)(c - OPT_TLS), optarg, prog, err))
+                    goto bad;
+                break;
+            }
             if (c >= OPT_NUMERIC && c < OPT_NUMERIC + (int)N_NUMERIC) {
                 size_t i = (size_t)(c - OPT_NUMERIC);
                 if (!parse_number(optarg, numeric_options[i].max, &n) ||
@@ -360,6 +461,8 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         }
     }
 
+    if (!tls_options_complete(cfg, prog, err))
+        goto bad;
     int positional = argc - optind;
     if (positional > 2) {
         fprintf(err, "%s: invalid arguments:", prog);
@@ -453,6 +556,11 @@ config_free(struct config *cfg)
     free(cfg->handler);
     free(cfg->script_path);
     free(cfg->hostname);
+    free(cfg->tls_cert);
+    free(cfg->tls_key);
+    free(cfg->smtps_cert);
+    free(cfg->smtps_key);
+    free(cfg->smtps_host);
     for (size_t i = 0; i < cfg->n_settings; i++) {
         free(cfg->settings[i].key);
         free(cfg->settings[i].value);

@@ -65,7 +65,8 @@ conn_flush(struct session *s)
     if (evbuffer_get_length(s->out) == 0)
         return;
     struct evbuffer *pending = bufferevent_get_output(s->bev);
-    if (evbuffer_get_length(pending) == 0 &&
+    /* Straight to the socket only in plaintext: over TLS the bufferevent must encrypt. */
+    if (!s->in_tls && evbuffer_get_length(pending) == 0 &&
         evbuffer_write(s->out, bufferevent_getfd(s->bev)) == -1 && errno != EAGAIN &&
         errno != EWOULDBLOCK && errno != EINTR)
         s->write_failed = true;

@@ -24,6 +24,7 @@
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/reload.h"
 #include "luasmtpd/session.h"
+#include "luasmtpd/tls.h"
 #include "luasmtpd/watchdog.h"
 #include "luasmtpd/workers.h"
 
@@ -46,6 +47,7 @@ struct server {
     struct event_base *base;
     struct config *cfg;
     struct evconnlistener *listeners[MAX_LISTENERS];
+    bool implicit_tls[MAX_LISTENERS]; /* the listener speaks TLS from the first byte */
     int n_listeners;
     struct event *accept_resume;    /* ends a pause after accept() failed */
     unsigned accept_failures;       /* since the last report */
@@ -83,20 +85,20 @@ set_port(struct sockaddr *sa, unsigned short port)
  * ::1). With port 0, the first bind picks the port and the others share it. Returns the number
  * of sockets bound, or -1 when the first could not be (the reason is printed). */
 static int
-bind_all(struct config *cfg, int *fds, int max, unsigned copies)
+bind_all(const char *host, unsigned short local_port, int *fds, int max, unsigned copies)
 {
     struct addrinfo hints = {
         .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res;
     char port_text[8];
-    snprintf(port_text, sizeof(port_text), "%u", cfg->local_port);
-    int rc = getaddrinfo(cfg->local_host, port_text, &hints, &res);
+    snprintf(port_text, sizeof(port_text), "%u", local_port);
+    int rc = getaddrinfo(host, port_text, &hints, &res);
     if (rc != 0) {
-        fprintf(stderr, "luasmtpd: cannot resolve %s: %s\n", cfg->local_host, gai_strerror(rc));
+        fprintf(stderr, "luasmtpd: cannot resolve %s: %s\n", host, gai_strerror(rc));
         return -1;
     }
     int n = 0;
-    unsigned short port = cfg->local_port;
+    unsigned short port = local_port;
     for (struct addrinfo *ai = res; ai != NULL && n + (int)copies <= max; ai = ai->ai_next) {
         bool duplicate = false;
         for (struct addrinfo *prev = res; prev != ai; prev = prev->ai_next)
@@ -161,14 +163,14 @@ bind_all(struct config *cfg, int *fds, int max, unsigned copies)
 }
 
 static void
-log_listening(int fd)
+log_listening(int fd, bool implicit_tls)
 {
     struct sockaddr_storage bound;
     socklen_t len = sizeof(bound);
     char where[NI_MAXHOST + 16];
     getsockname(fd, (struct sockaddr *)&bound, &len);
     format_addr((struct sockaddr *)&bound, where, sizeof(where));
-    log_info("listening on %s", where);
+    log_info("listening on %s%s", where, implicit_tls ? " for implicit TLS (SMTPS)" : "");
 }
 
 /* As Python's smtpd: started as root without -n, become nobody once the port is bound. */
@@ -191,7 +193,6 @@ static void
 listener_on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *addr,
                    int len, void *arg)
 {
-    (void)listener;
     struct server *srv = arg;
     /* The failures since the last report are told once they stop, at the same pace. */
     if (srv->accept_failures > 0) {
@@ -205,7 +206,11 @@ listener_on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct s
             srv->accept_reported = now;
         }
     }
-    session_start(&srv->sessions, fd, addr, len);
+    bool implicit_tls = false;
+    for (int i = 0; i < srv->n_listeners; i++)
+        if (srv->listeners[i] == listener)
+            implicit_tls = srv->implicit_tls[i];
+    session_start(&srv->sessions, fd, addr, len, implicit_tls);
 }
 
 static void
@@ -294,12 +299,14 @@ listener_on_stop(void *arg, int sig)
     evtimer_add(srv->shutdown_timer, &grace);
 }
 
-/* What a reload is: a new generation of the runtime (lrt_load logs how it went). */
+/* What a reload is: a new generation of the runtime and the certificates read again (each logs
+ * how it went, and a failure keeps the old). */
 static void
 listener_on_reload(void *arg)
 {
     struct server *srv = arg;
     lrt_load(srv->sessions.rt);
+    tls_server_reload(srv->sessions.tls);
 }
 
 /* Every Lua file a generation loads is watched as the script is. */
@@ -399,6 +406,8 @@ struct serve_args {
     struct config *cfg;
     const char *lua_dir;
     bool announce;
+    struct tls_server *tls;
+    int n_plain; /* the first n_plain addresses speak plaintext first; the rest implicit TLS */
 };
 
 /* One process's server: its event loop, its Lua runtime, its sessions, over `fds`. */
@@ -447,6 +456,7 @@ serve(void *arg, int *fds, int n)
                                           .cfg = cfg,
                                           .rt = rt,
                                           .hostname = hostname,
+                                          .tls = sa->tls,
                                           .on_empty = listener_on_sessions_gone,
                                           .on_empty_arg = &srv};
     srv.accept_resume = evtimer_new(srv.base, listener_on_accept_resume, &srv);
@@ -455,12 +465,13 @@ serve(void *arg, int *fds, int n)
             evconnlistener_new(srv.base, listener_on_accept, &srv,
                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
         evconnlistener_set_error_cb(srv.listeners[i], listener_on_accept_error);
+        srv.implicit_tls[i] = i >= sa->n_plain;
     }
     srv.n_listeners = n;
     reload_start(srv.reload);
     /* Said only now, when a client or a signal can be answered: tests and scripts wait for it. */
     for (int i = 0; sa->announce && i < n; i++)
-        log_listening(fds[i]);
+        log_listening(fds[i], i >= sa->n_plain);
 
     /* From here to the end of the cleanup below (which runs the scripts' finalizers). */
     watchdog_start(srv.base, cfg->watchdog);
@@ -489,6 +500,8 @@ out:
     return status;
 }
 
+static int listener_serve_all(struct serve_args *args, int *fds, int n, unsigned workers);
+
 int
 listener_run(struct config *cfg, const char *lua_dir)
 {
@@ -496,8 +509,40 @@ listener_run(struct config *cfg, const char *lua_dir)
     /* Until serve()'s reload_start, here and in every worker. */
     reload_hold_signals();
     unsigned workers = cfg->workers > 1 ? cfg->workers : 1;
+    /* Read before privileges are dropped: keys are often readable by root alone. A pair that
+     * does not load is a usage error, as a missing file is. */
+    struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};
+    if (cfg->tls_cert != NULL || cfg->smtps_cert != NULL) {
+        struct tls_server_files files = {.cert = {cfg->tls_cert, cfg->smtps_cert},
+                                         .key = {cfg->tls_key, cfg->smtps_key}};
+        args.tls = tls_server_new(&files, stderr);
+        if (args.tls == NULL)
+            return 2;
+    }
     int fds[MAX_LISTENERS];
-    int n = bind_all(cfg, fds, MAX_LISTENERS, workers);
+    int n = bind_all(cfg->local_host, cfg->local_port, fds, MAX_LISTENERS, workers);
+    /* aiosmtpd's --smtpscert makes its one listener speak implicit TLS; --smtps adds one. */
+    args.n_plain = cfg->smtps_cert != NULL && cfg->smtps_host == NULL ? 0 : n / (int)workers;
+    if (n > 0 && cfg->smtps_host != NULL) {
+        int more = bind_all(cfg->smtps_host, cfg->smtps_port, fds + n, MAX_LISTENERS - n, workers);
+        if (more <= 0) {
+            for (int i = 0; i < n; i++)
+                close(fds[i]);
+            n = -1;
+        } else {
+            n += more;
+        }
+    }
+    int status = listener_serve_all(&args, fds, n, workers);
+    tls_server_free(args.tls);
+    return status;
+}
+
+static int
+listener_serve_all(struct serve_args *args, int *fds, int n, unsigned workers)
+{
+    struct config *cfg = args->cfg;
+    const char *lua_dir = args->lua_dir;
     if (n <= 0)
         return 1;
     if (!drop_privileges(cfg)) {
@@ -506,9 +551,8 @@ listener_run(struct config *cfg, const char *lua_dir)
         return 1;
     }
     fit_descriptors(cfg);
-    struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};
     if (workers == 1)
-        return serve(&args, fds, n);
+        return serve(args, fds, n);
 
     /* Found out here, once, rather than by every worker dying in turn. */
     if (!listener_check_script(cfg, lua_dir)) {
@@ -518,8 +562,8 @@ listener_run(struct config *cfg, const char *lua_dir)
     }
     int n_addrs = n / (int)workers;
     for (int a = 0; a < n_addrs; a++)
-        log_listening(fds[a * (int)workers]);
-    int status = workers_run(workers, fds, n_addrs, cfg->shutdown_timeout, serve, &args);
+        log_listening(fds[a * (int)workers], a >= args->n_plain);
+    int status = workers_run(workers, fds, n_addrs, cfg->shutdown_timeout, serve, args);
     for (int i = 0; i < n; i++)
         close(fds[i]);
     return status;

@@ -80,6 +80,12 @@ struct lrt_session {
     int peer_port;
     char *helo;
     bool esmtp; /* the greeting was EHLO (LHLO), not HELO: Received: says ESMTP or SMTP */
+    struct {
+        char *version; /* NULL: not in TLS */
+        char *cipher;
+        int bits;
+        char *subject;
+    } tls;
 };
 
 static int traceback_handler(lua_State *L);
@@ -438,6 +444,22 @@ session_table_drop(struct lrt_session *ls)
     ls->gen = NULL;
 }
 
+static void
+session_table_push_tls(lua_State *L, const struct lrt_session *ls)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, ls->tls.version);
+    lua_setfield(L, -2, "version");
+    lua_pushstring(L, ls->tls.cipher);
+    lua_setfield(L, -2, "cipher");
+    lua_pushinteger(L, ls->tls.bits);
+    lua_setfield(L, -2, "bits");
+    if (ls->tls.subject != NULL) {
+        lua_pushstring(L, ls->tls.subject);
+        lua_setfield(L, -2, "subject");
+    }
+}
+
 /* Puts the session on the current generation, with a fresh table there. */
 static void
 session_table_move(struct lrt_session *ls)
@@ -461,6 +483,10 @@ session_table_move(struct lrt_session *ls)
         lua_setfield(L, -2, "helo");
         lua_pushboolean(L, ls->esmtp);
         lua_setfield(L, -2, "esmtp");
+    }
+    if (ls->tls.version != NULL) {
+        session_table_push_tls(L, ls);
+        lua_setfield(L, -2, "tls");
     }
     ls->table_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     ls->gen = gen;
@@ -503,13 +529,36 @@ void
 lrt_session_set_helo(struct lrt_session *ls, const char *helo, bool esmtp)
 {
     free(ls->helo);
-    ls->helo = strdup(helo);
+    ls->helo = helo != NULL ? strdup(helo) : NULL;
     ls->esmtp = esmtp;
     session_table_set(ls, "helo", helo);
     lua_State *L = ls->gen->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
-    lua_pushboolean(L, esmtp);
+    if (helo != NULL)
+        lua_pushboolean(L, esmtp);
+    else
+        lua_pushnil(L);
     lua_setfield(L, -2, "esmtp");
+    lua_pop(L, 1);
+}
+
+void
+lrt_session_set_tls(struct lrt_session *ls, const char *version, const char *cipher, int bits,
+                    const char *subject)
+{
+    free(ls->tls.version);
+    free(ls->tls.cipher);
+    free(ls->tls.subject);
+    ls->tls.version = strdup(version);
+    ls->tls.cipher = strdup(cipher);
+    ls->tls.bits = bits;
+    ls->tls.subject = subject != NULL ? strdup(subject) : NULL;
+    if (ls->tls.version == NULL || ls->tls.cipher == NULL)
+        return; /* out of memory: the script is told nothing rather than half */
+    lua_State *L = ls->gen->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->table_ref);
+    session_table_push_tls(L, ls);
+    lua_setfield(L, -2, "tls");
     lua_pop(L, 1);
 }
 
@@ -552,6 +601,9 @@ lrt_session_free(struct lrt_session *ls)
     session_table_drop(ls);
     free(ls->peer_addr);
     free(ls->helo);
+    free(ls->tls.version);
+    free(ls->tls.cipher);
+    free(ls->tls.subject);
     free(ls);
 }
 

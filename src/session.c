@@ -28,6 +28,7 @@
 #include "luasmtpd/peer_count.h"
 #include "luasmtpd/proven_clients.h"
 #include "luasmtpd/smtp_reply.h"
+#include "luasmtpd/tls.h"
 
 /* Past this much unsent output we stop reading commands until the client reads its replies:
  * a pipelining client that never reads cannot make us buffer without bound. */
@@ -39,6 +40,10 @@
 #define DATA_SLICE (16 * 1024)
 
 static void session_pump(struct session *s);
+static void session_on_read(struct bufferevent *bev, void *arg);
+static void session_on_write(struct bufferevent *bev, void *arg);
+static void session_on_event(struct bufferevent *bev, short what, void *arg);
+static void session_switch_tls_when_flushed(struct session *s);
 
 /* Only a session that has waited this long on its client may lose its slot to a newcomer
  * (session_make_room): long enough that a client between two commands, or pausing in a DATA, is
@@ -61,6 +66,7 @@ session_free(struct session *s)
     if (s->call != NULL)
         lrt_call_cancel(s->call);
     bufferevent_free(s->bev);
+    close(s->fd);
     evbuffer_free(s->out);
     event_free(s->timer);
     tx_reset(&s->tx);
@@ -251,6 +257,71 @@ session_end_of_input(struct session *s, struct evbuffer *in)
     conn_close_after_flush(s);
 }
 
+/* A new bufferevent's settings, plain or TLS. */
+static void
+session_setup_bev(struct session *s)
+{
+    bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH_WATERMARK);
+    bufferevent_set_max_single_read(s->bev, MAX_SINGLE_READ);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+/* STARTTLS's 220 is on the socket: from the next byte the connection speaks TLS. What the
+ * client sent after STARTTLS in plaintext goes with the old bufferevent, unread: a command
+ * injected there must never run inside TLS (CVE-2011-0411). */
+static void
+session_switch_tls_when_flushed(struct session *s)
+{
+    if (!s->tls_switch || s->in_tls || evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+        return;
+    size_t stale = evbuffer_get_length(bufferevent_get_input(s->bev));
+    if (stale > 0)
+        log_info("session %lu: %zu bytes sent after STARTTLS, before the TLS handshake, discarded",
+                 s->id, stale);
+    struct bufferevent *bev = tls_server_accept(s->g->tls, TLS_STARTTLS, s->g->base, s->fd);
+    if (bev == NULL) {
+        log_error("session %lu: out of memory starting TLS, closing", s->id);
+        conn_enter(s, SESSION_CLOSING);
+        bufferevent_trigger(s->bev, EV_WRITE,
+                            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+        return;
+    }
+    /* Safe inside the old one's callbacks: libevent defers its end until they return. */
+    bufferevent_free(s->bev);
+    s->bev = bev;
+    s->in_tls = true;
+    session_setup_bev(s);
+}
+
+/* The handshake is done. After STARTTLS the session starts over (RFC 3207 4.2): the HELO/EHLO
+ * name and any transaction are forgotten, and a new EHLO is taken. On the implicit-TLS
+ * listener this is where the connection opens. */
+static void
+session_tls_ready(struct session *s)
+{
+    struct tls_info info;
+    tls_describe(s->bev, &info);
+    log_info("session %lu: TLS %s, %s (%d bits)%s%s", s->id, info.version, info.cipher, info.bits,
+             info.subject[0] ? ", client certificate " : "", info.subject);
+    lrt_session_set_tls(s->ls, info.version, info.cipher, info.bits,
+                        info.subject[0] ? info.subject : NULL);
+    conn_enter(s, SESSION_COMMAND);
+    if (!s->tls_switch) {
+        commands_connect(s);
+        return;
+    }
+    s->tls_switch = false;
+    free(s->helo);
+    s->helo = NULL;
+    s->esmtp = false;
+    conn_end_transaction(s);
+    lrt_session_set_helo(s->ls, NULL, false);
+    conn_await_command(s);
+    conn_shut_down_if_idle(s);
+    session_pump(s);
+}
+
 static void
 session_pump(struct session *s)
 {
@@ -279,6 +350,7 @@ session_pump(struct session *s)
     }
     s->pumping = false;
     conn_flush(s);
+    session_switch_tls_when_flushed(s);
 }
 
 static void
@@ -331,6 +403,12 @@ session_on_timer(evutil_socket_t fd, short what, void *arg)
      * it. In DATA the timeout is between two pieces. */
     evutil_timersub(&now, s->state == SESSION_COMMAND ? &s->command_since : &s->last_activity,
                     &idle);
+    if (s->state == SESSION_HANDSHAKE && evutil_timercmp(&idle, &limit, >=)) {
+        /* No reply can reach a client that is halfway into TLS. */
+        log_info("session %lu: TLS handshake timed out after %u s, closing", s->id, cfg->timeout);
+        session_free(s);
+        return;
+    }
     if (s->state == SESSION_CLOSING) {
         /* Only the last reply is left to send: a client that does not read it keeps its slot
          * CLOSING_TIMEOUT_SEC at most, not a whole --timeout. */
@@ -385,14 +463,31 @@ session_on_write(struct bufferevent *bev, void *arg)
             session_free(s);
         return;
     }
+    if (s->state == SESSION_HANDSHAKE) {
+        session_switch_tls_when_flushed(s);
+        return;
+    }
     session_pump(s);
 }
 
 static void
 session_on_event(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     struct session *s = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        /* A connection refused at the caps before its handshake ended is CLOSING: its 421
+         * goes out over TLS, and it ends as any other. */
+        if (s->state == SESSION_HANDSHAKE)
+            session_tls_ready(s);
+        return;
+    }
+    if (s->state == SESSION_HANDSHAKE && s->in_tls) {
+        char why[256];
+        tls_failure(bev, why, sizeof(why));
+        log_info("session %lu: TLS handshake with %s failed: %s", s->id, s->peer_addr, why);
+        session_free(s);
+        return;
+    }
     /* A FIN only says the client sends no more; it may still read (a pipelining client that
      * half-closes after QUIT does). Its commands are answered, a hook or the handler that waits
      * included, and the pump closes once they are. libevent stops reading by itself. */
@@ -527,21 +622,24 @@ session_log_refusal(struct session_group *g, const struct session *s, const char
 }
 
 void
-session_start(struct session_group *g, int fd, const struct sockaddr *addr, int addrlen)
+session_start(struct session_group *g, int fd, const struct sockaddr *addr, int addrlen,
+              bool implicit_tls)
 {
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         close(fd);
         return;
     }
-    s->bev = bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    s->fd = fd;
+    s->in_tls = implicit_tls;
+    s->bev = implicit_tls ? tls_server_accept(g->tls, TLS_IMPLICIT, g->base, fd)
+                          : bufferevent_socket_new(g->base, fd, 0);
     s->out = evbuffer_new();
     s->timer = evtimer_new(g->base, session_on_timer, s);
     if (s->bev == NULL || s->out == NULL || s->timer == NULL) {
         if (s->bev != NULL)
             bufferevent_free(s->bev);
-        else
-            close(fd);
+        close(fd);
         if (s->out != NULL)
             evbuffer_free(s->out);
         if (s->timer != NULL)
@@ -570,13 +668,10 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-    bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH_WATERMARK);
-    bufferevent_set_max_single_read(s->bev, MAX_SINGLE_READ);
     conn_enter(s, SESSION_COMMAND);
     struct timeval limit = {.tv_sec = g->cfg->timeout};
     evtimer_add(s->timer, &limit);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    session_setup_bev(s);
     log_debug("session %lu: connection from %s port %d", s->id, s->peer_addr, s->peer_port);
     /* The caps are checked before any Lua runs, so a flood costs no script time. */
     if (g->per_client == NULL)
@@ -605,7 +700,11 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
         conn_close_after_flush(s);
         return;
     }
-    commands_connect(s);
+    /* On the implicit-TLS listener the connection opens once the handshake is done. */
+    if (implicit_tls)
+        conn_enter(s, SESSION_HANDSHAKE);
+    else
+        commands_connect(s);
 }
 
 void

@@ -52,6 +52,12 @@ struct config {
     unsigned watchdog;         /* seconds one loop turn may take, then exit 70; 0: off */
     bool no_reload;            /* do not watch the script files (SIGHUP still reloads) */
     bool check_only;           /* --check: load the script as a reload would, report, exit */
+    /* TLS (tls.c); each NULL when not given. See the tls_options table in config.c. */
+    char *tls_cert, *tls_key;     /* STARTTLS offered after EHLO (RFC 3207) */
+    char *smtps_cert, *smtps_key; /* implicit TLS (RFC 8314) */
+    char *smtps_host;             /* --smtps: the implicit-TLS listener; NULL: the main one is */
+    unsigned short smtps_port;
+    bool require_starttls; /* 530 before STARTTLS, but for EHLO HELO STARTTLS NOOP RSET QUIT */
     struct config_setting *settings;
     size_t n_settings;
 };

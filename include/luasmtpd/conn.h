@@ -29,13 +29,17 @@ enum session_state {
     SESSION_HOOK,    /* a hook (on_connect, on_helo, on_mail, on_rcpt) is deciding */
     SESSION_HANDLER, /* process_message is deciding; input waits */
     SESSION_CLOSING, /* the last reply is being flushed */
+    /* TLS is being set up: STARTTLS's 220 is being flushed, or the handshake runs. No
+     * command is read; --timeout covers it. */
+    SESSION_HANDSHAKE,
 };
 
 struct session {
     struct session_group *g;
     struct session *prev, *next;
     unsigned long id;
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* plain or TLS, over fd; it never closes fd (session_free does) */
+    int fd;
     struct evbuffer *out; /* replies not yet handed to the socket */
     struct event *timer;  /* the idle timeout, checked lazily against last_activity */
     struct timeval last_activity;
@@ -62,6 +66,8 @@ struct session {
     bool proven;        /* its address had a message accepted lately (g->proven) */
     bool read_eof;      /* the client half-closed: what is buffered is all that will come */
     bool write_failed;  /* the socket refused a write: the client is gone */
+    bool in_tls;        /* bev speaks TLS (implicit from the start, or after STARTTLS) */
+    bool tls_switch;    /* STARTTLS answered: the switch comes once the 220 is on the socket */
     /* The command being carried out, from its check to its proceed (a hook may decide in
      * between): commands.c's alone, as it runs the command table; commands_release frees it. */
     struct {
@@ -97,7 +103,7 @@ void conn_flush(struct session *s);
 static inline bool
 conn_client_owes_us(const struct session *s)
 {
-    return s->state == SESSION_COMMAND || s->state == SESSION_DATA;
+    return s->state == SESSION_COMMAND || s->state == SESSION_DATA || s->state == SESSION_HANDSHAKE;
 }
 /* Only this writes s->state. */
 void conn_enter(struct session *s, enum session_state state);

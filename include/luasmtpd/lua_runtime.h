@@ -57,7 +57,12 @@ void lrt_free(struct lrt *rt);
  * session moves to the current one (its table then starts afresh). */
 struct lrt_session *lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr,
                                     int peer_port);
+/* helo NULL: forgotten (after STARTTLS the client greets again). */
 void lrt_session_set_helo(struct lrt_session *ls, const char *helo, bool esmtp);
+/* The handshake is done: the script sees session.tls {version, cipher, bits, subject}
+ * (subject: the client certificate's, unverified; NULL when it sent none). */
+void lrt_session_set_tls(struct lrt_session *ls, const char *version, const char *cipher, int bits,
+                         const char *subject);
 /* MAIL: the transaction starts on the current generation; the script sees `id` as
  * session.transaction_id until it ends. */
 void lrt_session_begin_transaction(struct lrt_session *ls, const char *id);

@@ -4,12 +4,15 @@
 #ifndef LUASMTPD_SESSION_H
 #define LUASMTPD_SESSION_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
 #include "luasmtpd/session_group.h"
 
-/* Takes the accepted socket: greets, then serves it until it closes. */
-void session_start(struct session_group *g, int fd, const struct sockaddr *addr, int addrlen);
+/* Takes the accepted socket: greets (after the TLS handshake when `implicit_tls`), then serves
+ * it until it closes. */
+void session_start(struct session_group *g, int fd, const struct sockaddr *addr, int addrlen,
+                   bool implicit_tls);
 /* Stop taking new transactions: idle sessions get 421 now, busy ones after their transaction. */
 void session_group_drain(struct session_group *g);
 /* Closes every session at once (the shutdown grace period is over). */

@@ -16,12 +16,14 @@ struct lrt;
 struct peer_count;
 struct proven_clients;
 struct session;
+struct tls_server;
 
 struct session_group {
     struct event_base *base;
     const struct config *cfg;
     struct lrt *rt;
     const char *hostname;
+    struct tls_server *tls; /* NULL: no TLS configured */
     struct session *head;
     unsigned count;
     struct peer_count *per_client;

@@ -27,6 +27,7 @@ enum smtp_verb {
     SMTP_VERB_VRFY,
     SMTP_VERB_EXPN,
     SMTP_VERB_HELP,
+    SMTP_VERB_STARTTLS, /* RFC 3207 */
 };
 
 enum smtp_parse_status {

@@ -68,7 +68,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size > 1 << 16 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) != 0)
         return 0;
     struct sockaddr_storage peer = {.ss_family = AF_UNIX};
-    session_start(&group, sv[0], (struct sockaddr *)&peer, sizeof(sa_family_t));
+    session_start(&group, sv[0], (struct sockaddr *)&peer, sizeof(sa_family_t), false);
     size_t sent = 0;
     char sink[65536];
     /* Bounded: each round writes what the socket takes, runs the loop once, drains replies. */
