@@ -65,6 +65,8 @@ session_free(struct session *s)
     struct session_group *g = s->g;
     if (s->call != NULL)
         lrt_call_cancel(s->call);
+    if (s->in_tls)
+        tls_close_notify(s->bev);
     bufferevent_free(s->bev);
     close(s->fd);
     evbuffer_free(s->out);

@@ -152,6 +152,15 @@ tls_server_free(struct tls_server *t)
 }
 
 void
+tls_close_notify(struct bufferevent *bev)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (ssl != NULL && SSL_is_init_finished(ssl))
+        SSL_shutdown(ssl);
+    ERR_clear_error();
+}
+
+void
 tls_describe(struct bufferevent *bev, struct tls_info *info)
 {
     memset(info, 0, sizeof(*info));

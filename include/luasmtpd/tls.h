@@ -42,6 +42,9 @@ struct bufferevent *tls_server_accept(struct tls_server *t, enum tls_kind kind,
                                       struct event_base *base, int fd);
 void tls_server_free(struct tls_server *t);
 
+/* Says goodbye in TLS (close_notify, RFC 8446 6.1) before the socket closes, so the client
+ * knows nothing was cut off; best effort, never waits. */
+void tls_close_notify(struct bufferevent *bev);
 /* After the handshake: version, cipher and the client's certificate. */
 void tls_describe(struct bufferevent *bev, struct tls_info *info);
 /* Why a TLS bufferevent failed, for the log line. */
