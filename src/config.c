@@ -253,7 +253,7 @@ tls_options_complete(const struct config *cfg, const char *prog, FILE *err)
         fprintf(err, "%s: --smtps needs --smtpscert and --smtpskey\n", prog);
         return false;
     }
-    if (cfg->require_starttls && cfg->tls_cert == NULL && cfg->smtps_cert == NULL) {
+    if (cfg->require_starttls && cfg->tls_cert == NULL) {
         fprintf(err, "%s: --require-starttls needs --tlscert and --tlskey\n", prog);
         return false;
     }

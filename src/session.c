@@ -68,7 +68,6 @@ session_free(struct session *s)
     if (s->in_tls)
         tls_close_notify(s->bev);
     bufferevent_free(s->bev);
-    close(s->fd);
     evbuffer_free(s->out);
     event_free(s->timer);
     tx_reset(&s->tx);
@@ -289,7 +288,9 @@ session_switch_tls_when_flushed(struct session *s)
                             BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
         return;
     }
-    /* Safe inside the old one's callbacks: libevent defers its end until they return. */
+    /* The socket passes to the new one: the old must not close it. Freeing it is safe inside
+     * its own callbacks: libevent defers its end until they return. */
+    bufferevent_setfd(s->bev, -1);
     bufferevent_free(s->bev);
     s->bev = bev;
     s->in_tls = true;
@@ -635,13 +636,14 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     s->fd = fd;
     s->in_tls = implicit_tls;
     s->bev = implicit_tls ? tls_server_accept(g->tls, TLS_IMPLICIT, g->base, fd)
-                          : bufferevent_socket_new(g->base, fd, 0);
+                          : bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
     s->out = evbuffer_new();
     s->timer = evtimer_new(g->base, session_on_timer, s);
     if (s->bev == NULL || s->out == NULL || s->timer == NULL) {
         if (s->bev != NULL)
             bufferevent_free(s->bev);
-        close(fd);
+        else
+            close(fd);
         if (s->out != NULL)
             evbuffer_free(s->out);
         if (s->timer != NULL)

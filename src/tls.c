@@ -55,6 +55,9 @@ tls_context_new(const char *cert, const char *key, char *why, size_t len)
      * is without TLS; the session decides what an unfinished command means. */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, tls_accept_any_peer);
+    /* Asking for a client certificate makes OpenSSL refuse to resume a session without this. */
+    static const unsigned char session_context[] = "luasmtpd";
+    SSL_CTX_set_session_id_context(ctx, session_context, sizeof(session_context) - 1);
     const char *what = NULL, *file = key;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         what = "certificate";
@@ -131,8 +134,8 @@ tls_server_accept(struct tls_server *t, enum tls_kind kind, struct event_base *b
     SSL *ssl = SSL_new(t->ctx[kind]);
     if (ssl == NULL)
         return NULL;
-    struct bufferevent *bev =
-        bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0);
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
         SSL_free(ssl);
         return NULL;

@@ -38,10 +38,10 @@ struct session {
     struct session_group *g;
     struct session *prev, *next;
     unsigned long id;
-    struct bufferevent *bev; /* plain or TLS, over fd; it never closes fd (session_free does) */
-    int fd;
-    struct evbuffer *out; /* replies not yet handed to the socket */
-    struct event *timer;  /* the idle timeout, checked lazily against last_activity */
+    struct bufferevent *bev; /* plain or TLS; freeing it closes the socket */
+    int fd;                  /* the socket, for the switch to TLS */
+    struct evbuffer *out;    /* replies not yet handed to the socket */
+    struct event *timer;     /* the idle timeout, checked lazily against last_activity */
     struct timeval last_activity;
     /* When the server began waiting for the command line now due (the greeting or the reply
      * to the last command was queued): the command timeout runs from here, not from the last

@@ -36,8 +36,8 @@ struct tls_server *tls_server_new(const struct tls_server_files *files, FILE *er
  * pair that does not load is logged and its old one stays. false when one failed. */
 bool tls_server_reload(struct tls_server *t);
 bool tls_server_offers(const struct tls_server *t, enum tls_kind kind);
-/* A bufferevent accepting TLS on `fd` (not closed on free: the session owns the socket), with
- * the current context of `kind`; NULL when out of memory. */
+/* A bufferevent accepting TLS on `fd`, with the current context of `kind`; freeing it closes
+ * `fd` and frees its SSL. NULL when out of memory (`fd` is left open). */
 struct bufferevent *tls_server_accept(struct tls_server *t, enum tls_kind kind,
                                       struct event_base *base, int fd);
 void tls_server_free(struct tls_server *t);
