@@ -604,6 +604,44 @@ test_resolve_unavailable(void **state)
     remove_file(d->path, "pureproxy.lua");
 }
 
+/* The TLS options: aiosmtpd's names and the hyphenated ones fill the same fields; a file
+ * must be readable; a certificate needs its key. /dev/null stands for a readable file: what
+ * it holds is tls.c's to judge. */
+static void
+test_tls_options(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *const both[] = {"luasmtpd",  "--tls-cert",  "/dev/null",      "--tlskey",
+                                "/dev/null", "--smtpscert", "/dev/null",      "--smtpskey",
+                                "/dev/null", "--smtps",     "127.0.0.1:8465", "--require-starttls",
+                                NULL};
+    assert_int_equal(run_parse(&r, both), CONFIG_RUN);
+    assert_string_equal(r.cfg.tls_cert, "/dev/null");
+    assert_string_equal(r.cfg.tls_key, "/dev/null");
+    assert_string_equal(r.cfg.smtps_cert, "/dev/null");
+    assert_string_equal(r.cfg.smtps_host, "127.0.0.1");
+    assert_int_equal(r.cfg.smtps_port, 8465);
+    assert_true(r.cfg.require_starttls);
+    run_free(&r);
+    const char *const none[] = {"luasmtpd", NULL};
+    assert_int_equal(run_parse(&r, none), CONFIG_RUN);
+    assert_null(r.cfg.tls_cert);
+    assert_false(r.cfg.require_starttls);
+    run_free(&r);
+    const char *const half[] = {"luasmtpd", "--tlscert", "/dev/null", NULL};
+    expect_usage(half, "--tlscert and --tlskey go together");
+    const char *const missing[] = {"luasmtpd", "--tlscert", "/nonexistent/c.pem",
+                                   "--tlskey", "/dev/null", NULL};
+    expect_usage(missing, "cannot read --tlscert /nonexistent/c.pem");
+    const char *const lone_smtps[] = {"luasmtpd", "--smtps", "127.0.0.1:8465", NULL};
+    expect_usage(lone_smtps, "--smtps needs --smtpscert and --smtpskey");
+    const char *const bad_smtps[] = {"luasmtpd", "--smtps", "nowhere", NULL};
+    expect_usage(bad_smtps, "bad --smtps address: nowhere");
+    const char *const require[] = {"luasmtpd", "--require-starttls", NULL};
+    expect_usage(require, "--require-starttls needs --tlscert and --tlskey");
+}
+
 int
 main(void)
 {
@@ -618,6 +656,7 @@ main(void)
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_version_and_help),
         cmocka_unit_test(test_parse_twice),
+        cmocka_unit_test(test_tls_options),
         cmocka_unit_test_setup_teardown(test_resolve_bundled, setup_lua_dir, teardown_lua_dir),
         cmocka_unit_test_setup_teardown(test_resolve_path, setup_lua_dir, teardown_lua_dir),
         cmocka_unit_test_setup_teardown(test_resolve_unavailable, setup_lua_dir, teardown_lua_dir),

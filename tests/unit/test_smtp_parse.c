@@ -61,6 +61,9 @@ static const struct command_case command_cases[] = {
     {"VRFY user", 0, SMTP_PARSE_OK, SMTP_VERB_VRFY, "VRFY", "user"},
     {"EXPN list", 0, SMTP_PARSE_OK, SMTP_VERB_EXPN, "EXPN", "list"},
     {"help", 0, SMTP_PARSE_OK, SMTP_VERB_HELP, "HELP", ""},
+    {"starttls", 0, SMTP_PARSE_OK, SMTP_VERB_STARTTLS, "STARTTLS", ""},
+    {"STARTTLS x", 0, SMTP_PARSE_OK, SMTP_VERB_STARTTLS, "STARTTLS", "x"},
+    {"STARTTLSX", 0, SMTP_PARSE_OK, SMTP_VERB_UNKNOWN, "STARTTLSX", ""},
     /* Python splits at the first space only: a tab is part of the verb, a leading space makes
      * the verb empty. Neither is a known command. */
     {"NOOP\t", 0, SMTP_PARSE_OK, SMTP_VERB_UNKNOWN, "NOOP\t", ""},
