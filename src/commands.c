@@ -684,21 +684,10 @@ is_junk(enum smtp_verb verb)
 }
 
 /* What --require-starttls lets through in plaintext (RFC 3207 4). */
-static bool
-allowed_before_tls(enum smtp_verb verb)
-{
-    switch (verb) {
-    case SMTP_VERB_EHLO:
-    case SMTP_VERB_HELO:
-    case SMTP_VERB_STARTTLS:
-    case SMTP_VERB_NOOP:
-    case SMTP_VERB_RSET:
-    case SMTP_VERB_QUIT:
-        return true;
-    default:
-        return false;
-    }
-}
+static const bool allowed_before_tls[] = {
+    [SMTP_VERB_EHLO] = true, [SMTP_VERB_HELO] = true, [SMTP_VERB_STARTTLS] = true,
+    [SMTP_VERB_NOOP] = true, [SMTP_VERB_RSET] = true, [SMTP_VERB_QUIT] = true,
+};
 
 void
 commands_dispatch(struct session *s, char *line, size_t len)
@@ -723,7 +712,7 @@ commands_dispatch(struct session *s, char *line, size_t len)
         conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
         return;
     }
-    if (s->g->cfg->require_starttls && !s->in_tls && !allowed_before_tls(cmd.verb)) {
+    if (s->g->cfg->require_starttls && !s->in_tls && !allowed_before_tls[cmd.verb]) {
         conn_reply_const(s, "530 5.7.0 Must issue a STARTTLS command first");
         return;
     }

@@ -76,6 +76,14 @@ class TlsCase(ServerTestCase):
         self.addCleanup(c.close)
         return c
 
+    def new_tls_subject(self, srv):
+        """A new connection's STARTTLS: the client (in TLS) and the server certificate's
+        subject."""
+        c = self.connect(srv)
+        self.assertEqual(c.cmd("EHLO fresh.example").code, 250)
+        self.starttls_raw(c)
+        return c, der_subject(c.sock.getpeercert(True))
+
     def starttls_raw(self, c, ctx=None):
         """STARTTLS on a harness client; the socket then speaks TLS (nothing was buffered)."""
         self.assertEqual(c.cmd("STARTTLS").code, 220)
@@ -320,25 +328,23 @@ class TestScriptSees(TlsCase):
 
 
 class TestReload(TlsCase):
+    def sighup(self, srv, outcome):
+        start = len(srv.log.snapshot())
+        os.kill(srv.pid, signal.SIGHUP)
+        srv.wait_log(outcome, start=start)
+
     def test_swapped_certificate_on_sighup(self):
         srv = self.start_server("sink", args=self.tls_args(),
                                 expect_errors=[NOT_RELOADED])
-        old = SMTPClient(srv.port)
-        self.addCleanup(old.close)
-        old.cmd("EHLO old.example")
-        self.starttls_raw(old)
-        self.assertEqual(der_subject(old.sock.getpeercert(True)), "subject=CN=mx.test")
+        old, subject = self.new_tls_subject(srv)
+        self.assertEqual(subject, "subject=CN=mx.test")
         # New files in place under the same names, then SIGHUP.
         new_cert, new_key = make_cert(self.dir, "new", "new.test")
         os.replace(new_key, self.key)
         os.replace(new_cert, self.cert)
-        start = len(srv.log.snapshot())
-        os.kill(srv.pid, signal.SIGHUP)
-        srv.wait_log(RELOADED, start=start)
-        fresh = self.connect(srv)
-        fresh.cmd("EHLO fresh.example")
-        self.starttls_raw(fresh)
-        self.assertEqual(der_subject(fresh.sock.getpeercert(True)), "subject=CN=new.test")
+        self.sighup(srv, RELOADED)
+        fresh, subject = self.new_tls_subject(srv)
+        self.assertEqual(subject, "subject=CN=new.test")
         # The connection that was in TLS before goes on, on its old session.
         self.assertEqual(old.cmd("EHLO old.example").code, 250)
         self.assertEqual(old.transaction("a@b.example", ["c@d.example"], b"x\r\n",
@@ -346,13 +352,9 @@ class TestReload(TlsCase):
         # A broken pair is logged and the last good one stays.
         with open(self.cert, "w") as f:
             f.write("not a certificate\n")
-        start = len(srv.log.snapshot())
-        os.kill(srv.pid, signal.SIGHUP)
-        srv.wait_log(NOT_RELOADED, start=start)
-        third = self.connect(srv)
-        third.cmd("EHLO third.example")
-        self.starttls_raw(third)
-        self.assertEqual(der_subject(third.sock.getpeercert(True)), "subject=CN=new.test")
+        self.sighup(srv, NOT_RELOADED)
+        _, subject = self.new_tls_subject(srv)
+        self.assertEqual(subject, "subject=CN=new.test")
         self.assertEqual(fresh.cmd("NOOP").code, 250)
 
 
