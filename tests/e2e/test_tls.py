@@ -16,8 +16,7 @@ import tempfile
 import time
 import unittest
 
-from harness import (REPLY_TIMEOUT, ServerTestCase, SMTPClient, bound, read_records,
-                     wait_records)
+from harness import REPLY_TIMEOUT, ServerTestCase, SMTPClient, binary, bound, wait_records
 
 SMTPS_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) for implicit TLS")
 RELOADED = re.compile(r"STARTTLS certificate reloaded")
@@ -132,6 +131,20 @@ class TestClients(TlsCase):
         self.assertEqual(len(wait_records(self.rec, 1)), 1)
         # The plaintext listener still speaks plaintext first.
         self.assertEqual(self.connect(self.srv).greeting.code, 220)
+
+    def test_smtpscert_alone_makes_the_main_listener_implicit(self):
+        # aiosmtpd's meaning of --smtpscert: its one listener speaks TLS from the first byte
+        # (the harness's plaintext probe cannot greet it).
+        srv, rec = self.start_recording(args=["--smtpscert", self.cert, "--smtpskey", self.key],
+                                        probe=False)
+        srv.wait_log(SMTPS_LISTENING)
+        c = smtplib.SMTP_SSL("127.0.0.1", srv.port, timeout=REPLY_TIMEOUT,
+                             context=client_context(self.cert))
+        self.addCleanup(c.close)
+        self.assertEqual(c.sendmail("a@b.example", ["c@d.example"], b"Subject: s\r\n\r\nx\r\n"),
+                         {})
+        c.quit()
+        self.assertEqual(len(wait_records(rec, 1)), 1)
 
     def run_tool(self, argv, stdin=None):
         p = subprocess.run(argv, capture_output=True, timeout=bound(60), input=stdin)
@@ -360,7 +373,6 @@ class TestReload(TlsCase):
 
 class TestStartup(TlsCase):
     def run_server(self, *args):
-        from harness import binary
         return subprocess.run([binary(), "-n", *args, "127.0.0.1:0"], capture_output=True,
                               timeout=bound(30))
 
