@@ -517,7 +517,8 @@ session_on_event(struct bufferevent *bev, short what, void *arg)
 /* How s ranks as a session to close for a newcomer; false when it may not be closed: while
  * we owe it something (a hook, the handler or an upstream working, a greeting not yet sent,
  * its last reply being flushed), or before it has waited min_wait seconds. A session
- * waiting for a command line ranks above any DATA (it sends nothing at all), longest wait
+ * waiting for a command line, or for a TLS handshake the client does not finish, ranks above
+ * any DATA (it sends nothing at all), longest wait
  * first; among DATA, the one that sent least per second since it began: a big upload
  * streaming fast is the last to go, a drip the first. */
 static bool
@@ -527,6 +528,8 @@ session_room_rank(const struct session *s, const struct timeval *now, long min_w
     struct timeval waited;
     if (s->state == SESSION_COMMAND && s->greeted)
         evutil_timersub(now, &s->command_since, &waited);
+    else if (s->state == SESSION_HANDSHAKE)
+        evutil_timersub(now, &s->last_activity, &waited);
     else if (s->state == SESSION_DATA)
         evutil_timersub(now, &s->tx.data_started, &waited);
     else
@@ -534,7 +537,7 @@ session_room_rank(const struct session *s, const struct timeval *now, long min_w
     if (waited.tv_sec < min_wait)
         return false;
     double seconds = (double)waited.tv_sec + (double)waited.tv_usec / 1e6;
-    *idle = s->state == SESSION_COMMAND;
+    *idle = s->state != SESSION_DATA;
     *rank = *idle ? seconds : seconds / ((double)s->tx.decoder.size + 1.0);
     return true;
 }
@@ -573,7 +576,12 @@ session_make_room(struct session_group *g, const struct session *newcomer)
     if (victim == NULL)
         return false;
     struct timeval waited;
-    evutil_timersub(&now, victim_idle ? &victim->command_since : &victim->tx.data_started, &waited);
+    bool handshake = victim->state == SESSION_HANDSHAKE;
+    evutil_timersub(&now,
+                    handshake     ? &victim->last_activity
+                    : victim_idle ? &victim->command_since
+                                  : &victim->tx.data_started,
+                    &waited);
     /* A discarded message is told each time, as a client leaving during DATA is (its id may
      * be asked about); idle sessions closed by the thousand are counted. */
     char more[96];
@@ -584,9 +592,9 @@ session_make_room(struct session_group *g, const struct session *newcomer)
                  victim->tx.env.mailfrom ? victim->tx.env.mailfrom : "", victim->tx.decoder.size,
                  victim->tx.id);
     else if (log_burst_pass(&g->evictions, &now, "idle ones closed", more, sizeof(more)))
-        log_info("session %lu: closed to make room for a new connection: waited %ld s for a "
-                 "command%s",
-                 victim->id, (long)waited.tv_sec, more);
+        log_info("session %lu: closed to make room for a new connection: waited %ld s %s%s",
+                 victim->id, (long)waited.tv_sec,
+                 handshake ? "in the TLS handshake" : "for a command", more);
     /* Its message and input go now, not once the 421 is flushed, as at the DATA budget. */
     conn_end_transaction(victim);
     struct evbuffer *in = bufferevent_get_input(victim->bev);

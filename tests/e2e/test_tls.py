@@ -16,7 +16,8 @@ import tempfile
 import time
 import unittest
 
-from harness import REPLY_TIMEOUT, ServerTestCase, SMTPClient, binary, bound, wait_records
+from harness import (REPLY_TIMEOUT, ServerTestCase, SMTPClient, binary, bound, wait_records,
+                     wait_until)
 
 SMTPS_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) for implicit TLS")
 RELOADED = re.compile(r"STARTTLS certificate reloaded")
@@ -263,6 +264,28 @@ class TestHandshakes(TlsCase):
         self.assertEqual(c.buf, b"", "a plaintext reply after the 220")
         srv.wait_log(r"session \d+: TLS handshake timed out after 2 s, closing", start=start)
         self.assertEqual(len([l for l in srv.log.snapshot() if "handshake" in l]), 2)
+
+
+    def test_unfinished_handshake_gives_way_to_a_newcomer(self):
+        # A full server closes the session that waited longest on its client; one stuck in
+        # its handshake is such a session (else a handshake flood would hold every slot for a
+        # whole --timeout).
+        srv = self.start_server("sink", args=self.tls_args(
+            smtps=True, extra=["--max-connections", "1"]), probe=False)
+        port = self.smtps_port(srv)
+        with socket.create_connection(("127.0.0.1", port), timeout=bound(30)) as stuck:
+            stuck.sendall(b"\x16\x03\x01")
+
+            def newcomer_served():
+                with SMTPClient(srv.port, timeout=5) as c:
+                    return c.greeting.code == 220
+
+            # The stuck one may give way once it has waited 5 s (MAKE_ROOM_MIN_WAIT_SEC).
+            wait_until(newcomer_served, bound(30), interval=0.5, what="a newcomer served")
+            srv.wait_log(r"session \d+: closed to make room for a new connection: waited \d+ s "
+                         r"in the TLS handshake")
+            stuck.settimeout(bound(10))
+            self.assertEqual(stuck.recv(4096), b"")
 
 
 class TestSessionReset(TlsCase):
