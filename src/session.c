@@ -518,9 +518,8 @@ session_on_event(struct bufferevent *bev, short what, void *arg)
  * we owe it something (a hook, the handler or an upstream working, a greeting not yet sent,
  * its last reply being flushed), or before it has waited min_wait seconds. A session
  * waiting for a command line, or for a TLS handshake the client does not finish, ranks above
- * any DATA (it sends nothing at all), longest wait
- * first; among DATA, the one that sent least per second since it began: a big upload
- * streaming fast is the last to go, a drip the first. */
+ * any DATA (it sends nothing at all), longest wait first; among DATA, the one that sent least
+ * per second since it began: a big upload streaming fast is the last to go, a drip the first. */
 static bool
 session_room_rank(const struct session *s, const struct timeval *now, long min_wait, bool *idle,
                   double *rank)
