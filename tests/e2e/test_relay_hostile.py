@@ -45,6 +45,14 @@ class HostileTestCase(ServerTestCase):
         c.cmd("QUIT")
         return r
 
+    def submit(self, c, mailfrom, rcpt="c@d.example", body=BODY):
+        """Sends one message on the client `c` (after its EHLO) up to the final dot; the
+        caller reads the final reply."""
+        self.assertReply(c.cmd(f"MAIL FROM:<{mailfrom}>"), 250)
+        self.assertReply(c.cmd(f"RCPT TO:<{rcpt}>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(stuff(body) + b".\r\n")
+
     def settle(self, up):
         """Waits until the upstream has finished with every connection it accepted: after
         that, what it recorded is all it will ever record."""
@@ -369,6 +377,36 @@ class TestFinalReplyText(HostileTestCase):
         self.assertIn("queued as Q1", r.lines[-1])
         self.assertEqual(len(r.lines), 3)
         self.assertOutcome(r, up, srv)
+
+
+class TestCannotYield(HostileTestCase):
+    """A waiting binding called where the handler cannot yield (a table.sort comparator) must
+    raise before it starts anything: once the yield fails the call ends, and work already
+    started would deliver a copy for the client's 451 and then call back into the freed call."""
+
+    NO_WAIT = r"cannot wait here"
+
+    def test_binding_in_a_comparator_raises_and_starts_nothing(self):
+        up = self.upstream()
+        srv = self.relay_server("noyield", up, expect_errors=[LUA_ERROR])
+        c = self.connect(srv)
+        self.assertEqual(c.cmd(EHLO).code, 250)
+        for case in ("relay-in-sort", "connect-in-sort", "pipe-in-sort"):
+            with self.subTest(case=case):
+                self.submit(c, f"{case}@b.example")
+                r = c.reply()
+                self.assertEqual(r.code, 451, r)
+                srv.wait_log(case.split("-")[0] + r": cannot wait here")
+        # One message relayed the normal way after them: its connection came after any a
+        # misuse started, so once it is done and every connection the upstream accepted is
+        # closed (settle), whatever a misuse would have delivered is on record.
+        self.submit(c, "ok@b.example")
+        self.assertEqual(c.reply().code, 250)
+        c.cmd("QUIT")
+        self.settle(up)
+        self.assertEqual(up.count("accepted"), 1, up.transactions())
+        self.assertEqual(up.copies(), [("ok@b.example", "c@d.example", BODY)])
+        self.assertTrue(srv.alive())
 
 
 class TestSeededPlans(HostileTestCase):
