@@ -602,7 +602,9 @@ l_upstream_data(lua_State *L)
 }
 
 /* up:close() -> nothing; does not wait: an idle connection says QUIT and waits for the 221
- * in the background */
+ * in the background. Also the upstream's __close: a to-be-closed variable in one coroutine
+ * may name an upstream another one waits on, and closing it then would leave that call
+ * waiting for a callback that never comes (and the client for a reply). */
 static int
 l_upstream_close(lua_State *L)
 {
@@ -647,7 +649,7 @@ static const luaL_Reg upstream_methods[] = {
 static const luaL_Reg upstream_metamethods[] = {
     {"__index", NULL}, /* placeholder: a closure over the method table, below */
     {"__gc", l_upstream_gc},
-    {"__close", l_upstream_gc},
+    {"__close", l_upstream_close},
     {NULL, NULL},
 };
 

@@ -6,6 +6,7 @@ was lost, which the log then says ("may have been delivered").
 """
 
 import random
+import threading
 import time
 import unittest
 
@@ -335,6 +336,40 @@ class TestQuit(HostileTestCase):
         up.wait_event(("cmd", "quit"))
         srv.close()
         up.wait_event("eof", timeout=30)
+
+
+class TestSharedUpstream(HostileTestCase):
+    """An upstream object one session waits on, which another session's to-be-closed
+    variable names: its __close must not pull the connection from under the waiting call (no
+    callback would ever come, the client would wait for nothing while the upstream may hold
+    the message)."""
+
+    def test_close_of_a_busy_upstream_raises(self):
+        # The reply after the message is held until the other session has tried its close.
+        release = threading.Event()
+
+        def plan(step):
+            if step.stage == "end":
+                release.wait(bound(60))
+            return None
+
+        up = self.upstream(plan)
+        srv = self.relay_server("shared_upstream", up,
+                                expect_errors=[LUA_ERROR, r"the upstream is busy"])
+        waiting = self.connect(srv)
+        self.assertEqual(waiting.cmd(EHLO).code, 250)
+        self.submit(waiting, "a@b.example")
+        up.wait_transactions(1, timeout=bound(10))  # the session now waits for the reply
+        closer = self.connect(srv)
+        self.assertEqual(closer.cmd(EHLO).code, 250)
+        self.submit(closer, "closer@b.example")
+        r = closer.reply()
+        self.assertEqual(r.code, 451, r)
+        srv.wait_log(r"close: the upstream is busy")
+        release.set()
+        r = waiting.reply(timeout=bound(30))
+        self.assertEqual(r.code, 250, r)
+        self.assertEqual(up.copies(), [("a@b.example", "c@d.example", BODY)])
 
 
 class TestFinalReplyText(HostileTestCase):
