@@ -31,18 +31,6 @@ env_of(lua_State *L)
     return lua_touserdata(L, lua_upvalueindex(1));
 }
 
-static struct lrt_call *
-waiting_call(lua_State *L, const char *what)
-{
-    struct lrt_call *call = lrt_call_of(L);
-    if (call == NULL)
-        luaL_error(L,
-                   "%s: can only be used inside a handler or hook, not while loading the "
-                   "script or from a coroutine the script made",
-                   what);
-    return call;
-}
-
 /* What makes `s` unfit for a command line: a CR or LF would end it and start another
  * command, a NUL cut it short, other control bytes no address has. NULL when it is fine. */
 static const char *
@@ -116,7 +104,7 @@ check_conn_options(lua_State *L, const char *what, const struct lrt_env *env,
                    struct relay_conn_options *co)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    struct lrt_call *call = waiting_call(L, what);
+    struct lrt_call *call = lbind_call(L, what);
     size_t len;
     co->host = lbind_string(L, 1, what, "host", false, &len);
     if (co->host == NULL)
@@ -407,7 +395,7 @@ static struct upstream *
 check_upstream(lua_State *L, const char *method, struct lrt_call **call)
 {
     struct upstream *up = luaL_checkudata(L, 1, UPSTREAM_META);
-    *call = waiting_call(L, method);
+    *call = lbind_call(L, method);
     if (up->hold.call != NULL)
         luaL_error(L, "%s: the upstream is busy with another command", method);
     return up;
@@ -614,7 +602,9 @@ l_upstream_data(lua_State *L)
 }
 
 /* up:close() -> nothing; does not wait: an idle connection says QUIT and waits for the 221
- * in the background */
+ * in the background. Also the upstream's __close: a to-be-closed variable in one coroutine
+ * may name an upstream another one waits on, and closing it then would leave that call
+ * waiting for a callback that never comes (and the client for a reply). */
 static int
 l_upstream_close(lua_State *L)
 {
@@ -659,7 +649,7 @@ static const luaL_Reg upstream_methods[] = {
 static const luaL_Reg upstream_metamethods[] = {
     {"__index", NULL}, /* placeholder: a closure over the method table, below */
     {"__gc", l_upstream_gc},
-    {"__close", l_upstream_gc},
+    {"__close", l_upstream_close},
     {NULL, NULL},
 };
 
