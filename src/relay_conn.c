@@ -204,16 +204,11 @@ relay_conn_fail(struct relay_conn *conn, enum relay_failure kind, const char *fm
 static bool
 unsolicited(struct relay_conn *conn)
 {
-    struct evbuffer *in = bufferevent_get_input(conn->bev);
-    if (!relay_reply_reader_busy(&conn->reader) && evbuffer_get_length(in) == 0)
-        return false;
     char sample[101];
-    size_t n = evbuffer_get_length(in);
-    const char *head = n ? (const char *)evbuffer_pullup(in, n > 100 ? 100 : (ssize_t)n) : "";
-    const struct buf *line = &conn->reader.line;
+    if (!relay_reply_waiting(&conn->reader, bufferevent_get_input(conn->bev), sample))
+        return false;
     relay_conn_fail(conn, RELAY_PROTOCOL, "%s sent a reply nobody asked for: %s", conn->peer,
-                    line->len ? relay_reply_excerpt(sample, line->data, line->len)
-                              : relay_reply_excerpt(sample, head, n > 100 ? 100 : n));
+                    sample);
     return true;
 }
 
@@ -331,24 +326,20 @@ complete_pending(struct relay_conn *conn, struct relay_reply *reply)
     done(arg, kind, reply);
 }
 
-/* RFC 3207 5, and CVE-2011-0411 seen from the client: what the server sent after its 220 came
- * before the handshake, in plaintext anyone on the path could have written; it is dropped,
- * never read as a reply inside TLS. Implicit TLS starts here too, before the greeting. */
+/* After STARTTLS's 220 (tls_client_wrap drops what came with it: RFC 3207 5, CVE-2011-0411 seen
+ * from the client), or before the greeting for implicit TLS. */
 static void
 start_tls(struct relay_conn *conn)
 {
-    struct evbuffer *in = bufferevent_get_input(conn->bev);
-    size_t junk = evbuffer_get_length(in);
-    if (junk > 0) {
-        log_info("relay: %s sent %zu bytes after its 220 to STARTTLS: dropped", conn->peer, junk);
-        evbuffer_drain(in, junk);
-    }
     struct tls_client_options o = {.verify = conn->hello.verify,
                                    .ca = conn->hello.cafile,
                                    .name = conn->hello.servername ? conn->hello.servername
                                                                   : conn->host};
     char err[300];
-    struct bufferevent *tls = tls_client_wrap(conn->bev, &o, err, sizeof(err));
+    size_t junk = 0;
+    struct bufferevent *tls = tls_client_wrap(conn->bev, &o, &junk, err, sizeof(err));
+    if (junk > 0)
+        log_info("relay: %s sent %zu bytes after its 220 to STARTTLS: dropped", conn->peer, junk);
     if (tls == NULL) {
         relay_conn_fail(conn, RELAY_TLS_FAILED, "%s: %s", conn->peer, err);
         return;
@@ -366,8 +357,6 @@ static void
 opening_step(struct relay_conn *conn, enum relay_hello_step step, const struct relay_reply *reply)
 {
     switch (step) {
-    case RELAY_HELLO_WAIT:
-        return;
     case RELAY_HELLO_SEND:
         if (!unsolicited(conn))
             send_bytes(conn, conn->hello.out.data, conn->hello.out.len);
@@ -375,9 +364,8 @@ opening_step(struct relay_conn *conn, enum relay_hello_step step, const struct r
     case RELAY_HELLO_STARTTLS:
         start_tls(conn);
         return;
-    case RELAY_HELLO_READY: {
+    case RELAY_HELLO_READY: { /* read_replies stopped the timer */
         conn->state = CONN_READY;
-        evtimer_del(conn->timer);
         relay_ready_fn ready = conn->ready;
         conn->ready = NULL;
         ready(conn->ready_arg, conn, RELAY_OK, reply);

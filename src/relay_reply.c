@@ -215,6 +215,21 @@ relay_reply_reader_busy(const struct relay_reply_reader *rd)
     return rd->line.len != 0 || rd->lines != 0;
 }
 
+bool
+relay_reply_waiting(const struct relay_reply_reader *rd, struct evbuffer *in, char sample[101])
+{
+    size_t n = evbuffer_get_length(in);
+    if (!relay_reply_reader_busy(rd) && n == 0)
+        return false;
+    if (rd->line.len != 0) {
+        relay_reply_excerpt(sample, rd->line.data, rd->line.len);
+    } else {
+        size_t m = n > 100 ? 100 : n;
+        relay_reply_excerpt(sample, m ? (const char *)evbuffer_pullup(in, (ssize_t)m) : "", m);
+    }
+    return true;
+}
+
 void
 relay_reply_reader_free(struct relay_reply_reader *rd)
 {

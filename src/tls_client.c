@@ -5,6 +5,7 @@
 #include "luasmtpd/tls_client.h"
 
 #include <arpa/inet.h>
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
@@ -74,9 +75,12 @@ tls_client_ssl(const struct tls_client_options *o, char *err, size_t errlen)
 }
 
 struct bufferevent *
-tls_client_wrap(struct bufferevent *under, const struct tls_client_options *o, char *err,
-                size_t errlen)
+tls_client_wrap(struct bufferevent *under, const struct tls_client_options *o, size_t *dropped,
+                char *err, size_t errlen)
 {
+    struct evbuffer *in = bufferevent_get_input(under);
+    *dropped = evbuffer_get_length(in);
+    evbuffer_drain(in, *dropped);
     SSL *ssl = tls_client_ssl(o, err, errlen);
     if (ssl == NULL)
         return NULL;

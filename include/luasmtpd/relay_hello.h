@@ -34,7 +34,6 @@ struct relay_security {
 };
 
 enum relay_hello_step {
-    RELAY_HELLO_WAIT,     /* nothing to do until the next reply */
     RELAY_HELLO_SEND,     /* send out (a whole line, CRLF included) */
     RELAY_HELLO_STARTTLS, /* drop what was read after this reply, start the TLS handshake */
     RELAY_HELLO_READY,    /* open: the extensions are in ext */

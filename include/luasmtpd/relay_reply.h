@@ -116,6 +116,10 @@ enum relay_read relay_reply_read(struct relay_reply_reader *rd, struct evbuffer 
                                  struct relay_reply *reply);
 /* Whether part of a reply has been read. */
 bool relay_reply_reader_busy(const struct relay_reply_reader *rd);
+/* Whether anything of a reply is there, read or waiting in `in`: a short excerpt of it in
+ * `sample` (see relay_reply_excerpt) when so. */
+bool relay_reply_waiting(const struct relay_reply_reader *rd, struct evbuffer *in,
+                         char sample[101]);
 void relay_reply_reader_free(struct relay_reply_reader *rd);
 
 #endif

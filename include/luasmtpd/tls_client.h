@@ -19,10 +19,13 @@ struct tls_client_options {
 
 /* A bufferevent that speaks TLS over `under` and owns it (freeing it frees `under`); the
  * handshake starts at once and ends in BEV_EVENT_CONNECTED, or BEV_EVENT_ERROR (see
- * tls_client_failure). NULL with a reason in `err` when the CA bundle cannot be loaded or
- * memory ran out; `under` is then still the caller's. */
+ * tls_client_failure). Whatever `under` had read and nobody took is dropped first (their
+ * count in *dropped): it came in plaintext, before the handshake, so anyone on the path may
+ * have written it, and inside TLS it must never be read as the server's. NULL with a reason
+ * in `err` when the CA bundle cannot be loaded or memory ran out; `under` is then still the
+ * caller's. */
 struct bufferevent *tls_client_wrap(struct bufferevent *under, const struct tls_client_options *o,
-                                    char *err, size_t errlen);
+                                    size_t *dropped, char *err, size_t errlen);
 
 /* Why the handshake on `bev` (from tls_client_wrap) failed, for a message: "certificate verify
  * failed: ..." when the check refused the certificate, else OpenSSL's reason. Returns out. */
