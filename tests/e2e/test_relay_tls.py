@@ -288,6 +288,50 @@ def hostile_starttls(server, conn):
             return
 
 
+def stalled_starttls(server, conn):
+    """Answers STARTTLS with 220 and then never speaks TLS: the handshake never ends."""
+    conn.send("220 stall ESMTP\r\n")
+    conn.readline()
+    conn.send("250-stall\r\n250 STARTTLS\r\n")
+    conn.readline()
+    conn.send("220 go\r\n")
+    server.note("stalled")
+    conn.wait_eof()
+    server.note("peer closed")
+
+
+class TestHandshakeStalls(RelayTlsCase):
+    def test_handshake_timeout(self):
+        raw = RawServer(stalled_starttls)
+        self.addCleanup(raw.close)
+        srv = self.start_relay(raw.port, {"starttls": "require", "cafile": CERTS["testca"],
+                                          "timeout": "2"})
+        r = self.send(srv)
+        self.assertEqual(r.code, 451, r.lines)
+        self.assertIn("code=nil timed out: 127.0.0.1:", r.lines[-1])
+        self.assertIn("timed out waiting for the TLS handshake", r.lines[-1])
+        raw.wait_event("peer closed", 1, 20)  # the socket was let go, not leaked
+
+    def test_client_leaves_during_handshake(self):
+        # The relay is cancelled with the handshake half way: the upstream connection goes,
+        # and the server (under ASan in CI, too) goes on serving.
+        raw = RawServer(stalled_starttls)
+        self.addCleanup(raw.close)
+        srv = self.start_relay(raw.port, {"starttls": "require", "cafile": CERTS["testca"]})
+        c = self.connect(srv)
+        self.assertEqual(c.cmd(EHLO).code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<c@d.example>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(stuff(BODY) + b".\r\n")
+        raw.wait_event("stalled", 1, 20)
+        c.reset()
+        srv.wait_log(r"client left during the handler")
+        raw.wait_event("peer closed", 1, 20)
+        c2 = self.connect(srv)
+        self.assertEqual(c2.cmd("NOOP").code, 250)
+
+
 class TestResponseInjection(RelayTlsCase):
     def test_fake_reply_after_220_is_dropped(self):
         raw = RawServer(hostile_starttls)
@@ -318,6 +362,21 @@ class TestPureproxy(RelayTlsCase):
                                       "relay_cafile": CERTS["testca"]})
         self.assertDelivered(up, self.send(srv), auth=USER.encode())
         self.assertEqual(len(up.auth.attempts), 1)
+
+    def test_implicit_smarthost(self):
+        up = self.start_upstream(starttls=False, implicit=True)
+        srv = self.start_server("pureproxy", remote=f"127.0.0.1:{up.port}",
+                                expect_errors=[WARN_LINE],
+                                sets={"relay_tls": "implicit", "relay_cafile": CERTS["testca"]})
+        self.assertDelivered(up, self.send(srv), tls=None)
+
+    def test_bad_settings_refuse_to_load(self):
+        for sets, why in (({"relay_tls": "sometimes"}, "relay_tls must be"),
+                          ({"relay_user": USER}, "relay_user needs relay_password_file")):
+            with self.subTest(sets=sets):
+                with self.assertRaises(AssertionError) as cm:
+                    self.start_server("pureproxy", remote="127.0.0.1:9", sets=sets)
+                self.assertIn(why, str(cm.exception))
 
     def test_require_against_plain_upstream_answers_451(self):
         up = self.start_upstream(starttls=False)

@@ -4,7 +4,7 @@
 --   relayed:   250 "2.0.0 relayed"           connect: 250 "2.0.0 tls=true|false"
 --   failed:    451 "4.4.1 relay failed code=CODE MESSAGE" (CODE "nil" when there was none)
 -- Settings: starttls, tls=1, verify=0|1, cafile, servername, user, password, auth_plaintext=1,
--- host, mode.
+-- host, mode, timeout (seconds, 20).
 local smtpd = require "smtpd"
 local settings = smtpd.settings
 
@@ -20,7 +20,7 @@ local function options()
     cafile = settings.cafile,
     servername = settings.servername,
     auth_plaintext = settings.auth_plaintext == "1" or nil,
-    timeout = 20,
+    timeout = tonumber(settings.timeout) or 20,
   }
   if settings.verify then
     o.verify = settings.verify == "1"
