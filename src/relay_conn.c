@@ -339,7 +339,7 @@ start_tls(struct relay_conn *conn)
     size_t junk = 0;
     struct bufferevent *tls = tls_client_wrap(conn->bev, &o, &junk, err, sizeof(err));
     if (junk > 0)
-        log_info("relay: %s sent %zu bytes after its 220 to STARTTLS: dropped", conn->peer, junk);
+        log_warn("relay: %s sent %zu bytes after its 220 to STARTTLS: dropped", conn->peer, junk);
     if (tls == NULL) {
         relay_conn_fail(conn, RELAY_TLS_FAILED, "%s: %s", conn->peer, err);
         return;

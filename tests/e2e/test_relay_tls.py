@@ -348,20 +348,35 @@ class TestResponseInjection(RelayTlsCase):
 
 
 class TestPureproxy(RelayTlsCase):
-    def test_smarthost_with_starttls_and_auth(self):
-        up = self.start_upstream(auth=True)
+    def smarthost_settings(self):
+        """relay_* settings for an upstream requiring STARTTLS and AUTH (the password in a
+        file of its own)."""
         d = tempfile.mkdtemp(prefix="luasmtpd-pw-")
         self.addCleanup(shutil.rmtree, d, True)
         pw = os.path.join(d, "password")
         with open(pw, "w") as f:
             f.write(PASSWORD + "\n")
+        return {"relay_tls": "require", "relay_user": USER, "relay_password_file": pw,
+                "relay_cafile": CERTS["testca"]}
+
+    def test_smarthost_with_starttls_and_auth(self):
+        up = self.start_upstream(auth=True)
         srv = self.start_server("pureproxy", remote=f"127.0.0.1:{up.port}",
-                                expect_errors=[WARN_LINE],
-                                sets={"relay_tls": "require", "relay_user": USER,
-                                      "relay_password_file": pw,
-                                      "relay_cafile": CERTS["testca"]})
+                                expect_errors=[WARN_LINE], sets=self.smarthost_settings())
         self.assertDelivered(up, self.send(srv), auth=USER.encode())
         self.assertEqual(len(up.auth.attempts), 1)
+
+    def test_mailman_relays_non_list_mail_the_same_way(self):
+        from fake_mailman import FakeMailman2
+        mm = FakeMailman2(("test",))
+        self.addCleanup(mm.close)
+        up = self.start_upstream(auth=True)
+        sets = self.smarthost_settings()
+        sets.update(mailman_wrapper=mm.wrapper, mailman_lists=mm.lists_dir)
+        srv = self.start_server("mailman", remote=f"127.0.0.1:{up.port}",
+                                expect_errors=[WARN_LINE], sets=sets)
+        self.assertDelivered(up, self.send(srv), auth=USER.encode())
+        self.assertEqual(mm.calls(), [])
 
     def test_implicit_smarthost(self):
         up = self.start_upstream(starttls=False, implicit=True)
