@@ -8,7 +8,9 @@
  * Options of both (fields of the argument table): host, port (default: the command line's
  * remotehost:remoteport), helo (default: our hostname), lmtp (false), timeout (seconds for the
  * connect, the greeting and each command's reply; default 60) and data_timeout (seconds for the
- * reply after the end of the message, each reply over LMTP; default 600, RFC 5321 4.5.3.2.6).
+ * reply after the end of the message, each reply over LMTP; default 600, RFC 5321 4.5.3.2.6),
+ * and TLS and AUTH (check_security): starttls ("try" | "require"), tls (true: implicit),
+ * verify, cafile, servername, auth = {user=, password=}, auth_plaintext.
  * When the answer after the end of the message is lost (timeout, close), the message returned
  * starts "upstream's answer after the message was lost: it may have been delivered" and the
  * same is logged at warn: the one failure that may leave a copy upstream. */
@@ -117,6 +119,8 @@ check_secure_string(lua_State *L, int t, const char *what, const char *name)
 static void
 check_security(lua_State *L, const char *what, struct relay_security *sec)
 {
+    /* Every string read stays on the stack until the binding returns: room for them all. */
+    luaL_checkstack(L, 12, what);
     memset(sec, 0, sizeof(*sec));
     const char *starttls = lbind_string(L, 1, what, "starttls", false, NULL);
     if (starttls == NULL)
@@ -293,7 +297,7 @@ check_rcpts(lua_State *L, const char *what)
 }
 
 /* smtpd.relay{host=, port=, from=, to=, data=, timeout=, data_timeout=, lmtp=, helo=,
- *             smtputf8=}
+ *             smtputf8=, starttls=, tls=, verify=, cafile=, servername=, auth=, auth_plaintext=}
  *   -> refused (recipient -> {code, text}; empty when all were accepted) | nil, err, code */
 static int
 l_smtpd_relay(lua_State *L)
@@ -428,7 +432,8 @@ upstream_on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
     lbind_resume(&up->hold, 1);
 }
 
-/* smtpd.connect{host=, port=, timeout=, data_timeout=, lmtp=, helo=}
+/* smtpd.connect{host=, port=, timeout=, data_timeout=, lmtp=, helo=, starttls=, tls=, verify=,
+ *               cafile=, servername=, auth=, auth_plaintext=}
  *   -> upstream | nil, err, code */
 static int
 l_smtpd_connect(lua_State *L)

@@ -51,9 +51,9 @@ if settings.relay_user then
   end
   local f, err = io.open(path, "r")
   if not f then error("relay_password_file: " .. err, 0) end
-  local password = f:read("l")
+  local password = (f:read("l") or ""):gsub("\r$", "") -- a file written on Windows, too
   f:close()
-  if not password or password == "" then
+  if password == "" then
     error("relay_password_file: " .. path .. " holds no password on its first line", 0)
   end
   M.upstream.auth = { user = settings.relay_user, password = password }
