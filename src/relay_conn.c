@@ -3,8 +3,8 @@
  * command and be resumed later. The connection is freed only when no callback of ours is on the
  * stack (relay_conn_enter/leave), so a callback may close it. Replies are trusted for nothing:
  * each is checked against the class its command calls for before anyone sees it as a success.
- * Reading replies is relay_reply.c's, the queue of commands relay_pending.c's, the QUIT after
- * the close relay_quit.c's. */
+ * Reading replies is relay_reply.c's, the queue relay_pending.c's, the QUIT relay_quit.c's, the
+ * opening (EHLO, STARTTLS, AUTH) relay_hello.c's and TLS itself tls_client.c's. */
 #include "luasmtpd/relay_conn.h"
 
 #include <errno.h>
