@@ -10,7 +10,10 @@
 --   * Each message gets a Received: line on top (lua/smtpd/received.lua) and, as Python's
 --     PureProxy did, X-Peer: at the end of its headers.
 --   * Only clients in `relay_clients` may relay (loopback by default): no open relay.
--- Settings: relay_clients, relay_timeout (see lua/smtpd/proxy.lua).
+--   * TLS and AUTH to the upstream: STARTTLS when offered by default; relay_tls=require (or
+--     implicit, for port 465) with relay_user and relay_password_file for a smarthost.
+-- Settings: relay_clients, relay_timeout, relay_data_timeout, relay_tls, relay_cafile,
+-- relay_user, relay_password_file (see lua/smtpd/proxy.lua).
 local proxy = require "smtpd.proxy"
 local message = require "smtpd.message"
 local received = require "smtpd.received"

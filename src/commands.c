@@ -46,19 +46,25 @@ line_limit(const struct session *s, enum smtp_verb verb)
     return limit;
 }
 
-/* Records what proceed and the hook need, in memory that outlives the command line. */
-static void
+/* Records what proceed and the hook need, in memory that outlives the command line. false
+ * (answered 451): out of memory, and the command ends; a NULL s->cmd.arg would reach the hook,
+ * the envelope or HELP/VRFY's answer. */
+static bool
 commands_keep(struct session *s, const char *arg, const struct smtp_param *params, int n_params)
 {
     free(s->cmd.arg);
     s->cmd.arg = strdup(arg);
     strv_clear(&s->cmd.params);
-    for (int i = 0; i < n_params; i++) {
+    bool ok = s->cmd.arg != NULL;
+    for (int i = 0; ok && i < n_params; i++) {
         char word[CONN_LINE_MAX + 1];
         snprintf(word, sizeof(word), "%s%s%s", params[i].keyword, params[i].value ? "=" : "",
                  params[i].value ? params[i].value : "");
-        strv_push(&s->cmd.params, word);
+        ok = strv_push(&s->cmd.params, word) == 0;
     }
+    if (!ok)
+        conn_reply_const(s, "451 4.3.0 Error: out of memory");
+    return ok;
 }
 
 void
@@ -117,8 +123,7 @@ greeting_check(struct session *s, char *arg, const char *verb)
         conn_reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
         return false;
     }
-    commands_keep(s, arg, NULL, 0);
-    return true;
+    return commands_keep(s, arg, NULL, 0);
 }
 
 static bool
@@ -225,8 +230,7 @@ rset_proceed(struct session *s, const char *reply, size_t len)
 static bool
 keep_check(struct session *s, char *arg)
 {
-    commands_keep(s, arg, NULL, 0);
-    return true;
+    return commands_keep(s, arg, NULL, 0);
 }
 
 static void
@@ -468,8 +472,14 @@ mail_check(struct session *s, char *arg)
         conn_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
         return false;
     }
+    /* Kept first: a MAIL refused for want of memory begins no transaction, nor leaves its
+     * parameters to the next MAIL. */
+    if (!commands_keep(s, path.address, params, n)) {
+        s->tx.env.smtputf8 = false;
+        s->tx.env.size_hint = 0;
+        return false;
+    }
     conn_begin_transaction(s);
-    commands_keep(s, path.address, params, n);
     return true;
 }
 
@@ -508,8 +518,7 @@ rcpt_check(struct session *s, char *arg)
         conn_reply_const(s, "452 4.5.3 Error: too many recipients");
         return false;
     }
-    commands_keep(s, path.address, params, n);
-    return true;
+    return commands_keep(s, path.address, params, n);
 }
 
 /* MAIL or RCPT accepted (after on_mail/on_rcpt): record s->cmd in the envelope; answer with
@@ -658,7 +667,7 @@ commands_run(struct session *s, enum smtp_verb verb, char *arg)
 void
 commands_connect(struct session *s)
 {
-    commands_keep(s, "", NULL, 0);
+    /* on_connect takes no argument: s->cmd stays empty, so nothing here can fail. */
     commands_run(s, SMTP_VERB_UNKNOWN, NULL);
 }
 

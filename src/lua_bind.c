@@ -86,6 +86,24 @@ lbind_fail(lua_State *L, int code, const char *fmt, ...)
     return 3;
 }
 
+struct lrt_call *
+lbind_call(lua_State *L, const char *what)
+{
+    struct lrt_call *call = lrt_call_of(L);
+    if (call == NULL)
+        luaL_error(L,
+                   "%s: can only be used inside a handler or hook, not while loading the "
+                   "script or from a coroutine the script made",
+                   what);
+    if (!lua_isyieldable(L))
+        luaL_error(L,
+                   "%s: cannot wait here: the handler is inside a function Lua calls without "
+                   "letting it yield (a table.sort comparator, a string.gsub function, a "
+                   "finalizer)",
+                   what);
+    return call;
+}
+
 void
 lbind_hold_init(struct lbind_hold *h, void *owner, lbind_owner_fn stop, lbind_owner_fn free)
 {

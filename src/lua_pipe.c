@@ -133,10 +133,7 @@ l_smtpd_pipe(lua_State *L)
     if (output_limit < 0)
         lbind_field_error(L, WHAT, "output_limit", "must not be negative");
     char **envp = build_env(L, 3);
-    struct lrt_call *call = lrt_call_of(L);
-    if (call == NULL)
-        return luaL_error(L, "smtpd.pipe: can only be used inside a handler or hook, not while "
-                             "loading the script or from a coroutine the script made");
+    struct lrt_call *call = lbind_call(L, WHAT);
 
     struct lpipe *lp = calloc(1, sizeof(*lp));
     if (lp == NULL)

@@ -8,7 +8,9 @@
  * Options of both (fields of the argument table): host, port (default: the command line's
  * remotehost:remoteport), helo (default: our hostname), lmtp (false), timeout (seconds for the
  * connect, the greeting and each command's reply; default 60) and data_timeout (seconds for the
- * reply after the end of the message, each reply over LMTP; default 600, RFC 5321 4.5.3.2.6).
+ * reply after the end of the message, each reply over LMTP; default 600, RFC 5321 4.5.3.2.6),
+ * and TLS and AUTH (check_security): starttls ("try" | "require"), tls (true: implicit),
+ * verify, cafile, servername, auth = {user=, password=}, auth_plaintext.
  * When the answer after the end of the message is lost (timeout, close), the message returned
  * starts "upstream's answer after the message was lost: it may have been delivered" and the
  * same is logged at warn: the one failure that may leave a copy upstream. */
@@ -29,18 +31,6 @@ static const struct lrt_env *
 env_of(lua_State *L)
 {
     return lua_touserdata(L, lua_upvalueindex(1));
-}
-
-static struct lrt_call *
-waiting_call(lua_State *L, const char *what)
-{
-    struct lrt_call *call = lrt_call_of(L);
-    if (call == NULL)
-        luaL_error(L,
-                   "%s: can only be used inside a handler or hook, not while loading the "
-                   "script or from a coroutine the script made",
-                   what);
-    return call;
 }
 
 /* What makes `s` unfit for a command line: a CR or LF would end it and start another
@@ -109,6 +99,67 @@ check_seconds(lua_State *L, const char *what, const char *name, double dflt)
     return value;
 }
 
+/* RFC 4954 4: an AUTH line may be 12,288 bytes; PLAIN's base64 of both must fit in one. */
+#define AUTH_CREDENTIALS_MAX 4096
+
+/* A string field for the TLS or AUTH options: no NUL (it would cut the value short in C, and
+ * PLAIN separates user and password with one), not empty. */
+static const char *
+check_secure_string(lua_State *L, int t, const char *what, const char *name)
+{
+    size_t len;
+    const char *s = lbind_string(L, t, what, name, false, &len);
+    if (s != NULL && (len == 0 || strlen(s) != len))
+        lbind_field_error(L, what, name, "must be a non-empty string without NUL bytes");
+    return s;
+}
+
+/* starttls = "try" | "require", tls = true (implicit), verify (default: true unless "try"),
+ * cafile, servername, auth = {user=, password=}, auth_plaintext (false). */
+static void
+check_security(lua_State *L, const char *what, struct relay_security *sec)
+{
+    /* Every string read stays on the stack until the binding returns: room for them all. */
+    luaL_checkstack(L, 12, what);
+    memset(sec, 0, sizeof(*sec));
+    const char *starttls = lbind_string(L, 1, what, "starttls", false, NULL);
+    if (starttls == NULL)
+        sec->tls = RELAY_TLS_OFF;
+    else if (strcmp(starttls, "try") == 0)
+        sec->tls = RELAY_TLS_TRY;
+    else if (strcmp(starttls, "require") == 0)
+        sec->tls = RELAY_TLS_REQUIRE;
+    else
+        lbind_field_error(L, what, "starttls", "must be \"try\" or \"require\"");
+    if (lbind_boolean(L, 1, what, "tls", false)) {
+        if (starttls != NULL)
+            lbind_field_error(L, what, "starttls", "cannot go with tls = true (implicit TLS)");
+        sec->tls = RELAY_TLS_IMPLICIT;
+    }
+    /* Opportunistic TLS does not verify by default (RFC 7435 5.1): an upstream with a
+     * self-signed certificate still gets encrypted mail, not plaintext. */
+    sec->verify = lbind_boolean(L, 1, what, "verify", sec->tls != RELAY_TLS_TRY);
+    sec->cafile = check_secure_string(L, 1, what, "cafile");
+    sec->servername = check_secure_string(L, 1, what, "servername");
+    if (sec->servername != NULL)
+        check_line_field(L, what, "servername", sec->servername, strlen(sec->servername));
+    sec->auth_plaintext = lbind_boolean(L, 1, what, "auth_plaintext", false);
+    if (lbind_field(L, 1, what, "auth", LUA_TTABLE, false) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    int t = lua_gettop(L); /* stays on the stack, with the strings read from it */
+    lua_pushfstring(L, "%s: field 'auth'", what);
+    const char *auth_what = lua_tostring(L, -1);
+    sec->user = check_secure_string(L, t, auth_what, "user");
+    sec->password = check_secure_string(L, t, auth_what, "password");
+    if (sec->user == NULL || sec->password == NULL)
+        lbind_field_error(L, what, "auth", "needs user and password strings");
+    if (strlen(sec->user) + strlen(sec->password) > AUTH_CREDENTIALS_MAX)
+        lbind_field_error(L, what, "auth", "user and password are over %d bytes",
+                          AUTH_CREDENTIALS_MAX);
+}
+
 /* Checks what relay{} and connect{} share: the options table, a call that may wait, and the
  * connection fields (defaults from the command line's remotehost:remoteport). */
 static struct lrt_call *
@@ -116,7 +167,7 @@ check_conn_options(lua_State *L, const char *what, const struct lrt_env *env,
                    struct relay_conn_options *co)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    struct lrt_call *call = waiting_call(L, what);
+    struct lrt_call *call = lbind_call(L, what);
     size_t len;
     co->host = lbind_string(L, 1, what, "host", false, &len);
     if (co->host == NULL)
@@ -136,6 +187,7 @@ check_conn_options(lua_State *L, const char *what, const struct lrt_env *env,
         co->helo = env->hostname;
     else
         check_line_field(L, what, "helo", co->helo, len);
+    check_security(L, what, &co->sec);
     return call;
 }
 
@@ -245,7 +297,7 @@ check_rcpts(lua_State *L, const char *what)
 }
 
 /* smtpd.relay{host=, port=, from=, to=, data=, timeout=, data_timeout=, lmtp=, helo=,
- *             smtputf8=}
+ *             smtputf8=, starttls=, tls=, verify=, cafile=, servername=, auth=, auth_plaintext=}
  *   -> refused (recipient -> {code, text}; empty when all were accepted) | nil, err, code */
 static int
 l_smtpd_relay(lua_State *L)
@@ -332,12 +384,15 @@ upstream_wait(lua_State *L, struct upstream *up, struct lrt_call *call)
     return lbind_wait(L, &up->hold, call);
 }
 
-/* The fields a script reads as up.NAME, in the uservalue: extensions. */
+/* The fields a script reads as up.NAME, in the uservalue: extensions, tls (whether the
+ * connection is encrypted). */
 static void
 push_fields(lua_State *L, struct relay_conn *conn)
 {
     unsigned ext = relay_conn_extensions(conn);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, relay_conn_tls(conn));
+    lua_setfield(L, -2, "tls");
     lua_createtable(L, 0, 4);
     if (ext & RELAY_EXT_PIPELINING) {
         lua_pushboolean(L, 1);
@@ -377,7 +432,8 @@ upstream_on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
     lbind_resume(&up->hold, 1);
 }
 
-/* smtpd.connect{host=, port=, timeout=, data_timeout=, lmtp=, helo=}
+/* smtpd.connect{host=, port=, timeout=, data_timeout=, lmtp=, helo=, starttls=, tls=, verify=,
+ *               cafile=, servername=, auth=, auth_plaintext=}
  *   -> upstream | nil, err, code */
 static int
 l_smtpd_connect(lua_State *L)
@@ -407,7 +463,7 @@ static struct upstream *
 check_upstream(lua_State *L, const char *method, struct lrt_call **call)
 {
     struct upstream *up = luaL_checkudata(L, 1, UPSTREAM_META);
-    *call = waiting_call(L, method);
+    *call = lbind_call(L, method);
     if (up->hold.call != NULL)
         luaL_error(L, "%s: the upstream is busy with another command", method);
     return up;
@@ -614,7 +670,9 @@ l_upstream_data(lua_State *L)
 }
 
 /* up:close() -> nothing; does not wait: an idle connection says QUIT and waits for the 221
- * in the background */
+ * in the background. Also the upstream's __close: a to-be-closed variable in one coroutine
+ * may name an upstream another one waits on, and closing it then would leave that call
+ * waiting for a callback that never comes (and the client for a reply). */
 static int
 l_upstream_close(lua_State *L)
 {
@@ -659,7 +717,7 @@ static const luaL_Reg upstream_methods[] = {
 static const luaL_Reg upstream_metamethods[] = {
     {"__index", NULL}, /* placeholder: a closure over the method table, below */
     {"__gc", l_upstream_gc},
-    {"__close", l_upstream_gc},
+    {"__close", l_upstream_close},
     {NULL, NULL},
 };
 

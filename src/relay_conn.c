@@ -3,8 +3,8 @@
  * command and be resumed later. The connection is freed only when no callback of ours is on the
  * stack (relay_conn_enter/leave), so a callback may close it. Replies are trusted for nothing:
  * each is checked against the class its command calls for before anyone sees it as a success.
- * Reading replies is relay_reply.c's, the queue of commands relay_pending.c's, the QUIT after
- * the close relay_quit.c's. */
+ * Reading replies is relay_reply.c's, the queue relay_pending.c's, the QUIT relay_quit.c's, the
+ * opening (EHLO, STARTTLS, AUTH) relay_hello.c's and TLS itself tls_client.c's. */
 #include "luasmtpd/relay_conn.h"
 
 #include <errno.h>
@@ -23,9 +23,11 @@
 #include <unistd.h>
 
 #include "luasmtpd/buf.h"
+#include "luasmtpd/log.h"
 #include "luasmtpd/relay_pending.h"
 #include "luasmtpd/relay_quit.h"
 #include "luasmtpd/smtp_data.h"
+#include "luasmtpd/tls_client.h"
 
 #define BODY_CHUNK (64 * 1024)
 #define BODY_HIGH_WATER (256 * 1024)
@@ -34,9 +36,8 @@ enum conn_state {
     CONN_STARTING,
     CONN_RESOLVING,
     CONN_CONNECTING,
-    CONN_GREETING,
-    CONN_HELLO,
-    CONN_HELO_FALLBACK,
+    CONN_HANDSHAKE, /* TLS, implicit or after STARTTLS */
+    CONN_OPENING,   /* greeting, EHLO, STARTTLS, AUTH: relay_hello.c's steps */
     CONN_READY,
     CONN_FAILED, /* the socket is gone; failures are delivered, nothing else happens */
 };
@@ -45,7 +46,6 @@ struct relay_conn {
     struct event_base *base;
     struct evdns_base *dns;
     char *host;
-    char *helo;
     char *peer; /* "host:port" */
     unsigned short port;
     double timeout;
@@ -61,8 +61,7 @@ struct relay_conn {
     struct event *kick; /* runs start-up and failure delivery from the loop */
     relay_ready_fn ready;
     void *ready_arg;
-    unsigned ext;
-    size_t size_limit;
+    struct relay_hello hello;
 
     struct relay_reply_reader reader;
 
@@ -82,6 +81,9 @@ struct relay_conn {
 
 static void relay_conn_free(struct relay_conn *conn);
 static void relay_conn_pump(struct relay_conn *conn);
+static void relay_conn_on_read(struct bufferevent *bev, void *arg);
+static void relay_conn_on_write(struct bufferevent *bev, void *arg);
+static void relay_conn_on_event(struct bufferevent *bev, short what, void *arg);
 
 static void
 relay_conn_enter(struct relay_conn *conn)
@@ -202,16 +204,11 @@ relay_conn_fail(struct relay_conn *conn, enum relay_failure kind, const char *fm
 static bool
 unsolicited(struct relay_conn *conn)
 {
-    struct evbuffer *in = bufferevent_get_input(conn->bev);
-    if (!relay_reply_reader_busy(&conn->reader) && evbuffer_get_length(in) == 0)
-        return false;
     char sample[101];
-    size_t n = evbuffer_get_length(in);
-    const char *head = n ? (const char *)evbuffer_pullup(in, n > 100 ? 100 : (ssize_t)n) : "";
-    const struct buf *line = &conn->reader.line;
+    if (!relay_reply_waiting(&conn->reader, bufferevent_get_input(conn->bev), sample))
+        return false;
     relay_conn_fail(conn, RELAY_PROTOCOL, "%s sent a reply nobody asked for: %s", conn->peer,
-                    line->len ? relay_reply_excerpt(sample, line->data, line->len)
-                              : relay_reply_excerpt(sample, head, n > 100 ? 100 : n));
+                    sample);
     return true;
 }
 
@@ -223,20 +220,6 @@ send_bytes(struct relay_conn *conn, const char *bytes, size_t len)
 }
 
 static void try_next_address(struct relay_conn *conn);
-
-static void
-send_hello(struct relay_conn *conn, const char *verb)
-{
-    if (unsolicited(conn))
-        return;
-    struct buf line = {0};
-    if (buf_printf(&line, "%s %s\r\n", verb, conn->helo) == -1) {
-        relay_conn_fail(conn, RELAY_PROTOCOL, "out of memory");
-        return;
-    }
-    send_bytes(conn, line.data, line.len);
-    buf_free(&line);
-}
 
 static void
 send_body(struct relay_conn *conn)
@@ -343,51 +326,65 @@ complete_pending(struct relay_conn *conn, struct relay_reply *reply)
     done(arg, kind, reply);
 }
 
+/* After STARTTLS's 220 (tls_client_wrap drops what came with it: RFC 3207 5, CVE-2011-0411 seen
+ * from the client), or before the greeting for implicit TLS. */
 static void
-handle_hello_refusal(struct relay_conn *conn, const struct relay_reply *reply)
+start_tls(struct relay_conn *conn)
 {
-    char sample[101];
-    enum relay_failure kind = relay_reply_kind(reply);
-    if (reply->code / 100 != 4 && reply->code / 100 != 5) {
-        relay_conn_fail(conn, RELAY_PROTOCOL, "%s answered %s with %d %s", conn->peer,
-                        conn->state == CONN_GREETING ? "the connection" : "EHLO", reply->code,
-                        relay_reply_excerpt(sample, reply->text, strlen(reply->text)));
+    struct tls_client_options o = {.verify = conn->hello.verify,
+                                   .ca = conn->hello.cafile,
+                                   .name = conn->hello.servername ? conn->hello.servername
+                                                                  : conn->host};
+    char err[300];
+    size_t junk = 0;
+    struct bufferevent *tls = tls_client_wrap(conn->bev, &o, &junk, err, sizeof(err));
+    if (junk > 0)
+        log_warn("relay: %s sent %zu bytes after its 220 to STARTTLS: dropped", conn->peer, junk);
+    if (tls == NULL) {
+        relay_conn_fail(conn, RELAY_TLS_FAILED, "%s: %s", conn->peer, err);
         return;
     }
-    conn->failure_code = reply->code;
-    relay_conn_fail(conn, kind, "%s", reply->text);
+    conn->bev = tls;
+    bufferevent_setcb(tls, relay_conn_on_read, relay_conn_on_write, relay_conn_on_event, conn);
+    bufferevent_setwatermark(tls, EV_WRITE, BODY_HIGH_WATER / 4, 0);
+    bufferevent_enable(tls, EV_READ | EV_WRITE);
+    conn->state = CONN_HANDSHAKE;
+    arm_timer(conn, conn->timeout);
+}
+
+/* Does what the opening asks for after `reply` (relay_hello.c decides what). */
+static void
+opening_step(struct relay_conn *conn, enum relay_hello_step step, const struct relay_reply *reply)
+{
+    switch (step) {
+    case RELAY_HELLO_SEND:
+        if (!unsolicited(conn))
+            send_bytes(conn, conn->hello.out.data, conn->hello.out.len);
+        return;
+    case RELAY_HELLO_STARTTLS:
+        start_tls(conn);
+        return;
+    case RELAY_HELLO_READY: { /* read_replies stopped the timer */
+        conn->state = CONN_READY;
+        relay_ready_fn ready = conn->ready;
+        conn->ready = NULL;
+        ready(conn->ready_arg, conn, RELAY_OK, reply);
+        return;
+    }
+    case RELAY_HELLO_FAIL:
+        conn->failure_code = conn->hello.code;
+        relay_conn_fail(conn, conn->hello.kind, "%s",
+                        conn->hello.out.data ? conn->hello.out.data : "out of memory");
+        return;
+    }
 }
 
 static void
 handle_reply(struct relay_conn *conn, struct relay_reply *reply)
 {
     switch (conn->state) {
-    case CONN_GREETING:
-        if (reply->code / 100 != 2) {
-            handle_hello_refusal(conn, reply);
-            return;
-        }
-        conn->state = CONN_HELLO;
-        send_hello(conn, conn->lmtp ? "LHLO" : "EHLO");
-        return;
-    case CONN_HELLO:
-    case CONN_HELO_FALLBACK:
-        if (reply->code / 100 != 2) {
-            if (conn->state == CONN_HELLO && !conn->lmtp && reply->code / 100 == 5) {
-                conn->state = CONN_HELO_FALLBACK; /* an old server: RFC 5321 4.1.4 */
-                send_hello(conn, "HELO");
-                return;
-            }
-            handle_hello_refusal(conn, reply);
-            return;
-        }
-        if (conn->state == CONN_HELLO)
-            conn->ext = relay_reply_extensions(reply->text, &conn->size_limit);
-        conn->state = CONN_READY;
-        evtimer_del(conn->timer);
-        relay_ready_fn ready = conn->ready;
-        conn->ready = NULL;
-        ready(conn->ready_arg, conn, RELAY_OK, reply);
+    case CONN_OPENING:
+        opening_step(conn, relay_hello_reply(&conn->hello, reply), reply);
         return;
     case CONN_READY:
         complete_pending(conn, reply);
@@ -414,8 +411,9 @@ arm_for_head(struct relay_conn *conn)
 static void
 read_replies(struct relay_conn *conn)
 {
-    struct evbuffer *in = bufferevent_get_input(conn->bev);
-    while (conn->state != CONN_FAILED && !conn->closed) {
+    /* Not in CONN_HANDSHAKE: the socket's input is TLS's then, and a new bufferevent reads. */
+    while ((conn->state == CONN_OPENING || conn->state == CONN_READY) && !conn->closed) {
+        struct evbuffer *in = bufferevent_get_input(conn->bev);
         struct relay_reply reply;
         switch (relay_reply_read(&conn->reader, in, &reply)) {
         case RELAY_READ_MORE:
@@ -450,7 +448,7 @@ relay_conn_pump(struct relay_conn *conn)
 {
     if (conn->state != CONN_READY || conn->body != NULL)
         return;
-    bool pipelining = (conn->ext & RELAY_EXT_PIPELINING) != 0;
+    bool pipelining = (conn->hello.ext & RELAY_EXT_PIPELINING) != 0;
     bool waiting = false;
     for (struct relay_pending *p = conn->queue.head; p != NULL; p = p->next) {
         if (p->sent) {
@@ -503,11 +501,25 @@ relay_conn_on_event(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     struct relay_conn *conn = arg;
     relay_conn_enter(conn);
-    if (what & BEV_EVENT_CONNECTED) {
+    if ((what & BEV_EVENT_CONNECTED) && conn->state == CONN_HANDSHAKE) {
+        conn->state = CONN_OPENING;
+        if (conn->hello.tls != RELAY_TLS_IMPLICIT) {
+            opening_step(conn, relay_hello_secured(&conn->hello), NULL);
+        } else {
+            arm_timer(conn, conn->timeout);
+            read_replies(conn); /* the greeting may have come with the handshake's end */
+        }
+    } else if (what & BEV_EVENT_CONNECTED) {
         int one = 1;
         setsockopt(bufferevent_getfd(conn->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        conn->state = CONN_GREETING;
+        conn->state = CONN_OPENING;
         arm_timer(conn, conn->timeout);
+        if (conn->hello.tls == RELAY_TLS_IMPLICIT)
+            start_tls(conn);
+    } else if (conn->state == CONN_HANDSHAKE) {
+        char why[300];
+        relay_conn_fail(conn, RELAY_TLS_FAILED, "%s: %s", conn->peer,
+                        tls_client_failure(conn->bev, conn->hello.verify, why, sizeof(why)));
     } else if (conn->state == CONN_CONNECTING) {
         conn->last_errno = EVUTIL_SOCKET_ERROR();
         drop_socket(conn);
@@ -530,12 +542,10 @@ relay_conn_on_timer(evutil_socket_t fd, short what, void *arg)
     if (conn->state <= CONN_CONNECTING) {
         relay_conn_fail(conn, RELAY_TIMED_OUT, "%s timed out %s", conn->peer,
                         conn->state == CONN_CONNECTING ? "connecting" : "resolving");
-    } else if (conn->state == CONN_GREETING || conn->state == CONN_HELLO ||
-               conn->state == CONN_HELO_FALLBACK) {
+    } else if (conn->state == CONN_HANDSHAKE || conn->state == CONN_OPENING) {
         relay_conn_fail(conn, RELAY_TIMED_OUT, "%s timed out waiting for the %s", conn->peer,
-                        conn->state == CONN_GREETING ? "greeting"
-                        : conn->state == CONN_HELLO  ? (conn->lmtp ? "LHLO reply" : "EHLO reply")
-                                                     : "HELO reply");
+                        conn->state == CONN_HANDSHAKE ? "TLS handshake"
+                                                      : relay_hello_waiting_for(&conn->hello));
     } else if (p != NULL && p->kind == RELAY_PENDING_BODY && dot_left(conn, p)) {
         relay_conn_fail(conn, RELAY_TIMED_OUT,
                         "%s timed out waiting for the reply after the message", conn->peer);
@@ -642,7 +652,6 @@ relay_conn_open(struct event_base *base, struct evdns_base *dns,
     conn->base = base;
     conn->dns = dns;
     conn->host = strdup(opts->host);
-    conn->helo = strdup(helo);
     conn->port = opts->port;
     conn->timeout = opts->timeout > 0 ? opts->timeout : RELAY_DEFAULT_TIMEOUT;
     conn->data_timeout = opts->data_timeout > 0 ? opts->data_timeout : RELAY_DEFAULT_DATA_TIMEOUT;
@@ -654,8 +663,8 @@ relay_conn_open(struct event_base *base, struct evdns_base *dns,
         conn->peer = peer.data;
     conn->timer = evtimer_new(base, relay_conn_on_timer, conn);
     conn->kick = event_new(base, -1, 0, relay_conn_on_kick, conn);
-    if (conn->host == NULL || conn->helo == NULL || conn->peer == NULL || conn->timer == NULL ||
-        conn->kick == NULL) {
+    if (conn->host == NULL || conn->peer == NULL || conn->timer == NULL || conn->kick == NULL ||
+        relay_hello_init(&conn->hello, &opts->sec, helo, conn->peer, opts->lmtp) == -1) {
         relay_conn_free(conn);
         errno = ENOMEM;
         return NULL;
@@ -701,19 +710,25 @@ relay_conn_data(struct relay_conn *conn, const char *data, size_t len, unsigned 
 unsigned
 relay_conn_extensions(const struct relay_conn *conn)
 {
-    return conn->ext;
+    return conn->hello.ext;
 }
 
 size_t
 relay_conn_size_limit(const struct relay_conn *conn)
 {
-    return conn->size_limit;
+    return conn->hello.size_limit;
 }
 
 bool
 relay_conn_lmtp(const struct relay_conn *conn)
 {
     return conn->lmtp;
+}
+
+bool
+relay_conn_tls(const struct relay_conn *conn)
+{
+    return conn->hello.tls_active;
 }
 
 const char *
@@ -739,7 +754,7 @@ relay_conn_free(struct relay_conn *conn)
     buf_free(&conn->chunk);
     free(conn->failure_text);
     free(conn->host);
-    free(conn->helo);
+    relay_hello_free(&conn->hello);
     free(conn->peer);
     free(conn);
 }

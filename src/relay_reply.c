@@ -31,6 +31,10 @@ relay_failure_name(enum relay_failure kind)
         return "protocol error";
     case RELAY_UNKNOWN:
         return "upstream's answer after the message was lost: it may have been delivered";
+    case RELAY_TLS_FAILED:
+        return "TLS failed";
+    case RELAY_AUTH_FAILED:
+        return "authentication failed";
     }
     return "?";
 }
@@ -51,6 +55,26 @@ relay_reply_kind(const struct relay_reply *reply)
     if (reply->code >= 500 && reply->code < 600)
         return RELAY_PERMFAIL;
     return RELAY_PROTOCOL;
+}
+
+/* The mechanisms of an AUTH keyword's parameters, "PLAIN LOGIN CRAM-MD5" (RFC 4954 3); the
+ * "AUTH=LOGIN PLAIN" some old servers also send takes the same. */
+static unsigned
+relay_reply_auth_mechanisms(const char *s, size_t n)
+{
+    unsigned ext = 0;
+    size_t i = 0;
+    while (i < n) {
+        size_t start = i;
+        while (i < n && s[i] != ' ')
+            i++;
+        if (i - start == 5 && strncasecmp(s + start, "PLAIN", 5) == 0)
+            ext |= RELAY_EXT_AUTH_PLAIN;
+        else if (i - start == 5 && strncasecmp(s + start, "LOGIN", 5) == 0)
+            ext |= RELAY_EXT_AUTH_LOGIN;
+        i++;
+    }
+    return ext;
 }
 
 /* The first line is the server's name; each further line one extension keyword, maybe with
@@ -77,6 +101,11 @@ relay_reply_extensions(const char *text, size_t *size_limit)
         } else if (word == 4 && strncasecmp(line, "SIZE", 4) == 0) {
             ext |= RELAY_EXT_SIZE;
             *size_limit = n > 5 ? strtoul(line + 5, NULL, 10) : 0;
+        } else if (word == 8 && strncasecmp(line, "STARTTLS", 8) == 0) {
+            ext |= RELAY_EXT_STARTTLS;
+        } else if (word >= 4 && strncasecmp(line, "AUTH", 4) == 0 &&
+                   (word == 4 || line[4] == '=')) {
+            ext |= relay_reply_auth_mechanisms(line + 5, n > 5 ? n - 5 : 0);
         }
     }
     return ext;
@@ -184,6 +213,21 @@ bool
 relay_reply_reader_busy(const struct relay_reply_reader *rd)
 {
     return rd->line.len != 0 || rd->lines != 0;
+}
+
+bool
+relay_reply_waiting(const struct relay_reply_reader *rd, struct evbuffer *in, char sample[101])
+{
+    size_t n = evbuffer_get_length(in);
+    if (!relay_reply_reader_busy(rd) && n == 0)
+        return false;
+    if (rd->line.len != 0) {
+        relay_reply_excerpt(sample, rd->line.data, rd->line.len);
+    } else {
+        size_t m = n > 100 ? 100 : n;
+        relay_reply_excerpt(sample, m ? (const char *)evbuffer_pullup(in, (ssize_t)m) : "", m);
+    }
+    return true;
 }
 
 void

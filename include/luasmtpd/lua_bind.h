@@ -36,6 +36,13 @@ int lbind_field_error(lua_State *L, const char *what, const char *name, const ch
  * that could pass for success. */
 int lbind_fail(lua_State *L, int code, const char *fmt, ...);
 
+/* The handler call a binding that waits may suspend, raising "WHAT: ..." where none may be:
+ * outside a handler's own coroutine (lrt_call_of), or inside a function Lua calls without
+ * letting it yield (a table.sort comparator, a string.gsub function, a finalizer). Checked
+ * before any work starts: the yield would fail only after it, ending the call while the work
+ * goes on to deliver and then to call back into the freed call. */
+struct lrt_call *lbind_call(lua_State *L, const char *what);
+
 /* A waiting binding's hold: the call it suspended and up to LBIND_REFS values anchored in the
  * registry, so the work may read them in place until the call resumes or is cancelled. The
  * hold lives in what the binding allocated for the wait (its owner), or in a userdata. */

@@ -1,5 +1,6 @@
 /* An asynchronous SMTP/LMTP client connection on libevent: resolves without blocking, connects
- * (trying each address), reads the greeting, says EHLO (HELO when refused; LHLO for LMTP), then
+ * (trying each address), reads the greeting, says EHLO (HELO when refused; LHLO for LMTP), with
+ * STARTTLS or implicit TLS and AUTH when asked for (relay_hello.h, tls_client.h), then
  * runs commands in order, pipelined when the server offers PIPELINING, and sends message bodies
  * with flow control. Every stage has a timeout. It knows nothing of Lua.
  *
@@ -14,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "luasmtpd/relay_hello.h"
 #include "luasmtpd/relay_reply.h"
 
 struct event_base;
@@ -37,6 +39,7 @@ struct relay_conn_options {
     double timeout;      /* seconds; 0 for RELAY_DEFAULT_TIMEOUT */
     double data_timeout; /* seconds; 0 for RELAY_DEFAULT_DATA_TIMEOUT */
     bool lmtp;
+    struct relay_security sec; /* TLS and AUTH (zero: neither) */
 };
 
 /* `reply` is valid only during the call. When kind is not RELAY_OK for a ready callback, the
@@ -66,6 +69,8 @@ int relay_conn_data(struct relay_conn *conn, const char *data, size_t len, unsig
 unsigned relay_conn_extensions(const struct relay_conn *conn);
 size_t relay_conn_size_limit(const struct relay_conn *conn);
 bool relay_conn_lmtp(const struct relay_conn *conn);
+/* Whether the connection runs inside TLS (STARTTLS or implicit). */
+bool relay_conn_tls(const struct relay_conn *conn);
 /* "host:port" as given, for messages. */
 const char *relay_conn_peer(const struct relay_conn *conn);
 /* Lets the connection go; no callback runs after this and it returns at once. When the

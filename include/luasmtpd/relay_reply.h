@@ -23,6 +23,13 @@ enum relay_failure {
      * us and before its reply came: the server may have delivered it. The one outcome where a
      * failure may leave a copy behind; callers must say so. */
     RELAY_UNKNOWN,
+    /* TLS was asked for and could not be had: STARTTLS not offered, the handshake or the
+     * certificate check failed. No reply code: nothing the server refused. */
+    RELAY_TLS_FAILED,
+    /* AUTH was asked for and could not be tried: no mechanism we speak offered, or the
+     * connection is not encrypted and the script did not allow that. (A refused AUTH is a
+     * refusal: RELAY_TEMPFAIL or RELAY_PERMFAIL with the server's code.) */
+    RELAY_AUTH_FAILED,
 };
 
 const char *relay_failure_name(enum relay_failure kind);
@@ -68,6 +75,9 @@ enum relay_ext {
     RELAY_EXT_SIZE = 1 << 1,
     RELAY_EXT_8BITMIME = 1 << 2,
     RELAY_EXT_SMTPUTF8 = 1 << 3,
+    RELAY_EXT_STARTTLS = 1 << 4,
+    RELAY_EXT_AUTH_PLAIN = 1 << 5, /* AUTH offering PLAIN (RFC 4954, RFC 4616) */
+    RELAY_EXT_AUTH_LOGIN = 1 << 6, /* AUTH offering LOGIN */
 };
 
 /* The extensions an EHLO (LHLO) reply's text offers, and SIZE's limit in *size_limit (0 when
@@ -106,6 +116,10 @@ enum relay_read relay_reply_read(struct relay_reply_reader *rd, struct evbuffer 
                                  struct relay_reply *reply);
 /* Whether part of a reply has been read. */
 bool relay_reply_reader_busy(const struct relay_reply_reader *rd);
+/* Whether anything of a reply is there, read or waiting in `in`: a short excerpt of it in
+ * `sample` (see relay_reply_excerpt) when so. */
+bool relay_reply_waiting(const struct relay_reply_reader *rd, struct evbuffer *in,
+                         char sample[101]);
 void relay_reply_reader_free(struct relay_reply_reader *rd);
 
 #endif

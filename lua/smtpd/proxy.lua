@@ -14,16 +14,52 @@
 -- CIDR prefixes, "*" for anyone; default loopback), relay_timeout (seconds per upstream step,
 -- 60), relay_data_timeout (seconds for the upstream's answer after the message, 600: RFC 5321
 -- 4.5.3.2.6; an answer given up on may still mean a copy was kept, so it is long).
+-- TLS and AUTH towards the upstream (a smarthost on 587, say): relay_tls (try: STARTTLS when
+-- offered, the certificate not checked, RFC 7435; require: STARTTLS or 451, the certificate
+-- checked; implicit: TLS from the first byte, checked, as on 465; off; default try),
+-- relay_cafile (the CA bundle to check against, default the system's; given, it is checked
+-- under try too), relay_user and relay_password_file (AUTH PLAIN or LOGIN, only inside TLS;
+-- the password is the file's first line, so it is not on the command line).
 local smtpd = require "smtpd"
 
 local M = {}
 
+local settings = smtpd.settings
+
 M.upstream = {
   host = smtpd.remote.host,
   port = smtpd.remote.port,
-  timeout = tonumber(smtpd.settings.relay_timeout) or 60,
-  data_timeout = tonumber(smtpd.settings.relay_data_timeout) or 600,
+  timeout = tonumber(settings.relay_timeout) or 60,
+  data_timeout = tonumber(settings.relay_data_timeout) or 600,
+  cafile = settings.relay_cafile,
+  verify = settings.relay_cafile and true or nil,
 }
+
+local relay_tls = settings.relay_tls or "try"
+if relay_tls == "try" or relay_tls == "require" then
+  M.upstream.starttls = relay_tls
+elseif relay_tls == "implicit" then
+  M.upstream.tls = true
+elseif relay_tls ~= "off" then
+  error("relay_tls must be try, require, implicit or off, not " .. relay_tls, 0)
+end
+
+if settings.relay_user then
+  local path = settings.relay_password_file
+  if not path then
+    error("relay_user needs relay_password_file (the password is not taken on the command line)", 0)
+  end
+  local f, err = io.open(path, "r")
+  if not f then error("relay_password_file: " .. err, 0) end
+  local password = (f:read("l") or ""):gsub("\r$", "") -- a file written on Windows, too
+  f:close()
+  if password == "" then
+    error("relay_password_file: " .. path .. " holds no password on its first line", 0)
+  end
+  M.upstream.auth = { user = settings.relay_user, password = password }
+elseif settings.relay_password_file then
+  error("relay_password_file needs relay_user", 0)
+end
 
 local function ipv4_number(address)
   local a, b, c, d = address:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")

@@ -14,9 +14,12 @@ import re
 import select
 import socket
 import time
+import os
 import unittest
+from unittest import mock
 
-from harness import (HOSTNAME, Closed, LuaSmtpd, PythonSmtpd, ServerTestCase,
+import test_pipe
+from harness import (HOSTNAME, SANITIZED, Closed, LuaSmtpd, PythonSmtpd, ServerTestCase,
                      SMTPClient, Timeout, fixture, strip_enhanced, version)
 
 MSG = object()     # step: send a small message and the final dot, read one reply
@@ -626,6 +629,40 @@ class TestTimeout(ServerTestCase):
             # A pause of 1 s in which the server says nothing (no 421, no close).
             self.assertEqual(select.select([c.sock], [], [], 1.0)[0], [], "the server spoke")
             self.assertEqual(c.cmd("NOOP").code, 250)
+
+
+class TestCommandOutOfMemory(ServerTestCase):
+    """Since the command table (issue 13), HELP and VRFY copy their argument for their proceed
+    as the hooked commands do; a failed copy left s->cmd.arg NULL and crashed the process (the
+    old HELP/VRFY read the line itself, and never failed). The test shim fails strdup for one
+    word (LUASMTPD_SHIM_STRDUP_FAIL): the command gets 451 and the session goes on."""
+
+    WORD = "NOMEMWORD"
+
+    def start_failing(self):
+        env = {"LD_PRELOAD": test_pipe.shim_path(), "LUASMTPD_SHIM_STRDUP_FAIL": self.WORD}
+        if SANITIZED:  # the sanitizer runtime wants to be first; the shim needs nothing of it
+            env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+        with mock.patch.dict(os.environ, env):
+            return self.start_server("sink")
+
+    def test_a_failed_copy_is_451_not_a_crash(self):
+        srv = self.start_failing()
+        c = self.connect(srv)
+        out_of_memory = "451 4.3.0 Error: out of memory"
+        # A refused EHLO records no name: the next one is no duplicate.
+        self.assertReply(c.cmd(f"EHLO {self.WORD}.example"), 451, out_of_memory)
+        self.assertReply(c.cmd(EHLO), 250)
+        for line in (f"HELP {self.WORD}", f"VRFY {self.WORD}@d.example",
+                     f"MAIL FROM:<{self.WORD}@b.example>"):
+            self.assertReply(c.cmd(line), 451, out_of_memory, msg=line)
+        # The refused MAIL began no transaction; a whole one goes through after.
+        self.assertReply(c.cmd(RCPT), 503)
+        replies = c.transaction("a@b.example", ["c@d.example"], b"Subject: t\r\n\r\nx\r\n",
+                                helo=None)
+        self.assertEqual([r.code for r in replies], [250, 250, 354, 250])
+        self.assertReply(c.cmd("HELP MAIL"), 250)
+        self.assertTrue(srv.alive())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ was lost, which the log then says ("may have been delivered").
 """
 
 import random
+import threading
 import time
 import unittest
 
@@ -44,6 +45,14 @@ class HostileTestCase(ServerTestCase):
         r = c.reply(timeout=timeout)
         c.cmd("QUIT")
         return r
+
+    def submit(self, c, mailfrom, rcpt="c@d.example", body=BODY):
+        """Sends one message on the client `c` (after its EHLO) up to the final dot; the
+        caller reads the final reply."""
+        self.assertReply(c.cmd(f"MAIL FROM:<{mailfrom}>"), 250)
+        self.assertReply(c.cmd(f"RCPT TO:<{rcpt}>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(stuff(body) + b".\r\n")
 
     def settle(self, up):
         """Waits until the upstream has finished with every connection it accepted: after
@@ -329,6 +338,40 @@ class TestQuit(HostileTestCase):
         up.wait_event("eof", timeout=30)
 
 
+class TestSharedUpstream(HostileTestCase):
+    """An upstream object one session waits on, which another session's to-be-closed
+    variable names: its __close must not pull the connection from under the waiting call (no
+    callback would ever come, the client would wait for nothing while the upstream may hold
+    the message)."""
+
+    def test_close_of_a_busy_upstream_raises(self):
+        # The reply after the message is held until the other session has tried its close.
+        release = threading.Event()
+
+        def plan(step):
+            if step.stage == "end":
+                release.wait(bound(60))
+            return None
+
+        up = self.upstream(plan)
+        srv = self.relay_server("shared_upstream", up,
+                                expect_errors=[LUA_ERROR, r"the upstream is busy"])
+        waiting = self.connect(srv)
+        self.assertEqual(waiting.cmd(EHLO).code, 250)
+        self.submit(waiting, "a@b.example")
+        up.wait_transactions(1, timeout=bound(10))  # the session now waits for the reply
+        closer = self.connect(srv)
+        self.assertEqual(closer.cmd(EHLO).code, 250)
+        self.submit(closer, "closer@b.example")
+        r = closer.reply()
+        self.assertEqual(r.code, 451, r)
+        srv.wait_log(r"close: the upstream is busy")
+        release.set()
+        r = waiting.reply(timeout=bound(30))
+        self.assertEqual(r.code, 250, r)
+        self.assertEqual(up.copies(), [("a@b.example", "c@d.example", BODY)])
+
+
 class TestFinalReplyText(HostileTestCase):
     """Issue 11 item 3: any 2xx after the message is delivery, whatever its text; the text a
     binding hands on is clean enough to be our own reply."""
@@ -369,6 +412,36 @@ class TestFinalReplyText(HostileTestCase):
         self.assertIn("queued as Q1", r.lines[-1])
         self.assertEqual(len(r.lines), 3)
         self.assertOutcome(r, up, srv)
+
+
+class TestCannotYield(HostileTestCase):
+    """A waiting binding called where the handler cannot yield (a table.sort comparator) must
+    raise before it starts anything: once the yield fails the call ends, and work already
+    started would deliver a copy for the client's 451 and then call back into the freed call."""
+
+    NO_WAIT = r"cannot wait here"
+
+    def test_binding_in_a_comparator_raises_and_starts_nothing(self):
+        up = self.upstream()
+        srv = self.relay_server("noyield", up, expect_errors=[LUA_ERROR])
+        c = self.connect(srv)
+        self.assertEqual(c.cmd(EHLO).code, 250)
+        for case in ("relay-in-sort", "connect-in-sort", "pipe-in-sort"):
+            with self.subTest(case=case):
+                self.submit(c, f"{case}@b.example")
+                r = c.reply()
+                self.assertEqual(r.code, 451, r)
+                srv.wait_log(case.split("-")[0] + r": cannot wait here")
+        # One message relayed the normal way after them: its connection came after any a
+        # misuse started, so once it is done and every connection the upstream accepted is
+        # closed (settle), whatever a misuse would have delivered is on record.
+        self.submit(c, "ok@b.example")
+        self.assertEqual(c.reply().code, 250)
+        c.cmd("QUIT")
+        self.settle(up)
+        self.assertEqual(up.count("accepted"), 1, up.transactions())
+        self.assertEqual(up.copies(), [("ok@b.example", "c@d.example", BODY)])
+        self.assertTrue(srv.alive())
 
 
 class TestSeededPlans(HostileTestCase):

@@ -135,16 +135,19 @@ class AioUpstream(Events):
       `hold_limit` seconds the reply goes out anyway and "hold expired" is noted).
     refuse_rcpt: {address: reply} refused at RCPT, or a function address -> reply or None.
     data_replies: (LMTP) {address: reply} given after DATA for that recipient (default 250).
+    ssl_context: implicit TLS from the first byte (aiosmtpd's Controller ssl_context).
+    smtp_kwargs: passed to aiosmtpd's SMTP (tls_context, require_starttls, authenticator, ...).
     Events noted: ("rcpt", address), "data" (end of data seen), "data_done" (the delay is over and
     the reply is about to go out), "delivered", "data_cancelled" (the client hung up during the
     delay).
     self.messages: dicts with mail_from, rcpt_tos, data (bytes as received, dot-unstuffed),
-    mail_options, helo, started, done (monotonic times).
+    mail_options, helo, tls (whether the session ran inside TLS), auth (the login, bytes, or
+    None), started, done (monotonic times).
     """
 
     def __init__(self, lmtp=False, rcpt_delay=0.0, data_delay=0.0, refuse_rcpt=None,
                  data_replies=None, hostname="aio.example", hold_rcpt=None, hold_data=None,
-                 hold_limit=60):
+                 hold_limit=60, ssl_context=None, smtp_kwargs=None):
         super().__init__()
         from aiosmtpd.controller import Controller
         from aiosmtpd.lmtp import LMTP
@@ -169,7 +172,8 @@ class AioUpstream(Events):
 
         def start(port):
             ctl = _Controller(_AioHandler(self), hostname=self.host, port=port,
-                              server_hostname=hostname, ready_timeout=START_TIMEOUT)
+                              server_hostname=hostname, ready_timeout=START_TIMEOUT,
+                              ssl_context=ssl_context, **(smtp_kwargs or {}))
             ctl.start()
             self.port = port
             return ctl
@@ -229,6 +233,8 @@ class _AioHandler:
             "data": envelope.original_content,
             "mail_options": list(envelope.mail_options),
             "helo": session.host_name,
+            "tls": session.ssl is not None,
+            "auth": getattr(session.auth_data, "login", None) if session.authenticated else None,
             "started": started,
             "done": time.monotonic(),
         }

@@ -1,7 +1,9 @@
 /* Test-only LD_PRELOAD library: makes close_range(2) fail as on a kernel before 5.9 (ENOSYS)
  * or under a seccomp filter (EPERM, with LUASMTPD_SHIM_CLOSE_RANGE=EPERM), so that pipe.c's
  * fallbacks run. With LUASMTPD_SHIM_PROC_FD=refuse, opening /proc/self/fd fails too (as with
- * no /proc mounted), which leaves the last fallback. Never part of the server. */
+ * no /proc mounted), which leaves the last fallback. With LUASMTPD_SHIM_STRDUP_FAIL=WORD,
+ * strdup fails (ENOMEM) for any string containing WORD, so a test can run a command into an
+ * allocation failure without starving the rest of the process. Never part of the server. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -12,6 +14,7 @@
 
 static int refusal = ENOSYS;
 static int refuse_proc_fd;
+static char strdup_fail[64];
 
 /* The environment is read once, at load: the child after fork must not need getenv. */
 __attribute__((constructor)) static void
@@ -22,6 +25,9 @@ shim_init(void)
         refusal = EPERM;
     const char *proc = getenv("LUASMTPD_SHIM_PROC_FD");
     refuse_proc_fd = proc != NULL && strcmp(proc, "refuse") == 0;
+    const char *word = getenv("LUASMTPD_SHIM_STRDUP_FAIL");
+    if (word != NULL && strlen(word) < sizeof(strdup_fail))
+        strcpy(strdup_fail, word);
 }
 
 int close_range(unsigned first, unsigned last, int flags);
@@ -88,3 +94,16 @@ SHIM_OPEN(open)
 SHIM_OPEN(open64)
 SHIM_OPENAT(openat)
 SHIM_OPENAT(openat64)
+
+typedef char *(*strdup_fn)(const char *);
+
+char *
+strdup(const char *s)
+{
+    if (strdup_fail[0] != '\0' && strstr(s, strdup_fail) != NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    strdup_fn next = (strdup_fn)dlsym(RTLD_NEXT, "strdup");
+    return next(s);
+}
