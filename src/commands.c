@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "luasmtpd/auth.h"
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/data_budget.h"
@@ -31,12 +32,26 @@ struct command {
     /* The hook refused (reply: its 4xx/5xx in wire form) or failed (reply NULL). NULL: the
      * refusal is sent and the command ends (commands_refused). */
     void (*refused)(struct session *s, const char *reply, size_t len);
+    /* Set where the hook must say yes (true): its nil or false is refused with this. */
+    const char *denied;
 };
 
-/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8. */
+/* The verbs whose lines may be longer, told before the line is parsed. */
+static enum smtp_verb
+long_verb(const char *line, size_t len)
+{
+    bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
+    bool auth = len >= 4 && strncasecmp(line, "AUTH", 4) == 0 && (len == 4 || line[4] == ' ');
+    return mail ? SMTP_VERB_MAIL : auth ? SMTP_VERB_AUTH : SMTP_VERB_UNKNOWN;
+}
+
+/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8;
+ * AUTH's initial response may take RFC 4954's 12,288 bytes. */
 static size_t
 line_limit(const struct session *s, enum smtp_verb verb)
 {
+    if (verb == SMTP_VERB_AUTH)
+        return AUTH_LINE_MAX;
     size_t limit = SMTP_COMMAND_LINE_LIMIT;
     if (s->esmtp && verb == SMTP_VERB_MAIL) {
         limit += SMTP_SIZE_EXTRA; /* we always advertise SIZE */
@@ -68,8 +83,16 @@ commands_keep(struct session *s, const char *arg, const struct smtp_param *param
 }
 
 void
+commands_overlong(struct session *s)
+{
+    if (!auth_overlong(s))
+        conn_reply_const(s, "500 5.5.2 Error: line too long");
+}
+
+void
 commands_release(struct session *s)
 {
+    auth_forget(s); /* first: it wipes the password in s->cmd.params */
     free(s->cmd.arg);
     s->cmd.arg = NULL;
     strv_clear(&s->cmd.params);
@@ -162,7 +185,9 @@ greeting_accept(struct session *s, bool extended)
     buf_append_str(&b, "250-8BITMIME\r\n");
     if (cfg->smtputf8)
         buf_append_str(&b, "250-SMTPUTF8\r\n");
-    /* Extensions that depend on the connection's security follow here (AUTH, next). */
+    /* Extensions that depend on the connection's security. */
+    if (auth_offered(s))
+        buf_append_str(&b, "250-AUTH PLAIN LOGIN\r\n");
     if (!s->in_tls && tls_server_offers(s->g->tls, TLS_STARTTLS))
         buf_append_str(&b, "250-STARTTLS\r\n");
     buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
@@ -444,6 +469,8 @@ mail_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: send HELO first");
         return false;
     }
+    if (!auth_mail_allowed(s))
+        return false;
     struct smtp_path path;
     if (!path_argument(s, arg, "FROM:", usage, &path))
         return false;
@@ -612,6 +639,8 @@ static const struct command commands[] = {
     [SMTP_VERB_EXPN] = {NULL, NO_HOOK, expn_proceed, NULL},
     [SMTP_VERB_HELP] = {keep_check, NO_HOOK, help_proceed, NULL},
     [SMTP_VERB_STARTTLS] = {starttls_check, NO_HOOK, starttls_proceed, NULL},
+    [SMTP_VERB_AUTH] = {auth_check, LRT_HOOK_AUTH, auth_proceed, auth_refused,
+                        "535 5.7.8 Authentication credentials invalid"},
 };
 
 /* The hook's answer: a 4xx/5xx reply refuses the command; nil (or a 2xx reply, sent in place
@@ -626,6 +655,11 @@ commands_hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t
     conn_enter(s, s->cmd.resume);
     struct buf wire = {0};
     int code = 0;
+    if (outcome == LRT_DEFAULT && c->denied != NULL) {
+        outcome = LRT_REPLY;
+        text = c->denied;
+        len = strlen(text);
+    }
     if (outcome == LRT_REPLY) {
         code = smtp_reply_format(text, len, &wire);
         if (code == -1) {
@@ -643,14 +677,10 @@ commands_hook_done(void *arg, enum lrt_outcome outcome, const char *text, size_t
     s->pump(s);
 }
 
-/* Runs a row: its check, then its hook (commands_hook_done carries it on) or its proceed. */
+/* A row past its check: its hook (commands_hook_done carries it on) or its proceed. */
 static void
-commands_run(struct session *s, enum smtp_verb verb, char *arg)
+commands_decide(struct session *s, const struct command *c)
 {
-    const struct command *c = &commands[verb];
-    s->cmd.verb = verb;
-    if (c->check != NULL && !c->check(s, arg))
-        return;
     if (c->hook == NO_HOOK) {
         c->proceed(s, NULL, 0);
         return;
@@ -662,6 +692,15 @@ commands_run(struct session *s, enum smtp_verb verb, char *arg)
         lrt_call_hook(s->ls, c->hook, s->cmd.arg, &s->cmd.params, commands_hook_done, s);
     if (call != NULL)
         s->call = call;
+}
+
+static void
+commands_run(struct session *s, enum smtp_verb verb, char *arg)
+{
+    const struct command *c = &commands[verb];
+    s->cmd.verb = verb;
+    if (c->check == NULL || c->check(s, arg))
+        commands_decide(s, c);
 }
 
 void
@@ -702,10 +741,19 @@ void
 commands_dispatch(struct session *s, char *line, size_t len)
 {
     struct smtp_command cmd;
-    log_debug("session %lu: < %.*s", s->id, (int)len, line);
+    /* An answer to a 334 is credentials: never logged, not even with -d. */
+    if (s->sasl != SESSION_SASL_NONE) {
+        log_debug("session %lu: < (AUTH response, %zu bytes, not shown)", s->id, len);
+        s->cmd.verb = SMTP_VERB_AUTH;
+        if (auth_response(s, line, len))
+            commands_decide(s, &commands[SMTP_VERB_AUTH]);
+        return;
+    }
+    size_t shown = auth_loggable(line, len);
+    log_debug("session %lu: < %.*s%s", s->id, (int)shown, line,
+              shown < len ? " (initial response not shown)" : "");
     /* Length first, as Python does: an over-long line is "too long" whatever it holds. */
-    bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
-    if (len > line_limit(s, mail ? SMTP_VERB_MAIL : SMTP_VERB_UNKNOWN)) {
+    if (len > line_limit(s, long_verb(line, len))) {
         conn_reply_const(s, "500 5.5.2 Error: line too long");
         return;
     }

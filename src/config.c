@@ -114,6 +114,11 @@ static const struct {
      "listen for implicit TLS here too (default: the main listener speaks it)"},
     {"require-starttls", TLS_OPT_FLAG, offsetof(struct config, require_starttls),
      "530 to every command but EHLO HELO STARTTLS NOOP RSET QUIT before STARTTLS"},
+    {"no-requiretls", TLS_OPT_FLAG, offsetof(struct config, auth_plaintext),
+     "offer AUTH outside TLS too, for test rigs (also --auth-plaintext)"},
+    {"auth-plaintext", TLS_OPT_FLAG, offsetof(struct config, auth_plaintext), NULL},
+    {"auth-required", TLS_OPT_FLAG, offsetof(struct config, auth_required),
+     "530 to MAIL before a successful AUTH"},
 };
 #define N_TLS (sizeof(tls_options) / sizeof(tls_options[0]))
 

@@ -62,6 +62,7 @@ struct lrt_call {
     lrt_cancel_fn cancel;
     void *cancel_arg;
     size_t message_bytes; /* process_message: the size of the message it was given */
+    bool takes_true;      /* `true` is an answer (LRT_ACCEPT), not a wrong return type */
 };
 
 /* Once a call that was given a message this big ends, its string is garbage: Lua would keep it
@@ -86,6 +87,7 @@ struct lrt_session {
         int bits;
         char *subject;
     } tls;
+    char *auth; /* the user AUTH accepted; NULL: none */
 };
 
 static int traceback_handler(lua_State *L);
@@ -361,6 +363,8 @@ call_finish(struct lrt_call *call, int status, int nresults)
     } else if (nresults == 0 || lua_isnil(co, -nresults) ||
                (lua_isboolean(co, -nresults) && !lua_toboolean(co, -nresults))) {
         outcome = LRT_DEFAULT;
+    } else if (call->takes_true && lua_isboolean(co, -nresults)) {
+        outcome = LRT_ACCEPT;
     } else if (lua_type(co, -nresults) == LUA_TSTRING) {
         outcome = LRT_REPLY;
         reply = lua_tolstring(co, -nresults, &len);
@@ -488,6 +492,10 @@ session_table_move(struct lrt_session *ls)
         session_table_push_tls(L, ls);
         lua_setfield(L, -2, "tls");
     }
+    if (ls->auth != NULL) {
+        lua_pushstring(L, ls->auth);
+        lua_setfield(L, -2, "auth");
+    }
     ls->table_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     ls->gen = gen;
     gen->refs++;
@@ -563,6 +571,14 @@ lrt_session_set_tls(struct lrt_session *ls, const char *version, const char *cip
 }
 
 void
+lrt_session_set_auth(struct lrt_session *ls, const char *user)
+{
+    free(ls->auth);
+    ls->auth = user != NULL ? strdup(user) : NULL;
+    session_table_set(ls, "auth", ls->auth);
+}
+
+void
 lrt_session_begin_transaction(struct lrt_session *ls, const char *id)
 {
     if (!ls->in_transaction)
@@ -604,15 +620,24 @@ lrt_session_free(struct lrt_session *ls)
     free(ls->tls.version);
     free(ls->tls.cipher);
     free(ls->tls.subject);
+    free(ls->auth);
     free(ls);
 }
 
 static const char *const hook_names[] = {
-    [LRT_HOOK_CONNECT] = "on_connect",
-    [LRT_HOOK_HELO] = "on_helo",
-    [LRT_HOOK_MAIL] = "on_mail",
-    [LRT_HOOK_RCPT] = "on_rcpt",
+    [LRT_HOOK_CONNECT] = "on_connect", [LRT_HOOK_HELO] = "on_helo",
+    [LRT_HOOK_MAIL] = "on_mail",       [LRT_HOOK_RCPT] = "on_rcpt",
+    [LRT_HOOK_AUTH] = "authenticate",
 };
+
+bool
+lrt_session_has_hook(const struct lrt_session *ls, enum lrt_hook hook)
+{
+    lua_State *L = ls->rt->current->L;
+    bool defined = lua_getglobal(L, hook_names[hook]) == LUA_TFUNCTION;
+    lua_pop(L, 1);
+    return defined;
+}
 
 struct lrt_call *
 lrt_call_hook(struct lrt_session *ls, enum lrt_hook hook, const char *arg,
@@ -636,6 +661,7 @@ lrt_call_hook(struct lrt_session *ls, enum lrt_hook hook, const char *arg,
         return NULL;
     }
     lua_State *co = call->co;
+    call->takes_true = hook == LRT_HOOK_AUTH;
     lua_rawgeti(co, LUA_REGISTRYINDEX, ls->table_ref);
     int nargs = 1;
     if (hook != LRT_HOOK_CONNECT) {
@@ -646,6 +672,9 @@ lrt_call_hook(struct lrt_session *ls, enum lrt_hook hook, const char *arg,
         push_strv(co, params);
         nargs++;
     }
+    /* authenticate(session, mechanism, username, password): the two as strings. */
+    for (size_t i = 0; hook == LRT_HOOK_AUTH && i < params->n; i++, nargs++)
+        lua_pushstring(co, params->items[i]);
     return call_resume(call, nargs) ? call : NULL;
 }
 

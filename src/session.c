@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "luasmtpd/auth.h"
 #include "luasmtpd/commands.h"
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
@@ -94,25 +95,26 @@ static bool
 session_read_command(struct session *s, struct evbuffer *in)
 {
     size_t eol_len = 0;
+    size_t cap = auth_line_cap(s); /* <= AUTH_LINE_MAX */
     struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
     if (eol.pos < 0) {
         /* No line end yet: past the limit, what we have is thrown away as it comes. */
         size_t avail = evbuffer_get_length(in);
-        if (avail > CONN_LINE_MAX) {
+        if (avail > cap) {
             evbuffer_drain(in, avail);
             s->discarding = true;
         }
         return false;
     }
     size_t len = (size_t)eol.pos;
-    if (s->discarding || len > CONN_LINE_MAX) {
+    if (s->discarding || len > cap) {
         evbuffer_drain(in, len + eol_len);
         s->discarding = false;
-        conn_reply_const(s, "500 5.5.2 Error: line too long");
+        commands_overlong(s);
         conn_await_command(s);
         return true;
     }
-    char line[CONN_LINE_MAX + 1];
+    char line[AUTH_LINE_MAX + 1];
     evbuffer_remove(in, line, len);
     evbuffer_drain(in, eol_len);
     commands_dispatch(s, line, len);
@@ -138,6 +140,7 @@ session_on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, s
         log_error("session %lu: process_message returned an invalid reply: %.80s", s->id, text);
         /* fall through */
     case LRT_FAILED:
+    case LRT_ACCEPT: /* never for process_message */
         code = 451;
         buf_reset(&wire);
         buf_append_str(&wire, "451 4.3.0 Error: the message handler failed; try again later\r\n");
@@ -320,6 +323,7 @@ session_tls_ready(struct session *s)
     s->esmtp = false;
     conn_end_transaction(s);
     lrt_session_set_helo(s->ls, NULL, false);
+    auth_forget(s);
     conn_await_command(s);
     conn_shut_down_if_idle(s);
     session_pump(s);

@@ -12,7 +12,9 @@ struct session;
 void commands_dispatch(struct session *s, char *line, size_t len);
 /* The connection opened: on_connect decides, then the greeting (or a 421). */
 void commands_connect(struct session *s);
-/* Frees what the command being carried out holds (the session is going). */
+/* A line over auth_line_cap() was thrown away: its answer. */
+void commands_overlong(struct session *s);
+/* Frees what the command being carried out holds, and forgets AUTH (the session is going). */
 void commands_release(struct session *s);
 
 #endif

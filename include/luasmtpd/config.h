@@ -58,6 +58,8 @@ struct config {
     char *smtps_host;             /* --smtps: the implicit-TLS listener; NULL: the main one is */
     unsigned short smtps_port;
     bool require_starttls; /* 530 before STARTTLS, but for EHLO HELO STARTTLS NOOP RSET QUIT */
+    bool auth_plaintext;   /* AUTH offered outside TLS too (--no-requiretls) */
+    bool auth_required;    /* 530 to MAIL before a successful AUTH */
     struct config_setting *settings;
     size_t n_settings;
 };

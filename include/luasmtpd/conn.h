@@ -23,6 +23,14 @@ struct lrt_session;
 
 #define CONN_LINE_MAX (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
 
+/* Where an AUTH exchange is (auth.c's): after a 334, the next line is its answer. */
+enum session_sasl {
+    SESSION_SASL_NONE,
+    SESSION_SASL_PLAIN,      /* waiting for PLAIN's message */
+    SESSION_SASL_LOGIN_USER, /* waiting for LOGIN's username */
+    SESSION_SASL_LOGIN_PASS, /* waiting for LOGIN's password */
+};
+
 enum session_state {
     SESSION_COMMAND,
     SESSION_DATA,
@@ -68,8 +76,11 @@ struct session {
     bool write_failed;  /* the socket refused a write: the client is gone */
     bool in_tls;        /* bev speaks TLS (implicit from the start, or after STARTTLS) */
     bool tls_switch;    /* STARTTLS answered: the switch comes once the 220 is on the socket */
+    enum session_sasl sasl;
+    char *auth_user; /* the user AUTH accepted; NULL: not authenticated */
     /* The command being carried out, from its check to its proceed (a hook may decide in
-     * between): commands.c's alone, as it runs the command table; commands_release frees it. */
+     * between): commands.c's, as it runs the command table (auth.c fills it for the AUTH row:
+     * the mechanism, then username and password); commands_release frees it. */
     struct {
         enum smtp_verb verb;
         char *arg;

@@ -33,6 +33,7 @@ enum lrt_outcome {
     LRT_DEFAULT, /* nil or false: go on, or the default success reply */
     LRT_REPLY,   /* a string the session must check */
     LRT_FAILED,  /* a Lua error or a return of the wrong type; already logged */
+    LRT_ACCEPT,  /* true, from a hook whose yes must be said (authenticate) */
 };
 
 /* Called once per call that was not cancelled, possibly before the call returned NULL. */
@@ -63,6 +64,8 @@ void lrt_session_set_helo(struct lrt_session *ls, const char *helo, bool esmtp);
  * (subject: the client certificate's, unverified; NULL when it sent none). */
 void lrt_session_set_tls(struct lrt_session *ls, const char *version, const char *cipher, int bits,
                          const char *subject);
+/* AUTH succeeded (user) or is forgotten (NULL, after STARTTLS): the script sees session.auth. */
+void lrt_session_set_auth(struct lrt_session *ls, const char *user);
 /* MAIL: the transaction starts on the current generation; the script sees `id` as
  * session.transaction_id until it ends. */
 void lrt_session_begin_transaction(struct lrt_session *ls, const char *id);
@@ -75,10 +78,15 @@ enum lrt_hook {
     LRT_HOOK_HELO,    /* on_helo(session, name) */
     LRT_HOOK_MAIL,    /* on_mail(session, address, params) */
     LRT_HOOK_RCPT,    /* on_rcpt(session, address, params) */
+    LRT_HOOK_AUTH,    /* authenticate(session, mechanism, username, password): true accepts */
 };
 
-/* Runs an optional hook. Returns the pending call, or NULL when `done` already ran (the hook
- * is not defined, or finished without waiting). */
+/* Whether the current generation's script defines the hook (AUTH is offered only then). */
+bool lrt_session_has_hook(const struct lrt_session *ls, enum lrt_hook hook);
+
+/* Runs an optional hook (for LRT_HOOK_AUTH, params holds the username and the password). Returns
+ * the pending call, or NULL when `done` already ran (the hook is not defined, or finished without
+ * waiting). */
 struct lrt_call *lrt_call_hook(struct lrt_session *ls, enum lrt_hook hook, const char *arg,
                                const struct strv *params, lrt_done_fn done, void *done_arg);
 /* Runs process_message(peer, mailfrom, rcpttos, data, options). */
