@@ -253,6 +253,16 @@ auth_check(struct session *s, char *arg)
     return auth_response(s, response, strcmp(response, "=") == 0 ? 0 : strlen(response));
 }
 
+/* The hook's reply when it gave one, else ours. */
+static void
+auth_answer(struct session *s, const char *reply, size_t len, const char *ours)
+{
+    if (reply != NULL)
+        conn_send(s, CONN_REPLY_COMMAND, reply, len);
+    else
+        conn_reply(s, "%s", ours);
+}
+
 static const char *
 auth_user_of(const struct session *s)
 {
@@ -265,10 +275,7 @@ auth_refused(struct session *s, const char *reply, size_t len)
     /* The user is logged (fail2ban and its kind read this line); the password never. */
     log_info("session %lu: AUTH %s as %.200s refused", s->id, s->cmd.arg, auth_user_of(s));
     auth_wipe(s);
-    if (reply != NULL)
-        conn_send(s, CONN_REPLY_COMMAND, reply, len);
-    else
-        conn_reply_const(s, "454 4.7.0 Temporary authentication failure");
+    auth_answer(s, reply, len, "454 4.7.0 Temporary authentication failure");
 }
 
 void
@@ -291,10 +298,7 @@ auth_proceed(struct session *s, const char *reply, size_t len)
     log_info("session %lu: AUTH %s as %.200s accepted", s->id, s->cmd.arg, s->auth_user);
     lrt_session_set_auth(s->ls, s->auth_user);
     auth_wipe(s);
-    if (reply != NULL)
-        conn_send(s, CONN_REPLY_COMMAND, reply, len);
-    else
-        conn_reply_const(s, "235 2.7.0 Authentication successful");
+    auth_answer(s, reply, len, "235 2.7.0 Authentication successful");
 }
 
 bool
