@@ -2,7 +2,8 @@
  * enhanced codes), as one table of rows {check, hook, proceed}: check answers what is wrong
  * with the command and records what the rest needs, the script's hook (if any) decides, and
  * proceed carries the command on. This file runs the table, so the command being carried out
- * (s->cmd) is its own. No I/O here beyond the session's replies. */
+ * (s->cmd) is its own. AUTH's halves and its 334 exchange are auth.c's; the answers to a
+ * 334 come here first, as every line does. No I/O here beyond the session's replies. */
 #include "luasmtpd/commands.h"
 
 #include <event2/event.h>

@@ -34,7 +34,7 @@ enum session_sasl {
 enum session_state {
     SESSION_COMMAND,
     SESSION_DATA,
-    SESSION_HOOK,    /* a hook (on_connect, on_helo, on_mail, on_rcpt) is deciding */
+    SESSION_HOOK,    /* a hook (on_connect, on_helo, on_mail, on_rcpt, authenticate) decides */
     SESSION_HANDLER, /* process_message is deciding; input waits */
     SESSION_CLOSING, /* the last reply is being flushed */
     /* TLS is being set up: STARTTLS's 220 is being flushed, or the handshake runs. No
