@@ -6,13 +6,12 @@ Certificates come from test_tls's helpers."""
 
 import base64
 import os
-import re
 import shutil
-import smtplib
 import subprocess
 import unittest
 
-from harness import REPLY_TIMEOUT, bound
+from harness import bound, wait_until
+from test_pipe import children_of
 from test_tls import TlsCase, client_context
 
 PASSWORD = "s3cret wonder"
@@ -250,6 +249,28 @@ class TestScriptAnswers(AuthCase):
         self.assertEqual(c.cmd(b64("yielder")).code, 334)
         self.assertEqual(c.cmd(b64("pipe-pass")).code, 235)
         self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").lines[-1], "250 2.1.0 auth=yielder")
+
+    def test_pipelined_exchange(self):
+        srv = self.auth_server()
+        c = self.tls_client(srv)
+        c.send(f"AUTH PLAIN\r\n{plain('yielder', 'pipe-pass')}\r\nNOOP\r\n")
+        self.assertEqual([r.code for r in c.replies(3)], [334, 235, 250])
+
+    def test_client_leaves_while_authenticate_waits(self):
+        # In plaintext: inside TLS the server does not see a reset while a hook waits (it
+        # learns of it at its next write), which is the TLS layer's question, not AUTH's.
+        srv = self.auth_server(extra=["--no-requiretls"])
+        c = self.connect(srv)
+        c.cmd("EHLO client.example")
+        c.send(f"AUTH PLAIN {plain('sleeper', 'x')}\r\n")
+        wait_until(lambda: any(comm == "sleep" for _, _, comm in children_of(srv.pid)),
+                   bound(10), what="authenticate's child running")
+        c.reset()
+        # The wait is cancelled: its child is killed and reaped, never left to its 30 s.
+        wait_until(lambda: not children_of(srv.pid), bound(10),
+                   what=f"luasmtpd[{srv.pid}] without children: {children_of(srv.pid)}")
+        c2 = self.tls_client(srv)
+        self.assertEqual(c2.cmd("AUTH PLAIN " + plain("alice", PASSWORD)).code, 235)
 
     def test_password_is_in_no_log_line_under_debug(self):
         srv = self.auth_server(extra=["-d"])

@@ -1,6 +1,6 @@
 -- Test fixture: authenticate() for the AUTH tests. alice's password is "s3cret wonder";
 -- "yielder" is checked by waiting on smtpd.pipe (/bin/true, password "pipe-pass"); "boom"
--- raises; "custom" is refused with the script's own reply; "chatty" is answered with a 2xx
+-- raises; "sleeper" waits on a child that sleeps 30 s; "custom" is refused with the script's own reply; "chatty" is answered with a 2xx
 -- that is not 235. on_mail answers "250 2.1.0 auth=<session.auth>", process_message
 -- "250 2.0.0 auth=<options.session.auth> protocol=<Received: protocol>".
 local smtpd = require "smtpd"
@@ -13,6 +13,9 @@ function authenticate(session, mechanism, username, password)
     return "535 5.7.8 custom refusal for " .. mechanism
   elseif username == "chatty" then
     return "250 2.0.0 fine"
+  elseif username == "sleeper" then
+    smtpd.pipe({ "sleep", "30" }, "")
+    return true
   elseif username == "yielder" then
     local status = smtpd.pipe({ "/bin/true" }, "")
     return status == 0 and password == "pipe-pass"
