@@ -477,6 +477,19 @@ session_on_write(struct bufferevent *bev, void *arg)
     session_pump(s);
 }
 
+/* Over TLS libevent reports a reset as an end of input: it takes the failed read for a dirty
+ * shutdown (allowed, as most clients close without close_notify). The kernel still tells the
+ * two apart: after a FIN the socket waits in CLOSE_WAIT, after a reset it is CLOSED. A reset
+ * must cancel what waits, as it does in plaintext, or a relay goes on for nobody. */
+static bool
+session_peer_reset(const struct session *s)
+{
+    struct tcp_info info;
+    socklen_t len = sizeof(info);
+    return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 &&
+           info.tcpi_state == TCP_CLOSE;
+}
+
 static void
 session_on_event(struct bufferevent *bev, short what, void *arg)
 {
@@ -495,6 +508,8 @@ session_on_event(struct bufferevent *bev, short what, void *arg)
         session_free(s);
         return;
     }
+    if ((what & BEV_EVENT_EOF) && s->in_tls && session_peer_reset(s))
+        what |= BEV_EVENT_ERROR;
     /* A FIN only says the client sends no more; it may still read (a pipelining client that
      * half-closes after QUIT does). Its commands are answered, a hook or the handler that waits
      * included, and the pump closes once they are. libevent stops reading by itself. */
