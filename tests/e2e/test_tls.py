@@ -288,6 +288,24 @@ class TestHandshakes(TlsCase):
             self.assertEqual(stuck.recv(4096), b"")
 
 
+    def test_shutdown_does_not_wait_for_unfinished_handshakes(self):
+        # A session halfway into TLS owes nothing, as an idle one: SIGTERM closes it at once
+        # instead of waiting out --shutdown-timeout (120 s, twice the longest wait below).
+        srv = self.start_server("sink", args=self.tls_args(smtps=True, extra=["-d"]),
+                                shutdown_timeout=120)
+        port = self.smtps_port(srv)
+        with socket.create_connection(("127.0.0.1", port), timeout=bound(30)) as s:
+            s.sendall(b"\x16\x03\x01")  # an implicit-TLS handshake, never finished
+            srv.wait_log(rf"session \d+: connection from 127\.0\.0\.1 port "
+                         rf"{s.getsockname()[1]}\b")
+            c = self.connect(srv)  # and one after STARTTLS
+            self.assertEqual(c.cmd("STARTTLS").code, 220)
+            srv.send_signal(signal.SIGTERM)
+            self.assertEqual(srv.wait_exit(60), 0)
+        self.assertEqual(len([l for l in srv.log.snapshot()
+                              if "closed by shutdown in the TLS handshake" in l]), 2)
+
+
 class TestSessionReset(TlsCase):
     """RFC 3207 4.2: after the handshake the client greets again; STARTTLS once only."""
 
