@@ -412,6 +412,30 @@ class TestReload(TlsCase):
         self.assertEqual(fresh.cmd("NOOP").code, 250)
 
 
+    def test_restarted_worker_serves_the_reloaded_certificate(self):
+        # A worker is forked from the supervisor: one restarted after a SIGHUP must not bring
+        # back the certificate read at start (an expired one, after a renewal).
+        srv = self.start_server("sink", args=self.tls_args(extra=["--workers", "2"]),
+                                expect_errors=[r"worker 1 \(pid \d+\) killed by signal 9"])
+        pid = int(srv.wait_log(r"worker 1 started \(pid (\d+)\)").group(1))
+        new_cert, new_key = make_cert(self.dir, "new", "new.test")
+        os.replace(new_key, self.key)
+        os.replace(new_cert, self.cert)
+        os.kill(srv.pid, signal.SIGHUP)
+        wait_until(lambda: len([l for l in srv.log.snapshot() if RELOADED.search(l)]) >= 2,
+                   bound(30), what="both workers reloaded their certificate")
+        os.kill(pid, signal.SIGKILL)
+        srv.wait_log(r"worker 1 restarted \(pid \d+\)", timeout=30)
+        # The kernel spreads new connections over both workers' sockets by their ports: 24 of
+        # them all miss the restarted worker once in 2**24 runs.
+        subjects = set()
+        for _ in range(24):
+            c, subject = self.new_tls_subject(srv)
+            c.close()
+            subjects.add(subject)
+        self.assertEqual(subjects, {"subject=CN=new.test"})
+
+
 class TestStartup(TlsCase):
     def run_server(self, *args):
         return subprocess.run([binary(), "-n", *args, "127.0.0.1:0"], capture_output=True,
