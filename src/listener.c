@@ -538,6 +538,15 @@ listener_run(struct config *cfg, const char *lua_dir)
     return status;
 }
 
+/* The certificates a restarted worker inherits: the ones the running workers reloaded, not the
+ * ones read at start. (The script it loads itself, from the files.) */
+static void
+listener_supervisor_reload(void *arg)
+{
+    struct serve_args *args = arg;
+    tls_server_reload(args->tls);
+}
+
 static int
 listener_serve_all(struct serve_args *args, int *fds, int n, unsigned workers)
 {
@@ -563,7 +572,8 @@ listener_serve_all(struct serve_args *args, int *fds, int n, unsigned workers)
     int n_addrs = n / (int)workers;
     for (int a = 0; a < n_addrs; a++)
         log_listening(fds[a * (int)workers], a >= args->n_plain);
-    int status = workers_run(workers, fds, n_addrs, cfg->shutdown_timeout, serve, args);
+    int status = workers_run(workers, fds, n_addrs, cfg->shutdown_timeout, serve,
+                             listener_supervisor_reload, args);
     for (int i = 0; i < n; i++)
         close(fds[i]);
     return status;

@@ -114,8 +114,8 @@ check_secure_string(lua_State *L, int t, const char *what, const char *name)
     return s;
 }
 
-/* starttls = "try" | "require", tls = true (implicit), verify (default: true unless "try"),
- * cafile, servername, auth = {user=, password=}, auth_plaintext (false). */
+/* starttls = "try" | "require", tls = true (implicit), verify (default: true unless "try" without
+ * auth), cafile, servername, auth = {user=, password=}, auth_plaintext (false). */
 static void
 check_security(lua_State *L, const char *what, struct relay_security *sec)
 {
@@ -136,15 +136,17 @@ check_security(lua_State *L, const char *what, struct relay_security *sec)
             lbind_field_error(L, what, "starttls", "cannot go with tls = true (implicit TLS)");
         sec->tls = RELAY_TLS_IMPLICIT;
     }
-    /* Opportunistic TLS does not verify by default (RFC 7435 5.1): an upstream with a
-     * self-signed certificate still gets encrypted mail, not plaintext. */
-    sec->verify = lbind_boolean(L, 1, what, "verify", sec->tls != RELAY_TLS_TRY);
     sec->cafile = check_secure_string(L, 1, what, "cafile");
     sec->servername = check_secure_string(L, 1, what, "servername");
     if (sec->servername != NULL)
         check_line_field(L, what, "servername", sec->servername, strlen(sec->servername));
     sec->auth_plaintext = lbind_boolean(L, 1, what, "auth_plaintext", false);
-    if (lbind_field(L, 1, what, "auth", LUA_TTABLE, false) == LUA_TNIL) {
+    bool auth = lbind_field(L, 1, what, "auth", LUA_TTABLE, false) != LUA_TNIL;
+    /* Opportunistic TLS does not verify by default (RFC 7435 5.1): an upstream with a
+     * self-signed certificate still gets encrypted mail, not plaintext. Not with a password:
+     * an unchecked certificate hands it to whoever sits in the path, as plaintext would. */
+    sec->verify = lbind_boolean(L, 1, what, "verify", sec->tls != RELAY_TLS_TRY || auth);
+    if (!auth) {
         lua_pop(L, 1);
         return;
     }

@@ -741,8 +741,17 @@ void
 session_group_drain(struct session_group *g)
 {
     g->draining = true;
-    for (struct session *s = g->head; s != NULL; s = s->next)
+    for (struct session *s = g->head, *next; s != NULL; s = next) {
+        next = s->next;
+        /* Halfway into TLS a session owes nothing, as an idle one, and no 421 can reach it:
+         * it goes now rather than hold the shutdown for its whole grace period. */
+        if (s->state == SESSION_HANDSHAKE) {
+            log_info("session %lu: closed by shutdown in the TLS handshake", s->id);
+            session_free(s);
+            continue;
+        }
         conn_shut_down_if_idle(s);
+    }
 }
 
 void

@@ -70,7 +70,7 @@ workers_signal_all(struct slot *slots, unsigned n, int sig)
 
 int
 workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout, worker_fn fn,
-            void *arg)
+            worker_reload_fn on_reload, void *arg)
 {
     sigset_t wanted, old;
     sigemptyset(&wanted);
@@ -141,6 +141,8 @@ workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout
             }
             workers_signal_all(slots, n_workers, sig); /* a second one makes them close at once */
         } else if (sig == SIGHUP) {
+            if (on_reload != NULL)
+                on_reload(arg);
             workers_signal_all(slots, n_workers, SIGHUP);
         }
 

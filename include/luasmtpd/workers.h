@@ -9,9 +9,13 @@
 /* Runs one worker over its sockets; returns its exit status. */
 typedef int (*worker_fn)(void *arg, int *fds, int n_fds);
 
+/* What the supervisor itself does on SIGHUP, before it forwards it: a worker it restarts later
+ * starts from the supervisor's memory, so that must be as current as the running workers'. */
+typedef void (*worker_reload_fn)(void *arg);
+
 /* fds holds n_addrs * n_workers sockets, worker w's for address a at [a * n_workers + w].
  * Returns the supervisor's exit status once every worker has stopped. */
 int workers_run(unsigned n_workers, int *fds, int n_addrs, unsigned shutdown_timeout, worker_fn fn,
-                void *arg);
+                worker_reload_fn on_reload, void *arg);
 
 #endif

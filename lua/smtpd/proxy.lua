@@ -15,8 +15,9 @@
 -- 60), relay_data_timeout (seconds for the upstream's answer after the message, 600: RFC 5321
 -- 4.5.3.2.6; an answer given up on may still mean a copy was kept, so it is long).
 -- TLS and AUTH towards the upstream (a smarthost on 587, say): relay_tls (try: STARTTLS when
--- offered, the certificate not checked, RFC 7435; require: STARTTLS or 451, the certificate
--- checked; implicit: TLS from the first byte, checked, as on 465; off; default try),
+-- offered, the certificate not checked unless relay_user is set, RFC 7435; require: STARTTLS
+-- or 451, the certificate checked; implicit: TLS from the first byte, checked, as on 465;
+-- off; default try),
 -- relay_cafile (the CA bundle to check against, default the system's; given, it is checked
 -- under try too), relay_user and relay_password_file (AUTH PLAIN or LOGIN, only inside TLS;
 -- the password is the file's first line, so it is not on the command line).

@@ -266,6 +266,20 @@ class TestAuth(RelayTlsCase):
                                           "password": PASSWORD, "auth_plaintext": "1"})
         self.assertDelivered(up, self.send(srv2), tls=False, auth=USER.encode())
 
+    def test_try_checks_the_certificate_before_a_password(self):
+        # Opportunistic TLS checks no certificate, but a password sent to an unchecked one goes
+        # to whoever sits in the path and presents one. Here the upstream's CA is not in the
+        # system bundle, as a man in the middle's would not be.
+        up = self.start_upstream(auth=True)
+        srv = self.start_relay(up.port, {"starttls": "try", "user": USER,
+                                         "password": PASSWORD})
+        self.assertFailed(up, self.send(srv), "certificate verify failed")
+        self.assertEqual(up.auth.attempts, [])
+        # verify = false, said in so many words, still sends it.
+        srv2 = self.start_relay(up.port, {"starttls": "try", "verify": "0", "user": USER,
+                                          "password": PASSWORD})
+        self.assertDelivered(up, self.send(srv2), auth=USER.encode())
+
 
 def hostile_starttls(server, conn):
     """Offers STARTTLS and answers it with "220 go" and a fake "250" in one write, then
