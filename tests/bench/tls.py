@@ -32,7 +32,7 @@ sys.path.insert(0, HERE)
 import bench  # noqa: E402  (Server, free_port, listening, cpu_us, pinning, machine)
 
 PY = bench.PY
-PEERS = ["luasmtpd", "aiosmtpd"]
+PEERS = ["luasmtpd", "aiosmtpd", "postfix"]
 MODES = ["plain", "smtps", "starttls"]  # handshake workloads; plain: TCP only, the reference
 S_TIME = "smtps, s_time"  # the same SMTPS handshakes from `openssl s_time -new`, a C client
 BIG_MODES = ["plain", "starttls"]
@@ -57,6 +57,179 @@ loop.run_until_complete(loop.create_server(starttls, "127.0.0.1", port, backlog=
 loop.run_until_complete(loop.create_server(smtps, "127.0.0.1", sport, ssl=ctx, backlog=1024))
 loop.run_forever()
 """
+
+
+# Postfix's smtpd in an instance of its own (config, queue and log under the temp dir), every
+# message discarded by the discard transport once queued. Its 250 to DATA comes after cleanup
+# has written (and fsync'ed) the queue file: Postfix's durability is in its number. Processes
+# are kept (max_use, max_idle) so that the CPU of those alive at the end is all they spent.
+POSTFIX_MAIN = """compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = bench.example
+mydestination =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+default_transport = discard
+local_transport = discard
+relay_transport = discard
+alias_maps =
+alias_database =
+local_recipient_maps =
+maillog_file_prefixes = {d}
+maillog_file = {d}/maillog
+message_size_limit = 1073741824
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+smtpd_tls_security_level = may
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_peername_lookup = no
+max_use = 1000000
+max_idle = 3600s
+"""
+POSTFIX_MASTER = """127.0.0.1:{port} inet n - n - - smtpd
+127.0.0.1:{sport} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+tlsmgr unix - - n 1000? 1 tlsmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"""
+
+
+def postfix_usable():
+    """Running a Postfix instance needs root, the binaries and Debian's postfix user."""
+    if os.geteuid() != 0 or not os.access("/usr/sbin/postfix", os.X_OK):
+        return False
+    try:
+        import grp
+        import pwd
+        pwd.getpwnam("postfix")
+        grp.getgrnam("postdrop")
+    except (KeyError, ImportError):
+        return False
+    return True
+
+
+class PostfixServer:
+    """The interface of bench.Server, for a Postfix instance: `postfix start` forks its master
+    away, so it is found, measured and killed through the master's PID file."""
+
+    def __init__(self, tmp, cert, key, port, sport):
+        import pwd
+        self.port, self.name = port, "postfix"
+        self.dir = tempfile.mkdtemp(prefix="postfix-", dir=tmp)
+        for sub in ("etc", "queue", "data"):
+            os.mkdir(os.path.join(self.dir, sub))
+        postfix_uid = pwd.getpwnam("postfix").pw_uid
+        os.chown(os.path.join(self.dir, "data"), postfix_uid, -1)
+        os.chmod(tmp, 0o755)  # its daemons, as user postfix, walk down to the queue
+        os.chmod(self.dir, 0o755)
+        with open(os.path.join(self.dir, "etc", "main.cf"), "w") as f:
+            f.write(POSTFIX_MAIN.format(d=self.dir, cert=cert, key=key))
+        with open(os.path.join(self.dir, "etc", "master.cf"), "w") as f:
+            f.write(POSTFIX_MASTER.format(port=port, sport=sport))
+        self.pid = None
+        self.proc = self  # bench.Server's callers read proc.returncode
+        self.returncode = None
+        out = subprocess.run(["/usr/sbin/postfix", "-c", os.path.join(self.dir, "etc"),
+                              "start"], capture_output=True, timeout=60,
+                             preexec_fn=bench.pin_server)  # the master and its children
+        pidfile = os.path.join(self.dir, "queue", "pid", "master.pid")
+        for _ in range(int(15 / 0.05)):  # the master writes its PID file once it runs
+            try:
+                with open(pidfile) as f:
+                    self.pid = int(f.read().split()[0])
+                break
+            except (OSError, ValueError, IndexError):
+                if out.returncode != 0:
+                    break
+                time.sleep(0.05)  # polling a file the master writes, within 15 s
+        if self.pid is None:
+            raise RuntimeError("postfix start failed (%d): %s" % (out.returncode,
+                                                                   self.log_tail()))
+
+    def wait_ready(self, timeout=15.0):
+        for _ in range(int(timeout / 0.02)):
+            if not self.alive():
+                raise RuntimeError("postfix master exited: %s" % self.log_tail())
+            if bench.listening(self.port):
+                return
+            time.sleep(0.02)  # polling /proc/net/tcp, as bench.Server.wait_ready does
+        raise RuntimeError("postfix did not listen on port %d" % self.port)
+
+    def alive(self):
+        return self.pid is not None and os.path.exists("/proc/%d" % self.pid)
+
+    def pids(self):
+        """The master and its children (smtpd, cleanup, qmgr, tlsmgr...)."""
+        found = [self.pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open("/proc/%s/stat" % entry) as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == self.pid:
+                            found.append(int(entry))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return found
+
+    def cpu(self):
+        ticks, ns = 0, 0
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open("/proc/%d/schedstat" % pid) as f:
+                    ns += int(f.read().split()[0])
+                ticks += int(fields[11]) + int(fields[12])
+            except (OSError, ValueError, IndexError):
+                pass
+        return ticks, ns
+
+    def log_tail(self, lines=2):
+        try:
+            with open(os.path.join(self.dir, "maillog"), "rb") as f:
+                text = f.read()[-4096:].decode(errors="replace").strip().splitlines()
+            return " | ".join(l.strip() for l in text[-lines:])[:300]
+        except OSError:
+            return ""
+
+    def stop(self):
+        """SIGTERM to the master (it ends its children), then SIGKILL to whatever is left."""
+        if not self.alive():
+            return
+        left = self.pids()
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        for _ in range(int(10 / 0.05)):
+            if not any(os.path.exists("/proc/%d" % p) for p in left):
+                return
+            time.sleep(0.05)  # waiting for processes that are not our children, within 10 s
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def server_cmd(peer, luasmtpd, limits, cert, key, port, sport):
@@ -296,10 +469,15 @@ def peer_round(ctx, peer, rnd):
     port, sport = bench.free_port(), bench.free_port()
     while sport == port:
         sport = bench.free_port()
-    srv = bench.Server(server_cmd(peer, ctx.args.luasmtpd, ctx.limits, ctx.cert, ctx.key,
-                                  port, sport), port, ctx.tmp, peer)
     recs = []
+    srv = None
     try:
+        if peer == "postfix":
+            srv = PostfixServer(ctx.tmp, ctx.cert, ctx.key, port, sport)
+            ctx.postfix.append(srv)
+        else:
+            srv = bench.Server(server_cmd(peer, ctx.args.luasmtpd, ctx.limits, ctx.cert,
+                                          ctx.key, port, sport), port, ctx.tmp, peer)
         srv.wait_ready()
         for _ in range(int(15 / 0.02)):  # the SMTPS port too, within 15 s
             if bench.listening(sport) or not srv.alive():
@@ -340,7 +518,8 @@ def peer_round(ctx, peer, rnd):
                          error="%s: %s" % (type(e).__name__, e)))
         report(recs[-1])
     finally:
-        srv.stop()
+        if srv:
+            srv.stop()
     return recs
 
 
@@ -417,9 +596,9 @@ def main():
                     help="tiny sizes, one round: a few seconds, to keep it working")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, 1 quick)")
     ap.add_argument("--conns", type=int, default=None,
-                    help="connections per handshake run (default 2000, 20 quick)")
+                    help="connections per handshake run (default 1000, 20 quick)")
     ap.add_argument("--workers", type=int, default=None,
-                    help="client processes making them at once (default 4, 2 quick)")
+                    help="client processes making them at once (default 8, 2 quick)")
     ap.add_argument("--size", type=int, default=None,
                     help="the big message's bytes (default 10 MiB, 256 KiB quick)")
     ap.add_argument("--reps", type=int, default=None,
@@ -437,13 +616,14 @@ def main():
     ctx = Ctx()
     ctx.args = args
     ctx.rounds = args.rounds or (1 if q else 3)
-    ctx.conns = args.conns or (20 if q else 2000)
-    ctx.workers = args.workers or (2 if q else 4)
+    ctx.conns = args.conns or (20 if q else 1000)
+    ctx.workers = args.workers or (2 if q else 8)
     ctx.size = args.size or (256 * 1024 if q else 10 * 1048576)
     ctx.reps = args.reps or (1 if q else 3)
     ctx.timeout = 30 if q else 120
     ctx.s_time = int(args.s_time if args.s_time is not None else (1 if q else 5))
-    ctx.peers = [p.strip() for p in args.only.split(",") if p.strip()] or PEERS
+    ctx.peers = [p.strip() for p in args.only.split(",") if p.strip()] or [
+        p for p in PEERS if p != "postfix" or postfix_usable()]
     for p in ctx.peers:
         if p not in PEERS:
             ap.error("unknown server %r (%s)" % (p, ", ".join(PEERS)))
@@ -455,6 +635,9 @@ def main():
         sys.exit("tls: %s not found; build it first" % args.luasmtpd)
     if not shutil.which("openssl"):
         sys.exit("tls: openssl (the command) is needed to make the certificate")
+    if "postfix" in ctx.peers and not postfix_usable():
+        sys.exit("tls: running Postfix needs root, /usr/sbin/postfix and its postfix user")
+    ctx.postfix = []  # instances started, stopped on any exit
     ctx.limits = bench.lua_limits(args.luasmtpd) if "luasmtpd" in ctx.peers else []
     ctx.msg = message_bytes(ctx.size)
 
@@ -480,6 +663,8 @@ def main():
         interrupted = True
         print("tls: interrupted; the tables have the runs done so far", file=sys.stderr)
     finally:
+        for pf in ctx.postfix:
+            pf.stop()
         bench.kill_all()
         shutil.rmtree(ctx.tmp, ignore_errors=True)
 
