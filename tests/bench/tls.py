@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""TLS benchmark: luasmtpd against aiosmtpd, STARTTLS and implicit TLS (SMTPS).
+"""TLS benchmark: luasmtpd against aiosmtpd and Postfix's smtpd, STARTTLS and SMTPS.
 
     /usr/bin/python3 tests/bench/tls.py [--quick] [--rounds N] [--key rsa|ec] [--json FILE]
 
@@ -7,7 +7,8 @@ Two measures, each against a fresh server pinned to CPU 0 with the client on CPU
 new connections a second with a full TLS 1.3 handshake (implicit TLS and STARTTLS; plain TCP
 beside them as the reference), and one big message over STARTTLS, timed from the DATA command
 to its 250 (plain TCP beside it). The client is this script's own (Python's ssl, OpenSSL
-underneath), the same code for every server. It makes its own certificate with `openssl req`.
+underneath), the same code for every server, and `openssl s_time` beside it for SMTPS
+handshakes. It makes its own certificate with `openssl req`. Postfix runs only as root.
 See tests/bench/README.md.
 """
 
