@@ -88,16 +88,23 @@ slow_by(struct transaction *tx, long from, long to, size_t per_look, unsigned ra
     return false;
 }
 
+/* A DATA whose transfer began at time 0, with no size limit. */
+static void
+begin_data_at_zero(struct transaction *tx, size_t *in_use)
+{
+    tx_init(tx, in_use);
+    tx_begin_data(tx, 0);
+    struct timeval start = at(0);
+    tx_rate_start(tx, &start);
+}
+
 static void
 test_a_steady_transfer_is_never_too_slow(void **state)
 {
     (void)state;
     size_t in_use = 0;
     struct transaction tx = {0};
-    tx_init(&tx, &in_use);
-    tx_begin_data(&tx, 0);
-    struct timeval start = at(0);
-    tx_rate_start(&tx, &start);
+    begin_data_at_zero(&tx, &in_use);
     /* 600 bytes a second against a floor of 500, for ten minutes. */
     assert_false(slow_by(&tx, 5, 600, 3000, 500));
     tx_reset(&tx);
@@ -109,10 +116,7 @@ test_a_drip_after_a_burst_is_cut_within_the_window(void **state)
     (void)state;
     size_t in_use = 0;
     struct transaction tx = {0};
-    tx_init(&tx, &in_use);
-    tx_begin_data(&tx, 0);
-    struct timeval start = at(0);
-    tx_rate_start(&tx, &start);
+    begin_data_at_zero(&tx, &in_use);
     /* 10 MB in the first 5 s would carry an average above the floor for hours. */
     assert_false(slow_by(&tx, 5, 5, 10 * 1000 * 1000, 500));
     /* Then 1 byte a look: cut once the window (30 s and one sample step) holds only drip. */
@@ -131,10 +135,7 @@ test_nothing_is_judged_in_the_grace_period(void **state)
     (void)state;
     size_t in_use = 0;
     struct transaction tx = {0};
-    tx_init(&tx, &in_use);
-    tx_begin_data(&tx, 0);
-    struct timeval start = at(0);
-    tx_rate_start(&tx, &start);
+    begin_data_at_zero(&tx, &in_use);
     /* Not a byte for the first 25 s: no sample is 30 s old yet. */
     assert_false(slow_by(&tx, 5, 25, 0, 500));
     assert_true(slow_by(&tx, 30, 30, 0, 500));
