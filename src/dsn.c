@@ -1,0 +1,216 @@
+/* RFC 3461's MAIL and RCPT parameters, checked and decoded. The replies are RFC 5321's 501
+ * for a parameter whose value is wrong, with RFC 3463's 5.5.4 ("invalid command arguments"),
+ * as BODY's and SMTPUTF8's are; RFC 5321 4.1.2 allows a parameter once per command. */
+#include "luasmtpd/dsn.h"
+
+#include <string.h>
+#include <strings.h>
+
+enum dsn_param { DSN_RET, DSN_ENVID, DSN_NOTIFY, DSN_ORCPT, DSN_PARAMS };
+
+static const struct {
+    const char *keyword;
+    bool mail; /* MAIL's, or RCPT's */
+    const char *bad;
+    const char *twice;
+} params_table[DSN_PARAMS] = {
+    [DSN_RET] = {"RET", true, "501 5.5.4 Error: RET can only be one of FULL, HDRS",
+                 "501 5.5.4 Error: RET given more than once"},
+    [DSN_ENVID] = {"ENVID", true, "501 5.5.4 Error: ENVID must be xtext of at most 100 characters",
+                   "501 5.5.4 Error: ENVID given more than once"},
+    [DSN_NOTIFY] = {"NOTIFY", false,
+                    "501 5.5.4 Error: NOTIFY can only be NEVER, or a list of SUCCESS, FAILURE, "
+                    "DELAY",
+                    "501 5.5.4 Error: NOTIFY given more than once"},
+    [DSN_ORCPT] = {"ORCPT", false,
+                   "501 5.5.4 Error: ORCPT must be addr-type;xtext of at most 500 characters",
+                   "501 5.5.4 Error: ORCPT given more than once"},
+};
+
+static const char *const notify_names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+
+static int
+hex_digit(char c)
+{
+    /* RFC 3461 4: "two upper case hexadecimal digits" */
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+bool
+dsn_xtext_decode(const char *in, char *out)
+{
+    for (; *in; in++) {
+        unsigned char c = (unsigned char)*in;
+        if (c == '+') {
+            int hi = hex_digit(in[1]);
+            int lo = hi < 0 ? -1 : hex_digit(in[2]);
+            if (lo < 0)
+                return false;
+            c = (unsigned char)(hi * 16 + lo);
+            in += 2;
+            if (c < 0x20 || c > 0x7e)
+                return false;
+        } else if (c < 33 || c > 126 || c == '=') {
+            return false;
+        }
+        *out++ = (char)c;
+    }
+    *out = '\0';
+    return true;
+}
+
+/* RFC 5322 atext, what addr-type (an atom) is made of. */
+static bool
+is_atext(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
+}
+
+/* "addr-type;xtext" into `out` with the xtext decoded. */
+static bool
+orcpt_decode(const char *value, char *out)
+{
+    const char *semi = strchr(value, ';');
+    if (semi == NULL || semi == value || strlen(value) > DSN_ORCPT_MAX)
+        return false;
+    for (const char *p = value; p < semi; p++)
+        if (!is_atext(*p))
+            return false;
+    size_t type_len = (size_t)(semi - value) + 1;
+    memcpy(out, value, type_len);
+    return semi[1] != '\0' && dsn_xtext_decode(semi + 1, out + type_len);
+}
+
+static unsigned
+notify_parse(const char *value)
+{
+    unsigned bits = 0;
+    for (const char *p = value;;) {
+        size_t n = strcspn(p, ",");
+        unsigned bit = 0;
+        for (size_t i = 0; i < 4 && bit == 0; i++)
+            if (strlen(notify_names[i]) == n && strncasecmp(p, notify_names[i], n) == 0)
+                bit = 1u << i;
+        if (bit == 0)
+            return 0;
+        bits |= bit;
+        if (p[n] == '\0')
+            break;
+        p += n + 1;
+    }
+    /* RFC 3461 4.1: NEVER stands alone. */
+    return (bits & DSN_NOTIFY_NEVER) && bits != DSN_NOTIFY_NEVER ? 0 : bits;
+}
+
+/* Takes one parameter into `m` (MAIL) or `r` (RCPT), whichever is not NULL. Returns the
+ * parameter it was, DSN_PARAMS when none of ours; `*ok` false when its value is wrong. */
+static enum dsn_param
+take(struct dsn_mail *m, struct dsn_rcpt *r, const char *keyword, const char *value, bool *ok)
+{
+    enum dsn_param p = 0;
+    while (p < DSN_PARAMS &&
+           (params_table[p].mail != (m != NULL) || strcasecmp(keyword, params_table[p].keyword)))
+        p++;
+    *ok = value != NULL;
+    if (p == DSN_PARAMS || value == NULL)
+        return p;
+    switch (p) {
+    case DSN_RET:
+        m->ret = strcasecmp(value, "FULL") == 0   ? DSN_RET_FULL
+                 : strcasecmp(value, "HDRS") == 0 ? DSN_RET_HDRS
+                                                  : DSN_RET_UNSET;
+        *ok = m->ret != DSN_RET_UNSET;
+        break;
+    case DSN_ENVID:
+        *ok = strlen(value) <= DSN_ENVID_MAX && dsn_xtext_decode(value, m->envid);
+        m->has_envid = *ok;
+        break;
+    case DSN_NOTIFY:
+        r->notify = notify_parse(value);
+        *ok = r->notify != 0;
+        break;
+    case DSN_ORCPT:
+        *ok = orcpt_decode(value, r->orcpt);
+        r->has_orcpt = *ok;
+        break;
+    case DSN_PARAMS:
+        break;
+    }
+    return p;
+}
+
+const char *
+dsn_check_params(const struct smtp_param *params, int n, bool mail, bool *known)
+{
+    struct dsn_mail m;
+    struct dsn_rcpt r;
+    bool seen[DSN_PARAMS] = {false};
+    for (int i = 0; i < n; i++) {
+        bool ok;
+        enum dsn_param p = take(mail ? &m : NULL, mail ? NULL : &r, params[i].keyword,
+                                params[i].value, &ok);
+        if (p == DSN_PARAMS)
+            continue;
+        if (seen[p])
+            return params_table[p].twice;
+        if (!ok)
+            return params_table[p].bad;
+        seen[p] = true;
+        known[i] = true;
+    }
+    return NULL;
+}
+
+/* One "KEYWORD=value" word (of at most `len` bytes) into `m` or `r`. */
+static void
+decode_word(struct dsn_mail *m, struct dsn_rcpt *r, const char *word, size_t len)
+{
+    char keyword[8];
+    char value[DSN_ORCPT_MAX + 1];
+    const char *eq = memchr(word, '=', len);
+    size_t klen = eq ? (size_t)(eq - word) : 0;
+    size_t vlen = eq ? len - klen - 1 : 0;
+    if (klen == 0 || klen >= sizeof(keyword) || vlen >= sizeof(value))
+        return;
+    memcpy(keyword, word, klen);
+    keyword[klen] = '\0';
+    memcpy(value, eq + 1, vlen);
+    value[vlen] = '\0';
+    bool ok;
+    take(m, r, keyword, value, &ok);
+}
+
+void
+dsn_mail_decode(struct dsn_mail *d, const char *const *words, size_t n)
+{
+    memset(d, 0, sizeof(*d));
+    for (size_t i = 0; i < n; i++)
+        decode_word(d, NULL, words[i], strlen(words[i]));
+}
+
+void
+dsn_rcpt_decode(struct dsn_rcpt *d, const char *words)
+{
+    memset(d, 0, sizeof(*d));
+    for (const char *p = words; *p;) {
+        size_t len = strcspn(p, " ");
+        decode_word(NULL, d, p, len);
+        p += len;
+        p += *p == ' ';
+    }
+}
+
+size_t
+dsn_notify_names(unsigned notify, const char *names[4])
+{
+    size_t n = 0;
+    for (size_t i = 0; i < 4; i++)
+        if (notify & (1u << i))
+            names[n++] = notify_names[i];
+    return n;
+}
