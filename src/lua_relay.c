@@ -395,7 +395,7 @@ push_fields(lua_State *L, struct relay_conn *conn)
     lua_createtable(L, 0, 2);
     lua_pushboolean(L, relay_conn_tls(conn));
     lua_setfield(L, -2, "tls");
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     if (ext & RELAY_EXT_PIPELINING) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "PIPELINING");
@@ -411,6 +411,10 @@ push_fields(lua_State *L, struct relay_conn *conn)
     if (ext & RELAY_EXT_SIZE) {
         lua_pushinteger(L, (lua_Integer)relay_conn_size_limit(conn));
         lua_setfield(L, -2, "SIZE");
+    }
+    if (ext & RELAY_EXT_DSN) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "DSN");
     }
     lua_setfield(L, -2, "extensions");
 }
