@@ -45,7 +45,8 @@ long_verb(const char *line, size_t len)
     bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
     bool auth = len >= 4 && strncasecmp(line, "AUTH", 4) == 0 && (len == 4 || line[4] == ' ');
     bool rcpt = len >= 4 && strncasecmp(line, "RCPT", 4) == 0 && (len == 4 || line[4] == ' ');
-    return mail ? SMTP_VERB_MAIL : auth ? SMTP_VERB_AUTH : rcpt ? SMTP_VERB_RCPT : SMTP_VERB_UNKNOWN;
+    enum smtp_verb verb = mail ? SMTP_VERB_MAIL : auth ? SMTP_VERB_AUTH : SMTP_VERB_UNKNOWN;
+    return rcpt ? SMTP_VERB_RCPT : verb;
 }
 
 /* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8, and
@@ -377,28 +378,15 @@ all_digits(const char *v)
     return true;
 }
 
-/* Every parameter was one the command takes; else its 555 was answered. */
-static bool
-all_known(struct session *s, const bool *known, int n, bool mail)
-{
-    for (int i = 0; i < n; i++) {
-        if (!known[i]) {
-            conn_reply(s, "555 5.5.4 %s parameters not recognized or not implemented",
-                       mail ? "MAIL FROM" : "RCPT TO");
-            return false;
-        }
-    }
-    return true;
-}
-
-/* RFC 3461's parameters of MAIL or RCPT, marked in `known`; false when one was refused. */
+/* RFC 3461's parameters of MAIL or RCPT, then the 555 for any neither they nor `known` are;
+ * false when one was refused. */
 static bool
 dsn_params(struct session *s, const struct smtp_param *params, int n, bool mail, bool *known)
 {
     const char *refusal = dsn_check_params(params, n, mail, known);
     if (refusal != NULL)
         conn_reply(s, "%s", refusal);
-    return refusal == NULL && all_known(s, known, n, mail);
+    return refusal == NULL;
 }
 
 static void

@@ -152,8 +152,8 @@ dsn_check_params(const struct smtp_param *params, int n, bool mail, bool *known)
     bool seen[DSN_PARAMS] = {false};
     for (int i = 0; i < n; i++) {
         bool ok;
-        enum dsn_param p = take(mail ? &m : NULL, mail ? NULL : &r, params[i].keyword,
-                                params[i].value, &ok);
+        enum dsn_param p =
+            take(mail ? &m : NULL, mail ? NULL : &r, params[i].keyword, params[i].value, &ok);
         if (p == DSN_PARAMS)
             continue;
         if (seen[p])
@@ -163,6 +163,10 @@ dsn_check_params(const struct smtp_param *params, int n, bool mail, bool *known)
         seen[p] = true;
         known[i] = true;
     }
+    for (int i = 0; i < n; i++)
+        if (!known[i])
+            return mail ? "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
+                        : "555 5.5.4 RCPT TO parameters not recognized or not implemented";
     return NULL;
 }
 

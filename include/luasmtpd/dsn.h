@@ -39,9 +39,9 @@ struct dsn_rcpt {
 };
 
 /* Checks the DSN parameters among `params` (as smtp_parse_params left them) of MAIL (`mail`)
- * or RCPT, marking each DSN one in `known`. Returns NULL, or the reply refusing the command
- * (501 5.5.4: a bad value, or a parameter given twice). Parameters of the other command are
- * left unmarked, for the caller's 555. */
+ * or RCPT, marking each in `known`, where the caller marked those it took itself. Returns
+ * NULL, or the reply refusing the command: 501 5.5.4 for a bad value or a parameter given
+ * twice, then RFC 5321's 555 for one left unmarked (the other command's DSN ones too). */
 const char *dsn_check_params(const struct smtp_param *params, int n, bool mail, bool *known);
 
 /* Decodes what was accepted, from the parameters as the envelope keeps them: MAIL's as a
