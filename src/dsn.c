@@ -209,6 +209,104 @@ dsn_rcpt_decode(struct dsn_rcpt *d, const char *words)
     }
 }
 
+/* The length of `s` as xtext, or 0 when it holds what xtext cannot carry. */
+static size_t
+xtext_length(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p > 0x7e)
+            return 0;
+        n += *p <= 0x20 || *p == '+' || *p == '=' ? 3 : 1;
+    }
+    return n;
+}
+
+static int
+xtext_append(struct buf *out, const char *s)
+{
+    int rc = 0;
+    for (const unsigned char *p = (const unsigned char *)s; rc == 0 && *p; p++)
+        rc = *p <= 0x20 || *p == '+' || *p == '=' ? buf_printf(out, "+%02X", *p)
+                                                  : buf_append(out, p, 1);
+    return rc;
+}
+
+const char *
+dsn_mail_set(struct dsn_mail *d, const char *ret, const char *envid)
+{
+    memset(d, 0, sizeof(*d));
+    if (ret != NULL) {
+        d->ret = strcasecmp(ret, "FULL") == 0   ? DSN_RET_FULL
+                 : strcasecmp(ret, "HDRS") == 0 ? DSN_RET_HDRS
+                                                : DSN_RET_UNSET;
+        if (d->ret == DSN_RET_UNSET)
+            return "ret must be FULL or HDRS";
+    }
+    if (envid != NULL) {
+        size_t n = xtext_length(envid);
+        if (n == 0 || n > DSN_ENVID_MAX)
+            return "envid must be printable ASCII, at most 100 characters as xtext";
+        strcpy(d->envid, envid);
+        d->has_envid = true;
+    }
+    return NULL;
+}
+
+const char *
+dsn_rcpt_set(struct dsn_rcpt *d, const char *const *notify, size_t n, const char *orcpt)
+{
+    memset(d, 0, sizeof(*d));
+    for (size_t i = 0; i < n; i++) {
+        unsigned bit = 0;
+        for (size_t k = 0; k < 4 && bit == 0; k++)
+            if (strcasecmp(notify[i], notify_names[k]) == 0)
+                bit = 1u << k;
+        d->notify |= bit;
+        if (bit == 0 || ((d->notify & DSN_NOTIFY_NEVER) && d->notify != DSN_NOTIFY_NEVER))
+            return "notify must be NEVER, or a list of SUCCESS, FAILURE, DELAY";
+    }
+    if (orcpt != NULL) {
+        const char *semi = strchr(orcpt, ';');
+        bool ok = semi != NULL && semi > orcpt && semi[1] != '\0';
+        for (const char *p = orcpt; ok && p < semi; p++)
+            ok = is_atext(*p);
+        size_t len = ok ? xtext_length(semi + 1) : 0;
+        if (len == 0 || (size_t)(semi - orcpt) + 1 + len > DSN_ORCPT_MAX)
+            return "orcpt must be addr-type;address, at most 500 characters as xtext";
+        strcpy(d->orcpt, orcpt);
+        d->has_orcpt = true;
+    }
+    return NULL;
+}
+
+int
+dsn_mail_format(const struct dsn_mail *d, struct buf *out)
+{
+    int rc = 0;
+    if (d->ret != DSN_RET_UNSET)
+        rc = buf_append_str(out, d->ret == DSN_RET_FULL ? " RET=FULL" : " RET=HDRS");
+    if (rc == 0 && d->has_envid)
+        rc = buf_append_str(out, " ENVID=") == 0 ? xtext_append(out, d->envid) : -1;
+    return rc;
+}
+
+int
+dsn_rcpt_format(const struct dsn_rcpt *d, struct buf *out)
+{
+    int rc = 0;
+    const char *names[4];
+    size_t n = dsn_notify_names(d->notify, names);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = buf_printf(out, "%s%s", i == 0 ? " NOTIFY=" : ",", names[i]);
+    if (rc == 0 && d->has_orcpt) {
+        const char *semi = strchr(d->orcpt, ';');
+        rc = buf_printf(out, " ORCPT=%.*s", (int)(semi - d->orcpt + 1), d->orcpt);
+        rc = rc == 0 ? xtext_append(out, semi + 1) : -1;
+    }
+    return rc;
+}
+
 size_t
 dsn_notify_names(unsigned notify, const char *names[4])
 {

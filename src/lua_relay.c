@@ -23,6 +23,7 @@
 
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_bind.h"
+#include "luasmtpd/lua_dsn.h"
 #include "luasmtpd/relay.h"
 
 #define UPSTREAM_META "smtpd.upstream"
@@ -299,7 +300,8 @@ check_rcpts(lua_State *L, const char *what)
 }
 
 /* smtpd.relay{host=, port=, from=, to=, data=, timeout=, data_timeout=, lmtp=, helo=,
- *             smtputf8=, starttls=, tls=, verify=, cafile=, servername=, auth=, auth_plaintext=}
+ *             smtputf8=, dsn=, rcpt_dsn=, starttls=, tls=, verify=, cafile=, servername=,
+ *             auth=, auth_plaintext=}
  *   -> refused (recipient -> {code, text}; empty when all were accepted) | nil, err, code */
 static int
 l_smtpd_relay(lua_State *L)
@@ -318,6 +320,9 @@ l_smtpd_relay(lua_State *L)
     int data_index = lua_gettop(L);
     req.smtputf8 = lbind_boolean(L, 1, what, "smtputf8", false);
     size_t n = check_rcpts(L, what);
+    int list = lua_gettop(L);
+    ldsn_check(L, 1, what, n, &req.dsn, &req.rcpt_dsn);
+    lua_pushvalue(L, list); /* on top again, where the loop below reads it */
 
     struct lrelay *lr = calloc(1, sizeof(*lr));
     char **rcpts = calloc(n, sizeof(char *));

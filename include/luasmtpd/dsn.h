@@ -1,13 +1,14 @@
 /* The parameters of RFC 3461's DSN extension: RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT.
- * Checks them (xtext, lengths, each at most once) and decodes them. Pure: no I/O, no
- * allocation; the session refuses with the reply given here, the Lua runtime shows the
- * decoded values to the handler. */
+ * Checks them (xtext, lengths, each at most once), decodes them, and encodes them again for a
+ * relay. Pure: no I/O, no allocation but in the buffer a caller gives; the session refuses
+ * with the reply given here, the Lua runtime shows the decoded values to the handler. */
 #ifndef LUASMTPD_DSN_H
 #define LUASMTPD_DSN_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "luasmtpd/buf.h"
 #include "luasmtpd/smtp_parse.h"
 
 #define DSN_ENVID_MAX 100 /* RFC 3461 4.4, counted as sent (xtext) */
@@ -57,5 +58,19 @@ bool dsn_xtext_decode(const char *in, char *out);
 
 /* The names of the bits in `notify`, in RFC 3461's order; returns how many (at most 4). */
 size_t dsn_notify_names(unsigned notify, const char *names[4]);
+
+/* Decoded values given by a script (smtpd.relay's dsn and rcpt_dsn), checked as a client's
+ * would be: `ret` "FULL" or "HDRS" (any case), `envid` printable ASCII; `notify` n names
+ * (NEVER alone), `orcpt` "addr-type;address". NULL for a value not given. Returns NULL, or
+ * what is wrong ("ret must be FULL or HDRS"). */
+const char *dsn_mail_set(struct dsn_mail *d, const char *ret, const char *envid);
+const char *dsn_rcpt_set(struct dsn_rcpt *d, const char *const *notify, size_t n,
+                         const char *orcpt);
+
+/* Appends " RET=... ENVID=..." (MAIL) or " NOTIFY=... ORCPT=..." (RCPT) for what `d` holds,
+ * with ENVID and ORCPT's address xtext-encoded: the parameters as a relay sends them on.
+ * -1 when out of memory. */
+int dsn_mail_format(const struct dsn_mail *d, struct buf *out);
+int dsn_rcpt_format(const struct dsn_rcpt *d, struct buf *out);
 
 #endif

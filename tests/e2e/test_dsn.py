@@ -275,5 +275,68 @@ class TestRelay(ServerTestCase):
         self.assertEqual(mailman.calls(), [])
 
 
+class TestRelayBinding(ServerTestCase):
+    """smtpd.relay{} takes dsn and rcpt_dsn in the shape options has them, and sends them
+    xtext-encoded when the upstream offers DSN."""
+
+    def start_up(self, extensions):
+        up = HostileUpstream(extensions=extensions)
+        self.addCleanup(up.close)
+        srv = self.start_server("dsn_relay", remote=f"127.0.0.1:{up.port}",
+                                expect_errors=[r"process_message failed"])
+        return up, srv
+
+    def send(self, port):
+        with smtplib.SMTP("127.0.0.1", port, timeout=15) as s:
+            s.ehlo("client.example")
+            s.mail("a@b.example", ["RET=FULL", "ENVID=Q+2B+3Dx"])
+            s.rcpt("b@example.net", ["NOTIFY=DELAY,FAILURE", "ORCPT=rfc822;B+2B1@example.net"])
+            s.rcpt("c@example.net")
+            return s.data(MESSAGE)
+
+    def test_passed_on(self):
+        up, srv = self.start_up(DEFAULT_EXTENSIONS + ("DSN",))
+        self.assertEqual(self.send(srv.port), (250, b"2.0.0 relayed refused=0"))
+        self.assertEqual(up.command_lines("MAIL"),
+                         [b"MAIL FROM:<a@b.example> SIZE=22 RET=FULL ENVID=Q+2B+3Dx"])
+        self.assertEqual(up.command_lines("RCPT"), [
+            b"RCPT TO:<b@example.net> NOTIFY=FAILURE,DELAY ORCPT=rfc822;B+2B1@example.net",
+            b"RCPT TO:<c@example.net>"])
+
+    def test_dropped_without_dsn(self):
+        up, srv = self.start_up(DEFAULT_EXTENSIONS)
+        self.assertEqual(self.send(srv.port), (250, b"2.0.0 relayed refused=0"))
+        self.assertEqual(up.command_lines("MAIL"), [b"MAIL FROM:<a@b.example> SIZE=22"])
+        self.assertEqual(up.command_lines("RCPT"),
+                         [b"RCPT TO:<b@example.net>", b"RCPT TO:<c@example.net>"])
+
+    CASES = {
+        "bad-ret": r"field 'dsn' ret must be FULL or HDRS",
+        "bad-envid": r"field 'dsn' envid must be printable ASCII",
+        "envid-not-string": r"field 'dsn' envid must be a string without NUL, not number",
+        "dsn-not-table": r"field 'dsn' must be a table, not string",
+        "bad-notify": r"field 'rcpt_dsn' \[1\] notify must be NEVER, or a list",
+        "notify-not-list": r"field 'rcpt_dsn' \[1\] notify must be a list, not string",
+        "notify-number": r"field 'rcpt_dsn' \[1\] notify\[1\] must be a string, not number",
+        "bad-orcpt": r"field 'rcpt_dsn' \[1\] orcpt must be addr-type;address",
+        "long-orcpt": r"field 'rcpt_dsn' \[1\] orcpt must be addr-type;address, at most 500",
+        "too-many": r"field 'rcpt_dsn' has more entries than 'to' has recipients",
+    }
+
+    def test_misuse_raises(self):
+        up, srv = self.start_up(DEFAULT_EXTENSIONS + ("DSN",))
+        c = self.connect(srv)
+        c.cmd(EHLO)
+        for case, pattern in self.CASES.items():
+            with self.subTest(case=case):
+                self.assertEqual(c.cmd(f"MAIL FROM:<{case}@b.example>").code, 250)
+                self.assertEqual(c.cmd(RCPT).code, 250)
+                self.assertEqual(c.cmd("DATA").code, 354)
+                c.send(stuff(MESSAGE) + b".\r\n")
+                self.assertRegex(c.reply().lines[-1], r"^451 4\.3\.0 ")
+                srv.wait_log("smtpd.relay: " + pattern)
+        self.assertEqual(up.command_lines("MAIL"), [])  # nothing went
+
+
 if __name__ == "__main__":
     unittest.main()
