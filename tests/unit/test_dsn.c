@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "luasmtpd/buf.h"
 #include "luasmtpd/dsn.h"
 #include "luasmtpd/smtp_parse.h"
 
@@ -270,13 +271,72 @@ test_notify_names(void **state)
     assert_string_equal(names[1], "DELAY");
 }
 
+/* What a script gives smtpd.relay is encoded as a client would send it, and decodes back. */
+static void
+test_set_and_format(void **state)
+{
+    (void)state;
+    struct dsn_mail m;
+    assert_null(dsn_mail_set(&m, "hdrs", "a+b=c d~"));
+    struct buf b = {0};
+    assert_int_equal(dsn_mail_format(&m, &b), 0);
+    assert_int_equal(buf_append(&b, "", 1), 0);
+    assert_string_equal(b.data, " RET=HDRS ENVID=a+2Bb+3Dc+20d~");
+    struct smtp_param params[SMTP_PARAMS_MAX];
+    bool known[SMTP_PARAMS_MAX] = {false};
+    int n = smtp_parse_params(b.data, params, SMTP_PARAMS_MAX);
+    assert_int_equal(n, 2);
+    assert_null(dsn_check_params(params, n, true, known));
+    const char *words[] = {"ENVID=a+2Bb+3Dc+20d~"};
+    struct dsn_mail back;
+    dsn_mail_decode(&back, words, 1);
+    assert_string_equal(back.envid, "a+b=c d~");
+
+    assert_null(dsn_mail_set(&m, NULL, NULL));
+    buf_reset(&b);
+    assert_int_equal(dsn_mail_format(&m, &b), 0);
+    assert_int_equal(b.len, 0);
+
+    assert_string_equal(dsn_mail_set(&m, "NONE", NULL), "ret must be FULL or HDRS");
+    assert_non_null(dsn_mail_set(&m, NULL, "tab\there"));
+    assert_non_null(dsn_mail_set(&m, NULL, ""));
+    char long_envid[40];
+    memset(long_envid, '+', 34); /* 34 x "+2B" = 102 as xtext */
+    long_envid[34] = '\0';
+    assert_non_null(dsn_mail_set(&m, NULL, long_envid));
+    long_envid[33] = '\0';
+    assert_null(dsn_mail_set(&m, NULL, long_envid));
+
+    struct dsn_rcpt r;
+    const char *notify[] = {"delay", "SUCCESS"};
+    assert_null(dsn_rcpt_set(&r, notify, 2, "rfc822;Bob+1@x"));
+    buf_reset(&b);
+    assert_int_equal(dsn_rcpt_format(&r, &b), 0);
+    assert_int_equal(buf_append(&b, "", 1), 0);
+    assert_string_equal(b.data, " NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Bob+2B1@x");
+    const char *never[] = {"NEVER", "FAILURE"};
+    assert_non_null(dsn_rcpt_set(&r, never, 2, NULL));
+    assert_null(dsn_rcpt_set(&r, never, 1, NULL));
+    const char *other[] = {"SOMETIMES"};
+    assert_non_null(dsn_rcpt_set(&r, other, 1, NULL));
+    assert_non_null(dsn_rcpt_set(&r, NULL, 0, "no-type"));
+    assert_non_null(dsn_rcpt_set(&r, NULL, 0, ";a@b"));
+    assert_non_null(dsn_rcpt_set(&r, NULL, 0, "rfc822;"));
+    assert_non_null(dsn_rcpt_set(&r, NULL, 0, "rfc822;a\x01"));
+    assert_null(dsn_rcpt_set(&r, NULL, 0, NULL));
+    buf_reset(&b);
+    assert_int_equal(dsn_rcpt_format(&r, &b), 0);
+    assert_int_equal(b.len, 0);
+    buf_free(&b);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mail_table),   cmocka_unit_test(test_rcpt_table),
         cmocka_unit_test(test_lengths),      cmocka_unit_test(test_xtext),
-        cmocka_unit_test(test_notify_names),
+        cmocka_unit_test(test_notify_names), cmocka_unit_test(test_set_and_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
