@@ -148,10 +148,13 @@ def _children(pid):
 class PostfixInstance:
     """One running Postfix. `dir` holds etc/ (main.cf, master.cf), queue/, data/ and the log
     file `maillog`. `main` overrides or adds main.cf settings; `services` are master.cf lines
-    (smtpd_service); preexec_fn runs in the master's process before it starts (a CPU pin)."""
+    (smtpd_service); etc_files are more files for etc/ before it starts ({"sasl/smtpd.conf":
+    text}: Debian's Postfix reads Cyrus SASL's smtpd.conf from there, whatever
+    cyrus_sasl_config_path says); preexec_fn runs in the master's process before it starts (a
+    CPU pin)."""
 
-    def __init__(self, parent, services=(), transport="discard", main=None, preexec_fn=None,
-                 start_timeout=15.0):
+    def __init__(self, parent, services=(), transport="discard", main=None, etc_files=None,
+                 preexec_fn=None, start_timeout=15.0):
         import pwd
         self.dir = tempfile.mkdtemp(prefix="postfix-", dir=parent)
         self.etc = os.path.join(self.dir, "etc")
@@ -168,6 +171,11 @@ class PostfixInstance:
             f.write(text)
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
             f.write("".join(line + "\n" for line in services) + MASTER)
+        for name, content in (etc_files or {}).items():
+            path = os.path.join(self.etc, name)
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            with open(path, "w") as f:
+                f.write(content)
         self.pid = None
         out = subprocess.run([POSTFIX, "-c", self.etc, "start"], capture_output=True,
                              timeout=60, preexec_fn=preexec_fn)
