@@ -22,7 +22,7 @@ struct reload_options {
     reload_fn reload;        /* loads a new generation (and the certificates with it) */
     reload_fn reload_certs;  /* a watched certificate or key changed; NULL: none watched */
     reload_stop_fn stop;     /* SIGTERM or SIGINT arrived (each time) */
-    void *arg;               /* for both */
+    void *arg;               /* for the callbacks */
 };
 
 /* For the time the script first loads, before any reload_start (a forked worker inherits

@@ -177,7 +177,7 @@ class TestUnderLoad(ReloadCase):
             return sent
 
         def swap(pair, outcome):
-            n = len(events.events)
+            n = events.count("msg")
             mark = self.log_mark(srv)
             if pair == "broken":
                 with open(self.cert, "w") as f:
@@ -189,7 +189,7 @@ class TestUnderLoad(ReloadCase):
             srv.log.wait(outcome, start=mark, timeout=30)
             logged = time.monotonic()
             # Handshakes on either side of it, before the next swap.
-            events.wait_event("msg", n=n + 3 * self.THREADS, timeout=60)
+            events.wait_event("msg", n=n + 5 * self.THREADS, timeout=60)
             return logged
 
         result = {}
