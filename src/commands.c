@@ -141,12 +141,8 @@ greeting_check(struct session *s, char *arg, const char *verb)
         conn_reply(s, "501 5.5.4 Syntax: %s hostname", verb);
         return false;
     }
-    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
-     * do we, so scripts see one helo name per connection. */
-    if (s->helo != NULL) {
-        conn_reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
-        return false;
-    }
+    /* A second greeting is taken (RFC 5321 4.1.4), where Python's smtpd answers 503; until
+     * it is accepted the session stays as it was, the old name and transaction included. */
     return commands_keep(s, arg, NULL, 0);
 }
 
@@ -166,12 +162,7 @@ ehlo_check(struct session *s, char *arg)
 static void
 greeting_accept(struct session *s, bool extended)
 {
-    const char *name = s->cmd.arg;
-    conn_end_transaction(s);
-    free(s->helo);
-    s->helo = strdup(name);
-    s->esmtp = extended;
-    lrt_session_set_helo(s->ls, name, extended);
+    conn_set_greeting(s, s->cmd.arg, extended);
     if (!extended) {
         conn_reply(s, "250 %s", s->g->hostname);
         return;
@@ -210,14 +201,6 @@ ehlo_proceed(struct session *s, const char *reply, size_t len)
     (void)reply;
     (void)len;
     greeting_accept(s, true);
-}
-
-static bool
-noop_check(struct session *s, char *arg)
-{
-    if (*arg)
-        conn_reply_const(s, "501 5.5.4 Syntax: NOOP");
-    return *arg == '\0';
 }
 
 static void
@@ -634,7 +617,8 @@ static const struct command commands[] = {
     [SMTP_VERB_RCPT] = {rcpt_check, LRT_HOOK_RCPT, rcpt_proceed, NULL, NULL},
     [SMTP_VERB_DATA] = {data_check, NO_HOOK, data_proceed, NULL, NULL},
     [SMTP_VERB_RSET] = {rset_check, NO_HOOK, rset_proceed, NULL, NULL},
-    [SMTP_VERB_NOOP] = {noop_check, NO_HOOK, ok_proceed, NULL, NULL},
+    /* NOOP's argument is ignored (RFC 5321 4.1.1.9), where Python's smtpd answers 501. */
+    [SMTP_VERB_NOOP] = {NULL, NO_HOOK, ok_proceed, NULL, NULL},
     [SMTP_VERB_QUIT] = {NULL, NO_HOOK, quit_proceed, NULL, NULL},
     [SMTP_VERB_VRFY] = {vrfy_check, NO_HOOK, vrfy_proceed, NULL, NULL},
     [SMTP_VERB_EXPN] = {NULL, NO_HOOK, expn_proceed, NULL, NULL},

@@ -27,12 +27,14 @@ static const char usage_text[] =
     "  -s, --size BYTES      largest message accepted, advertised as SIZE (default %lu;\n"
     "                        0: no limit)\n"
     "  -d, --debug           debug lines on stderr\n"
-    "  -u, --smtputf8        offer SMTPUTF8 (RFC 6531)\n"
+    "  -u, --smtputf8        offer SMTPUTF8 (RFC 6531); the default, kept for Python's flag\n"
     "  -V, --version         print the version and exit\n"
     "  -h, --help            print this and exit\n"
     "Options of our own:\n"
     "  --set KEY=VALUE       a setting for the script: smtpd.settings.KEY (repeatable)\n"
-    "  --hostname NAME       the name in the greeting and EHLO (default: this host's)\n"
+    "  --no-smtputf8         do not offer SMTPUTF8\n"
+    "  --hostname NAME       the name in the greeting and EHLO (default: this host's fully\n"
+    "                        qualified name, as Python's socket.getfqdn())\n"
     "  --no-reload           do not reload when the script files change (SIGHUP still does)\n"
     "  --check SCRIPT        load SCRIPT as a reload would, say whether it is good, exit 0/1\n"
     "%s"
@@ -336,6 +338,7 @@ enum {
     OPT_HOSTNAME,
     OPT_NO_RELOAD,
     OPT_CHECK,
+    OPT_NO_SMTPUTF8,
     OPT_TLS,            /* OPT_TLS + i: tls_options[i] */
     OPT_NUMERIC = 1024, /* OPT_NUMERIC + i: numeric_options[i] */
 };
@@ -355,6 +358,7 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         {"hostname", required_argument, NULL, OPT_HOSTNAME},
         {"no-reload", no_argument, NULL, OPT_NO_RELOAD},
         {"check", required_argument, NULL, OPT_CHECK},
+        {"no-smtputf8", no_argument, NULL, OPT_NO_SMTPUTF8},
     };
     enum { N_FIXED = sizeof(fixed_options) / sizeof(fixed_options[0]) };
     struct option long_options[N_FIXED + N_NUMERIC + N_TLS + 1];
@@ -376,6 +380,9 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     cfg->started_as_root = geteuid() == 0;
     cfg->handler = strdup("debugging");
     cfg->size_limit = CONFIG_DEFAULT_SIZE;
+    /* On unless --no-smtputf8, as Postfix's smtputf8_enable: a client with UTF-8 mail for a
+     * server that does not offer it can only bounce it. */
+    cfg->smtputf8 = true;
     for (size_t i = 0; i < N_NUMERIC; i++) {
         const char *formula;
         *numeric_field(cfg, i) = numeric_default(i, &formula);
@@ -407,6 +414,9 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
             break;
         case 'u':
             cfg->smtputf8 = true;
+            break;
+        case OPT_NO_SMTPUTF8:
+            cfg->smtputf8 = false;
             break;
         case 'V':
             fprintf(out, "luasmtpd %s\n", LUASMTPD_VERSION);

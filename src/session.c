@@ -318,11 +318,7 @@ session_tls_ready(struct session *s)
         return;
     }
     s->tls_switch = false;
-    free(s->helo);
-    s->helo = NULL;
-    s->esmtp = false;
-    conn_end_transaction(s);
-    lrt_session_set_helo(s->ls, NULL, false);
+    conn_set_greeting(s, NULL, false);
     auth_forget(s);
     conn_await_command(s);
     conn_shut_down_if_idle(s);

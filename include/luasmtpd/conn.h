@@ -131,5 +131,8 @@ void conn_after_command(struct session *s);
 /* MAIL starts a transaction: it gets its id, which the script sees from on_mail on. */
 void conn_begin_transaction(struct session *s);
 void conn_end_transaction(struct session *s);
+/* A greeting was accepted (name: its argument) or must come again (name NULL, after
+ * STARTTLS): the transaction ends and the session's HELO/EHLO name is replaced. */
+void conn_set_greeting(struct session *s, const char *name, bool esmtp);
 
 #endif
