@@ -96,7 +96,7 @@ test_defaults(void **state)
     assert_null(r.cfg.script_path);
     assert_int_equal(r.cfg.size_limit, 33554432);
     assert_false(r.cfg.debug);
-    assert_false(r.cfg.smtputf8);
+    assert_true(r.cfg.smtputf8); /* offered unless --no-smtputf8 */
     assert_false(r.cfg.nosetuid);
     assert_null(r.cfg.hostname);
     assert_int_equal(r.cfg.max_recipients, 1000);
@@ -148,6 +148,16 @@ test_short_options(void **state)
     assert_true(r.cfg.smtputf8);
     assert_string_equal(r.cfg.handler, "SinkServer");
     assert_int_equal(r.cfg.size_limit, 0);
+    run_free(&r);
+
+    /* -u is the default kept for Python's flag; --no-smtputf8 wins over it only when later */
+    const char *off[] = {"luasmtpd", "-u", "--no-smtputf8", NULL};
+    assert_int_equal(run_parse(&r, off), CONFIG_RUN);
+    assert_false(r.cfg.smtputf8);
+    run_free(&r);
+    const char *on_again[] = {"luasmtpd", "--no-smtputf8", "-u", NULL};
+    assert_int_equal(run_parse(&r, on_again), CONFIG_RUN);
+    assert_true(r.cfg.smtputf8);
     run_free(&r);
 
     /* a repeated -c replaces the first (and frees it: ASan would see the leak) */
@@ -429,12 +439,12 @@ test_parse_twice(void **state)
     assert_false(r.cfg.debug);
     run_free(&r);
 
-    const char *error_mid_group[] = {"luasmtpd", "-xu", NULL};
+    const char *error_mid_group[] = {"luasmtpd", "-xd", NULL};
     assert_int_equal(run_parse(&r, error_mid_group), CONFIG_EXIT_USAGE);
     run_free(&r);
     const char *after[] = {"luasmtpd", "-s", "7", NULL};
     assert_int_equal(run_parse(&r, after), CONFIG_RUN);
-    assert_false(r.cfg.smtputf8);
+    assert_false(r.cfg.debug);
     assert_int_equal(r.cfg.size_limit, 7);
     run_free(&r);
 }
