@@ -23,6 +23,9 @@
 
 /* A row's hook when the script is not asked. */
 #define NO_HOOK (-1)
+/* Room for client input quoted in a reply (escaped by smtp_reply_quote), so that with the
+ * rest of the line it stays within RFC 5321's 512 bytes. */
+#define QUOTED_MAX (SMTP_REPLY_LINE_MAX - 48)
 
 struct command {
     /* false: it answered (an error) and the command ends here. NULL: nothing to check. */
@@ -295,11 +298,13 @@ vrfy_proceed(struct session *s, const char *reply, size_t len)
     /* The parse writes into its input; the reply quotes the argument as it came. */
     char copy[CONN_LINE_MAX + 1];
     snprintf(copy, sizeof(copy), "%s", s->cmd.arg);
-    if (smtp_parse_path(copy, &path) && !path.null_path)
-        conn_reply_const(
-            s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
-    else
-        conn_reply(s, "502 5.5.1 Could not VRFY %s", s->cmd.arg);
+    if (!smtp_parse_path(copy, &path) || path.null_path) {
+        char quoted[QUOTED_MAX];
+        smtp_reply_quote(s->cmd.arg, strlen(s->cmd.arg), quoted, sizeof(quoted));
+        conn_reply(s, "502 5.5.1 Could not VRFY %s", quoted);
+        return;
+    }
+    conn_reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
 static bool
@@ -751,7 +756,9 @@ commands_dispatch(struct session *s, char *line, size_t len)
         break;
     }
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
-        conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
+        char quoted[QUOTED_MAX];
+        smtp_reply_quote(cmd.verb_text, strlen(cmd.verb_text), quoted, sizeof(quoted));
+        conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", quoted);
         return;
     }
     if (s->g->cfg->require_starttls && !s->in_tls && !allowed_before_tls[cmd.verb]) {

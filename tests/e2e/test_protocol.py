@@ -437,6 +437,35 @@ class TestIntendedDifferences(ServerTestCase):
             self.assertEqual(c.cmd("NOOP").code, 250)
         self.assertTrue(srv.alive())
 
+    def test_replies_never_echo_raw_bytes(self):
+        """RFC 5321 4.2: reply text is printable US-ASCII. Python echoes what the client sent;
+        we write each byte outside 0x20-0x7e (and the backslash) as \\xNN."""
+        srv = self.start_server("sink")
+        c = self.connect(srv)
+        cases = [
+            (b"\x80", '500 5.5.1 Error: command "\\x80" not recognized'),
+            (b"fo\xffo bar", '500 5.5.1 Error: command "FO\\xffO" not recognized'),
+            (b"X\tY", '500 5.5.1 Error: command "X\\x09Y" not recognized'),
+            (b"A\\x80", '500 5.5.1 Error: command "A\\x5cX80" not recognized'),
+            (b"caf\xc3\xa9", '500 5.5.1 Error: command "CAF\\xc3\\xa9" not recognized'),
+            (b'VRFY "" \x80\t!', '502 5.5.1 Could not VRFY "" \\x80\\x09!'),
+            (b"VRFY <\xe9", "502 5.5.1 Could not VRFY <\\xe9"),
+            # cut to fit 512 bytes, never inside an escape
+            (b"VRFY <" + b"\xe9" * 200, None),
+        ]
+        for raw, want in cases:
+            with self.subTest(raw=raw[:20]):
+                c.send(raw + b"\r\n")
+                r = c.reply()
+                for line in r.lines:
+                    self.assertTrue(all(0x20 <= ord(ch) <= 0x7e for ch in line), repr(line))
+                    self.assertLessEqual(len(line) + 2, 512)
+                if want is not None:
+                    self.assertEqual(r.lines, [want])
+                else:
+                    self.assertRegex(r.lines[0], r"^502 5\.5\.1 Could not VRFY <(\\xe9)+\.\.\.$")
+        self.assertEqual(c.cmd("NOOP").code, 250)
+
     def test_non_ascii_address_without_smtputf8(self):
         srv = self.start_server("sink")
         c = self.connect(srv)
