@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "luasmtpd/hostname.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/reload.h"
@@ -317,22 +318,6 @@ listener_on_lua_file(void *arg, const char *path)
     reload_watch(srv->reload, path);
 }
 
-/* This host's name for the greeting, as Python's socket.getfqdn(): the canonical name of
- * gethostname(), or the plain name when it does not resolve. */
-static char *
-fqdn(void)
-{
-    char name[256] = "localhost";
-    gethostname(name, sizeof(name) - 1);
-    struct addrinfo hints = {.ai_flags = AI_CANONNAME}, *res;
-    if (getaddrinfo(name, NULL, &hints, &res) == 0) {
-        if (res->ai_canonname != NULL)
-            snprintf(name, sizeof(name), "%s", res->ai_canonname);
-        freeaddrinfo(res);
-    }
-    return strdup(name);
-}
-
 /* Raises the soft descriptor limit to the hard one, and lowers --max-connections to what fits
  * in it (every worker inherits both), so sessions alone never run the process out of
  * descriptors: a server that did would refuse every upstream and child too. */
@@ -417,7 +402,7 @@ serve(void *arg, int *fds, int n)
     struct serve_args *sa = arg;
     struct config *cfg = sa->cfg;
     const char *lua_dir = sa->lua_dir;
-    char *hostname = cfg->hostname ? strdup(cfg->hostname) : fqdn();
+    char *hostname = strdup(cfg->hostname);
     struct server srv = {.cfg = cfg};
     srv.base = event_base_new();
     /* Upstream host names are resolved without blocking the loop. */
@@ -509,6 +494,16 @@ listener_run(struct config *cfg, const char *lua_dir)
     /* Until serve()'s reload_start, here and in every worker. */
     reload_hold_signals();
     unsigned workers = cfg->workers > 1 ? cfg->workers : 1;
+    /* Found once, before the workers: each would otherwise ask the resolver, and warn. */
+    if (cfg->hostname == NULL) {
+        cfg->hostname = hostname_fqdn();
+        if (cfg->hostname == NULL)
+            return 1;
+        if (strchr(cfg->hostname, '.') == NULL)
+            log_warn("this host's name '%s' is not fully qualified: an upstream that wants a "
+                     "qualified HELO will refuse our relay (give one with --hostname)",
+                     cfg->hostname);
+    }
     /* Read before privileges are dropped: keys are often readable by root alone. A pair that
      * does not load is a usage error, as a missing file is. */
     struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};
