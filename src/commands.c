@@ -467,7 +467,7 @@ mail_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: nested MAIL command");
         return false;
     }
-    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages) {
+    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages && !s->trusted) {
         conn_reply(s, "421 4.7.0 %s Error: too many messages in this connection, closing",
                    s->g->hostname);
         conn_close_after_flush(s);

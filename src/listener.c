@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <grp.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pwd.h>
@@ -352,6 +353,11 @@ fit_descriptors(struct config *cfg)
         fits = 1;
     if (cfg->max_connections <= fits)
         return;
+    if (cfg->max_connections == UINT_MAX) { /* --max-connections 0: what fits is the cap */
+        log_info("at most %llu connections at once (what the descriptor limit fits)", fits);
+        cfg->max_connections = (unsigned)fits;
+        return;
+    }
     log_warn("--max-connections %u does not fit in the descriptor limit %llu (%d per connection, "
              "%llu kept for listeners, Lua, DNS, upstreams and %u pipe children): at most %llu "
              "connections at once",

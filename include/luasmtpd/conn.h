@@ -72,6 +72,7 @@ struct session {
     bool greeted;       /* the 220 went out; input before it is a pregreet */
     bool counted;       /* in g->per_client */
     bool proven;        /* its address had a message accepted lately (g->proven) */
+    bool trusted;       /* its address is in --trusted-networks: no per-client limits */
     bool read_eof;      /* the client half-closed: what is buffered is all that will come */
     bool write_failed;  /* the socket refused a write: the client is gone */
     bool in_tls;        /* bev speaks TLS (implicit from the start, or after STARTTLS) */
