@@ -58,7 +58,7 @@ format_entry(const struct strv *replies, size_t i, struct buf *out)
 int
 lmtp_answer_each(struct lmtp_answer *a, bool lmtp, const struct strv *replies)
 {
-    size_t start = a->wire.len;
+    size_t start = a->wire.len, codes_start = strlen(a->codes);
     struct buf scratch = {0};
     struct buf *out = lmtp ? &a->wire : &scratch;
     /* SMTP: the entry whose reply answers the message (the first of each class). */
@@ -71,6 +71,7 @@ lmtp_answer_each(struct lmtp_answer *a, bool lmtp, const struct strv *replies)
         if (code == -1) {
             buf_free(&scratch);
             a->wire.len = start;
+            a->codes[codes_start] = '\0';
             return (int)i + 1;
         }
         int class = code / 100;
