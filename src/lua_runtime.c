@@ -375,7 +375,7 @@ call_finish(struct lrt_call *call, int status, int nresults)
     } else if (call->replies != NULL && lua_type(co, -nresults) == LUA_TTABLE) {
         char why[200];
         if (lreplies_read(co, -nresults, call->rcpts, call->replies, why, sizeof(why)))
-            outcome = LRT_PER_RCPT;
+            outcome = LRT_TABLE;
         else
             log_error("session %lu: %s returned %s (generation %u)", call->session_id, call->what,
                       why, call->gen->id);

@@ -26,7 +26,7 @@ handler_answer(struct session *s, enum lrt_outcome outcome, const char *text, si
                struct lmtp_answer *a)
 {
     bool lmtp = s->g->cfg->lmtp;
-    if (outcome == LRT_PER_RCPT) {
+    if (outcome == LRT_TABLE) {
         int bad = lmtp_answer_each(a, lmtp, &s->tx.replies);
         if (bad > 0)
             log_error("session %lu: process_message returned an invalid reply for <%s>: %.80s",

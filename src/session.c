@@ -159,7 +159,7 @@ session_finish_data(struct session *s)
 {
     if (s->tx.decoder.overflow || s->tx.decoder.failed) {
         msg_answer_refuse(s, s->tx.decoder.overflow ? "552 5.3.4 Error: Too much mail data"
-                                                         : "451 4.3.0 Error: out of memory");
+                                                    : "451 4.3.0 Error: out of memory");
         log_info("session %lu: message from <%s> refused: %zu bytes%s, id %s", s->id,
                  s->tx.env.mailfrom, s->tx.decoder.size,
                  s->tx.decoder.overflow ? " over the size limit" : "", s->tx.id);

@@ -18,9 +18,9 @@
 #define LMTP_CODES_MAX 64
 
 struct lmtp_answer {
-    struct buf wire;  /* whole reply lines, CRLF included, in the order they are sent */
-    size_t accepted;  /* recipients told 2xx */
-    bool mixed;       /* SMTP only: the handler took some recipients and refused others */
+    struct buf wire; /* whole reply lines, CRLF included, in the order they are sent */
+    size_t accepted; /* recipients told 2xx */
+    bool mixed;      /* SMTP only: the handler took some recipients and refused others */
     char codes[LMTP_CODES_MAX];
 };
 

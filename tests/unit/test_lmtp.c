@@ -51,10 +51,22 @@ static const struct each_case each_cases[] = {
      1,
      false,
      "452 250"},
-    {"lmtp: a bad entry fails the whole table", true, {"250 ok", "hello", "", NULL}, 2, NULL, 0,
-     false, ""},
-    {"lmtp: two lines of different codes are no reply", true, {"250 a\n550 b", NULL}, 1, NULL, 0,
-     false, ""},
+    {"lmtp: a bad entry fails the whole table",
+     true,
+     {"250 ok", "hello", "", NULL},
+     2,
+     NULL,
+     0,
+     false,
+     ""},
+    {"lmtp: two lines of different codes are no reply",
+     true,
+     {"250 a\n550 b", NULL},
+     1,
+     NULL,
+     0,
+     false,
+     ""},
     {"smtp: all taken: the first 2xx the handler gave",
      false,
      {"", "250 2.0.0 queued as X", "250 2.0.0 queued as Y", NULL},
@@ -63,7 +75,13 @@ static const struct each_case each_cases[] = {
      3,
      false,
      "250"},
-    {"smtp: none named: the default", false, {"", "", NULL}, 0, "250 2.0.0 OK\r\n", 2, false,
+    {"smtp: none named: the default",
+     false,
+     {"", "", NULL},
+     0,
+     "250 2.0.0 OK\r\n",
+     2,
+     false,
      "250"},
     {"smtp: a 5xx beats a 4xx, whatever the order",
      false,
@@ -89,7 +107,13 @@ static const struct each_case each_cases[] = {
      0,
      false,
      "550"},
-    {"smtp: a bad entry fails the whole table", false, {"550 no", "3 x", NULL}, 2, NULL, 0, false,
+    {"smtp: a bad entry fails the whole table",
+     false,
+     {"550 no", "3 x", NULL},
+     2,
+     NULL,
+     0,
+     false,
      ""},
 };
 
@@ -131,8 +155,8 @@ test_answer_all(void **state)
     struct lmtp_answer a = {0};
     assert_int_equal(lmtp_answer_all(&a, true, 3, "552 5.3.4 too big", 17), 0);
     assert_int_equal(a.wire.len, 3 * strlen("552 5.3.4 too big\r\n"));
-    assert_memory_equal(a.wire.data, "552 5.3.4 too big\r\n552 5.3.4 too big\r\n552 5.3.4 too big\r\n",
-                        a.wire.len);
+    assert_memory_equal(
+        a.wire.data, "552 5.3.4 too big\r\n552 5.3.4 too big\r\n552 5.3.4 too big\r\n", a.wire.len);
     assert_int_equal(a.accepted, 0);
     assert_string_equal(a.codes, "552 552 552");
     lmtp_answer_free(&a);
