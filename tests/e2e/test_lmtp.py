@@ -11,6 +11,7 @@ import subprocess
 import unittest
 
 from harness import HOSTNAME, REPLY_TIMEOUT, ServerTestCase, binary, bound, version
+from test_tls import TlsCase
 from upstreams import SmtpSink
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -237,6 +238,20 @@ class TestRepliesAfterData(LmtpTestCase):
             "221 2.0.0 Bye",
         ])
         self.assertTrue(c.wait_closed())
+
+
+class TestStarttls(TlsCase, LmtpTestCase):
+    def test_starttls_then_lhlo_again(self):
+        srv = self.start_lmtp(args=self.tls_args())
+        c = self.connect(srv)
+        self.assertIn("250-STARTTLS", c.cmd(LHLO).lines)
+        self.starttls_raw(c)
+        # RFC 3207 4.2: the session starts over; MAIL before the new LHLO is out of order.
+        self.assertReply(c.cmd("MAIL FROM:<received@x.example>"), 503)
+        self.assertReply(c.cmd("EHLO client.example"), 500)
+        self.assertReply(c.cmd(LHLO), 250)
+        _, after = self.transaction(c, "received@x.example", ["a@y.example", "b@y.example"])
+        self.assertEqual(self.lines(after), [["250 2.0.0 LMTPS lmtp=true"]] * 2)
 
 
 class TestTableOverSmtp(LmtpTestCase):
