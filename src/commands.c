@@ -16,6 +16,7 @@
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/data_budget.h"
+#include "luasmtpd/help.h"
 #include "luasmtpd/lmtp.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
@@ -266,33 +267,7 @@ help_proceed(struct session *s, const char *reply, size_t len)
 {
     (void)reply;
     (void)len;
-    static const char *const topics[][2] = {
-        {"EHLO", "EHLO hostname"},
-        {"HELO", "HELO hostname"},
-        {"MAIL", "MAIL FROM: <address>"},
-        {"RCPT", "RCPT TO: <address>"},
-        {"DATA", "DATA"},
-        {"RSET", "RSET"},
-        {"NOOP", "NOOP"},
-        {"QUIT", "QUIT"},
-        {"VRFY", "VRFY <address>"},
-    };
-    static const char commands[] =
-        "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
-    const char *arg = s->cmd.arg;
-    if (*arg == '\0') {
-        conn_reply(s, "250 2.0.0 %s", commands);
-        return;
-    }
-    for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
-        if (strcasecmp(arg, topics[i][0]) == 0) {
-            bool params = s->esmtp && (i == 2 || i == 3);
-            conn_reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1],
-                       params ? " [SP <mail-parameters>]" : "");
-            return;
-        }
-    }
-    conn_reply(s, "501 5.5.4 %s", commands);
+    help_answer(s, s->cmd.arg);
 }
 
 static bool
