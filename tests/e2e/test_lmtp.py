@@ -70,6 +70,16 @@ class TestGreeting(LmtpTestCase):
         self.assertReply(c.cmd(LHLO), 250)
         self.assertReply(c.cmd("MAIL FROM:<a@x.example>"), 250)
 
+    def test_help_names_lhlo(self):
+        srv = self.start_lmtp()
+        c = self.connect(srv)
+        commands = "Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+        self.assertEqual(c.cmd("HELP").lines, [f"250 2.0.0 {commands}"])
+        self.assertEqual(c.cmd("HELP LHLO").lines, ["250 2.0.0 Syntax: LHLO hostname"])
+        self.assertEqual(c.cmd("HELP EHLO").lines, [f"501 5.5.4 {commands}"])
+        smtp = self.start_server("lmtp_replies")
+        self.assertEqual(self.connect(smtp).cmd("HELP LHLO").code, 501)
+
     def test_smtp_listener_refuses_lhlo(self):
         srv = self.start_server("lmtp_replies")
         c = self.connect(srv)
