@@ -16,6 +16,7 @@
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/data_budget.h"
+#include "luasmtpd/dsn.h"
 #include "luasmtpd/help.h"
 #include "luasmtpd/lmtp.h"
 #include "luasmtpd/log.h"
@@ -25,6 +26,9 @@
 
 /* A row's hook when the script is not asked. */
 #define NO_HOOK (-1)
+/* Room for client input quoted in a reply (escaped by smtp_reply_quote), so that with the
+ * rest of the line it stays within RFC 5321's 512 bytes. */
+#define QUOTED_MAX (SMTP_REPLY_LINE_MAX - 48)
 
 struct command {
     /* false: it answered (an error) and the command ends here. NULL: nothing to check. */
@@ -45,11 +49,14 @@ long_verb(const char *line, size_t len)
 {
     bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
     bool auth = len >= 4 && strncasecmp(line, "AUTH", 4) == 0 && (len == 4 || line[4] == ' ');
-    return mail ? SMTP_VERB_MAIL : auth ? SMTP_VERB_AUTH : SMTP_VERB_UNKNOWN;
+    bool rcpt = len >= 4 && strncasecmp(line, "RCPT", 4) == 0 && (len == 4 || line[4] == ' ');
+    enum smtp_verb verb = mail ? SMTP_VERB_MAIL : auth ? SMTP_VERB_AUTH : SMTP_VERB_UNKNOWN;
+    return rcpt ? SMTP_VERB_RCPT : verb;
 }
 
-/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8;
- * AUTH's initial response may take RFC 4954's 12,288 bytes. */
+/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8, and
+ * RFC 3461 MAIL and RCPT for DSN's parameters; AUTH's initial response may take RFC 4954's
+ * 12,288 bytes. */
 static size_t
 line_limit(const struct session *s, enum smtp_verb verb)
 {
@@ -57,10 +64,12 @@ line_limit(const struct session *s, enum smtp_verb verb)
         return AUTH_LINE_MAX;
     size_t limit = SMTP_COMMAND_LINE_LIMIT;
     if (s->esmtp && verb == SMTP_VERB_MAIL) {
-        limit += SMTP_SIZE_EXTRA; /* we always advertise SIZE */
+        limit += SMTP_SIZE_EXTRA + SMTP_DSN_MAIL_EXTRA; /* we always advertise SIZE and DSN */
         if (s->g->cfg->smtputf8)
             limit += SMTP_SMTPUTF8_EXTRA;
     }
+    if (s->esmtp && verb == SMTP_VERB_RCPT)
+        limit += SMTP_DSN_RCPT_EXTRA;
     return limit;
 }
 
@@ -143,12 +152,8 @@ greeting_check(struct session *s, char *arg, const char *verb)
         conn_reply(s, "501 5.5.4 Syntax: %s hostname", verb);
         return false;
     }
-    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
-     * do we, so scripts see one helo name per connection. */
-    if (s->helo != NULL) {
-        conn_reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
-        return false;
-    }
+    /* A second greeting is taken (RFC 5321 4.1.4), where Python's smtpd answers 503; until
+     * it is accepted the session stays as it was, the old name and transaction included. */
     return commands_keep(s, arg, NULL, 0);
 }
 
@@ -169,12 +174,7 @@ ehlo_check(struct session *s, char *arg)
 static void
 greeting_accept(struct session *s, bool extended)
 {
-    const char *name = s->cmd.arg;
-    conn_end_transaction(s);
-    free(s->helo);
-    s->helo = strdup(name);
-    s->esmtp = extended;
-    lrt_session_set_helo(s->ls, name, extended);
+    conn_set_greeting(s, s->cmd.arg, extended);
     if (!extended) {
         conn_reply(s, "250 %s", s->g->hostname);
         return;
@@ -186,7 +186,7 @@ greeting_accept(struct session *s, bool extended)
         buf_printf(&b, "250-SIZE %zu\r\n", cfg->size_limit);
     else
         buf_append_str(&b, "250-SIZE\r\n");
-    buf_append_str(&b, "250-8BITMIME\r\n");
+    buf_append_str(&b, "250-8BITMIME\r\n250-DSN\r\n");
     if (cfg->smtputf8)
         buf_append_str(&b, "250-SMTPUTF8\r\n");
     /* Extensions that depend on the connection's security. */
@@ -213,14 +213,6 @@ ehlo_proceed(struct session *s, const char *reply, size_t len)
     (void)reply;
     (void)len;
     greeting_accept(s, true);
-}
-
-static bool
-noop_check(struct session *s, char *arg)
-{
-    if (*arg)
-        conn_reply_const(s, "501 5.5.4 Syntax: NOOP");
-    return *arg == '\0';
 }
 
 static void
@@ -289,11 +281,13 @@ vrfy_proceed(struct session *s, const char *reply, size_t len)
     /* The parse writes into its input; the reply quotes the argument as it came. */
     char copy[CONN_LINE_MAX + 1];
     snprintf(copy, sizeof(copy), "%s", s->cmd.arg);
-    if (smtp_parse_path(copy, &path) && !path.null_path)
-        conn_reply_const(
-            s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
-    else
-        conn_reply(s, "502 5.5.1 Could not VRFY %s", s->cmd.arg);
+    if (!smtp_parse_path(copy, &path) || path.null_path) {
+        char quoted[QUOTED_MAX];
+        smtp_reply_quote(s->cmd.arg, strlen(s->cmd.arg), quoted, sizeof(quoted));
+        conn_reply(s, "502 5.5.1 Could not VRFY %s", quoted);
+        return;
+    }
+    conn_reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
 static bool
@@ -349,14 +343,25 @@ all_digits(const char *v)
     return true;
 }
 
+/* RFC 3461's parameters of MAIL or RCPT, then the 555 for any neither they nor `known` are;
+ * false when one was refused. */
+static bool
+dsn_params(struct session *s, const struct smtp_param *params, int n, bool mail, bool *known)
+{
+    const char *refusal = dsn_check_params(params, n, mail, known);
+    if (refusal != NULL)
+        conn_reply(s, "%s", refusal);
+    return refusal == NULL;
+}
+
 static void
 syntax_error(struct session *s, const char *usage)
 {
     conn_reply(s, "501 5.5.4 Syntax: %s%s", usage, s->esmtp ? " [SP <mail-parameters>]" : "");
 }
 
-/* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then anything left)
- * and records them. Returns false when a reply was sent. */
+/* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then DSN's and
+ * anything left) and records them. Returns false when a reply was sent. */
 static bool
 mail_params(struct session *s, struct smtp_param *params, int n, const char *usage)
 {
@@ -406,13 +411,7 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *usa
         }
         s->tx.env.size_hint = (size_t)size;
     }
-    for (int i = 0; i < n; i++) {
-        if (!known[i]) {
-            conn_reply_const(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
-            return false;
-        }
-    }
-    return true;
+    return dsn_params(s, params, n, true, known);
 }
 
 /* The path of MAIL FROM: or RCPT TO:, checked as Python's smtpd does: parameters only after
@@ -456,7 +455,7 @@ mail_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: nested MAIL command");
         return false;
     }
-    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages) {
+    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages && !s->trusted) {
         conn_reply(s, "421 4.7.0 %s Error: too many messages in this connection, closing",
                    s->g->hostname);
         conn_close_after_flush(s);
@@ -509,12 +508,9 @@ rcpt_check(struct session *s, char *arg)
         return false;
     }
     int n = params_argument(s, &path, usage, params);
-    if (n < 0)
+    bool known[SMTP_PARAMS_MAX] = {false};
+    if (n < 0 || !dsn_params(s, params, n, false, known))
         return false;
-    if (n > 0) {
-        conn_reply_const(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
-        return false;
-    }
     if (path.non_ascii && !s->tx.env.smtputf8) {
         conn_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
         return false;
@@ -532,8 +528,8 @@ static void
 path_accept(struct session *s, bool mail, const char *reply, size_t len)
 {
     struct envelope *env = &s->tx.env;
-    bool ok =
-        mail ? envelope_set_sender(env, s->cmd.arg) == 0 : strv_push(&env->rcpts, s->cmd.arg) == 0;
+    bool ok = mail ? envelope_set_sender(env, s->cmd.arg) == 0
+                   : envelope_add_rcpt(env, s->cmd.arg, &s->cmd.params) == 0;
     for (size_t i = 0; ok && mail && i < s->cmd.params.n; i++)
         ok = strv_push(&env->mail_options, s->cmd.params.items[i]) == 0;
     log_debug("session %lu: %s <%s>", s->id, mail ? "sender" : "recipient", s->cmd.arg);
@@ -612,7 +608,8 @@ static const struct command commands[] = {
     [SMTP_VERB_RCPT] = {rcpt_check, LRT_HOOK_RCPT, rcpt_proceed, NULL, NULL},
     [SMTP_VERB_DATA] = {data_check, NO_HOOK, data_proceed, NULL, NULL},
     [SMTP_VERB_RSET] = {rset_check, NO_HOOK, rset_proceed, NULL, NULL},
-    [SMTP_VERB_NOOP] = {noop_check, NO_HOOK, ok_proceed, NULL, NULL},
+    /* NOOP's argument is ignored (RFC 5321 4.1.1.9), where Python's smtpd answers 501. */
+    [SMTP_VERB_NOOP] = {NULL, NO_HOOK, ok_proceed, NULL, NULL},
     [SMTP_VERB_QUIT] = {NULL, NO_HOOK, quit_proceed, NULL, NULL},
     [SMTP_VERB_VRFY] = {vrfy_check, NO_HOOK, vrfy_proceed, NULL, NULL},
     [SMTP_VERB_EXPN] = {NULL, NO_HOOK, expn_proceed, NULL, NULL},
@@ -750,7 +747,9 @@ commands_dispatch(struct session *s, char *line, size_t len)
     if (lmtp_foreign_verb(s->g->cfg->lmtp, cmd.verb))
         cmd.verb = SMTP_VERB_UNKNOWN;
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
-        conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
+        char quoted[QUOTED_MAX];
+        smtp_reply_quote(cmd.verb_text, strlen(cmd.verb_text), quoted, sizeof(quoted));
+        conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", quoted);
         return;
     }
     if (s->g->cfg->require_starttls && !s->in_tls && !allowed_before_tls[cmd.verb]) {

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "luasmtpd/log.h"
+#include "luasmtpd/lua_dsn.h"
 #include "luasmtpd/lua_replies.h"
 #include "luasmtpd/lua_smtpd.h"
 #include "luasmtpd/pipe.h"
@@ -83,6 +84,7 @@ struct lrt_session {
     unsigned long id;
     char *peer_addr;
     int peer_port;
+    bool trusted; /* peer_addr is in --trusted-networks */
     char *helo;
     bool esmtp; /* the greeting was EHLO (LHLO), not HELO: Received: says ESMTP or SMTP */
     struct {
@@ -493,6 +495,8 @@ session_table_move(struct lrt_session *ls)
     lua_setfield(L, -2, "peer");
     lua_pushinteger(L, (lua_Integer)ls->id);
     lua_setfield(L, -2, "id");
+    lua_pushboolean(L, ls->trusted);
+    lua_setfield(L, -2, "trusted");
     if (ls->helo != NULL) {
         lua_pushstring(L, ls->helo);
         lua_setfield(L, -2, "helo");
@@ -515,7 +519,8 @@ session_table_move(struct lrt_session *ls)
 }
 
 struct lrt_session *
-lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int peer_port)
+lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int peer_port,
+                bool trusted)
 {
     struct lrt_session *ls = calloc(1, sizeof(*ls));
     if (ls == NULL || (ls->peer_addr = strdup(peer_addr)) == NULL) {
@@ -525,6 +530,7 @@ lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int pee
     ls->rt = rt;
     ls->id = id;
     ls->peer_port = peer_port;
+    ls->trusted = trusted;
     session_table_move(ls);
     ls->next = rt->sessions;
     if (rt->sessions != NULL)
@@ -716,7 +722,7 @@ lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_d
     call->replies = msg->replies;
     /* Lua has its copy: the session's goes now, so a big message is held twice only briefly. */
     buf_free(msg->data);
-    lua_createtable(co, 0, 6);
+    lua_createtable(co, 0, 8);
     lua_pushstring(co, msg->id ? msg->id : "");
     lua_setfield(co, -2, "id");
     push_strv(co, &msg->env->mail_options);
@@ -727,6 +733,7 @@ lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_d
     lua_setfield(co, -2, "helo");
     lua_pushboolean(co, msg->env->smtputf8);
     lua_setfield(co, -2, "smtputf8");
+    ldsn_push(co, msg->env);
     lua_rawgeti(co, LUA_REGISTRYINDEX, ls->table_ref);
     lua_setfield(co, -2, "session");
     return call_resume(call, 5) ? call : NULL;
