@@ -18,6 +18,7 @@
 #include "luasmtpd/data_budget.h"
 #include "luasmtpd/dsn.h"
 #include "luasmtpd/help.h"
+#include "luasmtpd/lmtp.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/smtp_reply.h"
@@ -165,7 +166,8 @@ helo_check(struct session *s, char *arg)
 static bool
 ehlo_check(struct session *s, char *arg)
 {
-    return greeting_check(s, arg, "EHLO");
+    /* LHLO is EHLO under another name (RFC 2033 4.1); an LMTP listener takes no EHLO. */
+    return greeting_check(s, arg, s->g->cfg->lmtp ? "LHLO" : "EHLO");
 }
 
 /* HELO/EHLO accepted (after on_helo): record the name, answer with our capabilities. */
@@ -601,6 +603,7 @@ static const struct command commands[] = {
     [SMTP_VERB_UNKNOWN] = {NULL, LRT_HOOK_CONNECT, greeting_proceed, greeting_refused, NULL},
     [SMTP_VERB_HELO] = {helo_check, LRT_HOOK_HELO, helo_proceed, NULL, NULL},
     [SMTP_VERB_EHLO] = {ehlo_check, LRT_HOOK_HELO, ehlo_proceed, NULL, NULL},
+    [SMTP_VERB_LHLO] = {ehlo_check, LRT_HOOK_HELO, ehlo_proceed, NULL, NULL},
     [SMTP_VERB_MAIL] = {mail_check, LRT_HOOK_MAIL, mail_proceed, mail_refused, NULL},
     [SMTP_VERB_RCPT] = {rcpt_check, LRT_HOOK_RCPT, rcpt_proceed, NULL, NULL},
     [SMTP_VERB_DATA] = {data_check, NO_HOOK, data_proceed, NULL, NULL},
@@ -698,6 +701,7 @@ is_junk(enum smtp_verb verb)
     case SMTP_VERB_EXPN:
     case SMTP_VERB_HELO:
     case SMTP_VERB_EHLO:
+    case SMTP_VERB_LHLO:
         return true;
     default:
         return false;
@@ -708,6 +712,7 @@ is_junk(enum smtp_verb verb)
 static const bool allowed_before_tls[] = {
     [SMTP_VERB_EHLO] = true, [SMTP_VERB_HELO] = true, [SMTP_VERB_STARTTLS] = true,
     [SMTP_VERB_NOOP] = true, [SMTP_VERB_RSET] = true, [SMTP_VERB_QUIT] = true,
+    [SMTP_VERB_LHLO] = true,
 };
 
 void
@@ -738,6 +743,9 @@ commands_dispatch(struct session *s, char *line, size_t len)
     case SMTP_PARSE_OK:
         break;
     }
+    /* The other protocol's greeting is no command here (RFC 2033 4.1). */
+    if (lmtp_foreign_verb(s->g->cfg->lmtp, cmd.verb))
+        cmd.verb = SMTP_VERB_UNKNOWN;
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
         char quoted[QUOTED_MAX];
         smtp_reply_quote(cmd.verb_text, strlen(cmd.verb_text), quoted, sizeof(quoted));

@@ -39,6 +39,8 @@ static const char usage_text[] =
     "                        comma-separated (default " CONFIG_TRUSTED_NETWORKS "; '': none)\n"
     "  --hostname NAME       the name in the greeting and EHLO (default: this host's fully\n"
     "                        qualified name, as Python's socket.getfqdn())\n"
+    "  --lmtp                speak LMTP (RFC 2033): LHLO, then one reply per recipient after\n"
+    "                        DATA (never on port 25)\n"
     "  --no-reload           do not reload when the script files change (SIGHUP still does)\n"
     "  --check SCRIPT        load SCRIPT as a reload would, say whether it is good, exit 0/1\n"
     "%s"
@@ -348,6 +350,7 @@ enum {
     OPT_HOSTNAME,
     OPT_NO_RELOAD,
     OPT_CHECK,
+    OPT_LMTP,
     OPT_NO_SMTPUTF8,
     OPT_TRUSTED,
     OPT_TLS,            /* OPT_TLS + i: tls_options[i] */
@@ -369,6 +372,7 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         {"hostname", required_argument, NULL, OPT_HOSTNAME},
         {"no-reload", no_argument, NULL, OPT_NO_RELOAD},
         {"check", required_argument, NULL, OPT_CHECK},
+        {"lmtp", no_argument, NULL, OPT_LMTP},
         {"no-smtputf8", no_argument, NULL, OPT_NO_SMTPUTF8},
         {"trusted-networks", required_argument, NULL, OPT_TRUSTED},
     };
@@ -465,6 +469,9 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
             set_string(&cfg->handler, optarg);
             cfg->check_only = true;
             break;
+        case OPT_LMTP:
+            cfg->lmtp = true;
+            break;
         case ':':
             fprintf(err, "%s: option requires an argument: %s\n", prog, argv[optind - 1]);
             goto bad;
@@ -511,6 +518,11 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     const char *remote = positional >= 2 ? argv[optind + 1] : "localhost:25";
     if (!config_parse_hostport(local, &cfg->local_host, &cfg->local_port)) {
         fprintf(err, "%s: bad local spec: %s\n", prog, local);
+        goto bad;
+    }
+    /* RFC 2033 5: LMTP is another protocol than SMTP and MUST NOT be offered on port 25. */
+    if (cfg->lmtp && (cfg->local_port == 25 || (cfg->smtps_host && cfg->smtps_port == 25))) {
+        fprintf(err, "%s: --lmtp is not for port 25 (RFC 2033 5)\n", prog);
         goto bad;
     }
     if (!config_parse_hostport(remote, &cfg->remote_host, &cfg->remote_port)) {

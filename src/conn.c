@@ -127,7 +127,8 @@ void
 conn_greet(struct session *s)
 {
     s->greeted = true;
-    conn_reply(s, "220 %s luasmtpd %s ESMTP", s->g->hostname, LUASMTPD_VERSION);
+    conn_reply(s, "220 %s luasmtpd %s %s", s->g->hostname, LUASMTPD_VERSION,
+               s->g->cfg->lmtp ? "LMTP" : "ESMTP");
     conn_await_command(s);
 }
 

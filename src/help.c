@@ -1,6 +1,7 @@
 /* HELP (see help.h). The general answer and the 501 for an unknown topic list the same
- * commands: Python's nine, then STARTTLS and AUTH when EHLO would offer them now, so a client
- * reading HELP learns no more and no less than it could use. */
+ * commands: Python's nine (LHLO for EHLO and HELO on an LMTP listener), then STARTTLS and AUTH
+ * when EHLO would offer them now, so a client reading HELP learns no more and no less than it
+ * could use. */
 #include "luasmtpd/help.h"
 
 #include <stdbool.h>
@@ -8,6 +9,7 @@
 #include <strings.h>
 
 #include "luasmtpd/auth.h"
+#include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/tls.h"
 
@@ -28,6 +30,8 @@ static const struct topic python_topics[] = {
     {"QUIT", "QUIT", false},
     {"VRFY", "VRFY <address>", false},
 };
+/* An LMTP listener's greeting in place of the first two (RFC 2033 4.1). */
+static const struct topic lhlo_topic = {"LHLO", "LHLO hostname", false};
 static const struct topic starttls_topic = {"STARTTLS", "STARTTLS", false};
 /* RFC 4954 4's form of the command. */
 static const struct topic auth_topic = {"AUTH", "AUTH mechanism [initial-response]", false};
@@ -41,16 +45,20 @@ help_answer(struct session *s, const char *arg)
                        : starttls       ? " STARTTLS"
                        : auth           ? " AUTH"
                                         : "";
-    static const char commands[] =
-        "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
+    bool lmtp = s->g->cfg->lmtp;
+    const char *commands = lmtp
+                               ? "Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+                               : "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
     if (*arg == '\0') {
         conn_reply(s, "250 2.0.0 %s%s", commands, more);
         return;
     }
     const struct topic *found = NULL;
-    for (size_t i = 0; i < sizeof(python_topics) / sizeof(python_topics[0]); i++)
+    for (size_t i = lmtp ? 2 : 0; i < sizeof(python_topics) / sizeof(python_topics[0]); i++)
         if (strcasecmp(arg, python_topics[i].verb) == 0)
             found = &python_topics[i];
+    if (lmtp && strcasecmp(arg, lhlo_topic.verb) == 0)
+        found = &lhlo_topic;
     if (starttls && strcasecmp(arg, starttls_topic.verb) == 0)
         found = &starttls_topic;
     if (auth && strcasecmp(arg, auth_topic.verb) == 0)

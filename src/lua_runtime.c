@@ -14,6 +14,7 @@
 
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_dsn.h"
+#include "luasmtpd/lua_replies.h"
 #include "luasmtpd/lua_smtpd.h"
 #include "luasmtpd/pipe.h"
 #include "luasmtpd/watchdog.h"
@@ -64,6 +65,9 @@ struct lrt_call {
     void *cancel_arg;
     size_t message_bytes; /* process_message: the size of the message it was given */
     bool takes_true;      /* `true` is an answer (LRT_ACCEPT), not a wrong return type */
+    /* process_message: its recipients, and where a table of replies by recipient goes. */
+    const struct strv *rcpts;
+    struct strv *replies;
 };
 
 /* Once a call that was given a message this big ends, its string is garbage: Lua would keep it
@@ -370,6 +374,13 @@ call_finish(struct lrt_call *call, int status, int nresults)
     } else if (lua_type(co, -nresults) == LUA_TSTRING) {
         outcome = LRT_REPLY;
         reply = lua_tolstring(co, -nresults, &len);
+    } else if (call->replies != NULL && lua_type(co, -nresults) == LUA_TTABLE) {
+        char why[200];
+        if (lreplies_read(co, -nresults, call->rcpts, call->replies, why, sizeof(why)))
+            outcome = LRT_TABLE;
+        else
+            log_error("session %lu: %s returned %s (generation %u)", call->session_id, call->what,
+                      why, call->gen->id);
     } else {
         log_error("session %lu: %s returned a %s, not nil or a reply string (generation %u)",
                   call->session_id, call->what, luaL_typename(co, -nresults), call->gen->id);
@@ -492,6 +503,8 @@ session_table_move(struct lrt_session *ls)
         lua_pushboolean(L, ls->esmtp);
         lua_setfield(L, -2, "esmtp");
     }
+    lua_pushboolean(L, ls->rt->opts.env.lmtp);
+    lua_setfield(L, -2, "lmtp");
     if (ls->tls.version != NULL) {
         session_table_push_tls(L, ls);
         lua_setfield(L, -2, "tls");
@@ -705,6 +718,8 @@ lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_d
     push_strv(co, &msg->env->rcpts);
     lua_pushlstring(co, msg->data->data ? msg->data->data : "", msg->data->len);
     call->message_bytes = msg->data->len;
+    call->rcpts = &msg->env->rcpts;
+    call->replies = msg->replies;
     /* Lua has its copy: the session's goes now, so a big message is held twice only briefly. */
     buf_free(msg->data);
     lua_createtable(co, 0, 8);

@@ -24,6 +24,8 @@
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/data_budget.h"
+#include "luasmtpd/lmtp.h"
+#include "luasmtpd/msg_answer.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/networks.h"
@@ -128,32 +130,15 @@ session_on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, s
 {
     struct session *s = arg;
     s->call = NULL;
-    struct buf wire = {0};
-    int code = 250;
-    switch (outcome) {
-    case LRT_DEFAULT:
-        buf_append_str(&wire, "250 2.0.0 OK\r\n");
-        break;
-    case LRT_REPLY:
-        code = smtp_reply_format(text, len, &wire);
-        if (code != -1)
-            break;
-        log_error("session %lu: process_message returned an invalid reply: %.80s", s->id, text);
-        /* fall through */
-    case LRT_FAILED:
-    case LRT_ACCEPT: /* never for process_message */
-        code = 451;
-        buf_reset(&wire);
-        buf_append_str(&wire, "451 4.3.0 Error: the message handler failed; try again later\r\n");
-        break;
-    }
-    log_info("session %lu: message %lu from <%s> for %zu recipient(s), %zu bytes, id %s: %d "
+    struct lmtp_answer a = {0};
+    msg_answer_handler(s, outcome, text, len, &a);
+    log_info("session %lu: message %lu from <%s> for %zu recipient(s), %zu bytes, id %s: %s "
              "(generation %u)",
              s->id, ++s->messages, s->tx.env.mailfrom ? s->tx.env.mailfrom : "", s->tx.env.rcpts.n,
-             s->tx.decoder.size, s->tx.id, code, lrt_session_generation(s->ls));
+             s->tx.decoder.size, s->tx.id, a.codes, lrt_session_generation(s->ls));
     /* A client that sends many messages may RSET or NOOP between each: --max-junk counts
      * the junk since the last message accepted. */
-    if (code >= 200 && code < 300) {
+    if (a.accepted > 0) {
         s->junk = 0;
         if (s->g->proven == NULL)
             s->g->proven = proven_clients_new(PROVEN_CLIENTS, PROVEN_TTL_SEC);
@@ -162,8 +147,8 @@ session_on_handler_done(void *arg, enum lrt_outcome outcome, const char *text, s
         proven_clients_record(s->g->proven, s->peer_addr, now.tv_sec);
         s->proven = true;
     }
-    conn_send(s, CONN_REPLY_MESSAGE, wire.data, wire.len);
-    buf_free(&wire);
+    conn_send(s, CONN_REPLY_MESSAGE, a.wire.data, a.wire.len);
+    lmtp_answer_free(&a);
     conn_end_transaction(s);
     conn_enter(s, SESSION_COMMAND);
     conn_shut_down_if_idle(s);
@@ -174,10 +159,8 @@ static void
 session_finish_data(struct session *s)
 {
     if (s->tx.decoder.overflow || s->tx.decoder.failed) {
-        if (s->tx.decoder.overflow)
-            conn_send_const(s, CONN_REPLY_MESSAGE, "552 5.3.4 Error: Too much mail data");
-        else
-            conn_send_const(s, CONN_REPLY_MESSAGE, "451 4.3.0 Error: out of memory");
+        msg_answer_refuse(s, s->tx.decoder.overflow ? "552 5.3.4 Error: Too much mail data"
+                                                    : "451 4.3.0 Error: out of memory");
         log_info("session %lu: message from <%s> refused: %zu bytes%s, id %s", s->id,
                  s->tx.env.mailfrom, s->tx.decoder.size,
                  s->tx.decoder.overflow ? " over the size limit" : "", s->tx.id);
@@ -200,7 +183,8 @@ session_finish_data(struct session *s)
     /* From here the message is the Lua string process_message gets (our buffer goes once it is
      * copied): its length stays counted until the handler returns, memory we hold meanwhile. */
     tx_hold(&s->tx, s->tx.message.len);
-    struct lrt_message msg = {.env = &s->tx.env, .data = &s->tx.message, .id = s->tx.id};
+    struct lrt_message msg = {
+        .env = &s->tx.env, .data = &s->tx.message, .id = s->tx.id, .replies = &s->tx.replies};
     /* session_on_handler_done may run before this returns; it leaves s->call NULL then. */
     struct lrt_call *call = lrt_process_message(s->ls, &msg, session_on_handler_done, s);
     if (call != NULL)

@@ -34,6 +34,7 @@ tx_reset(struct transaction *tx)
 {
     tx->id[0] = '\0';
     envelope_reset(&tx->env);
+    strv_clear(&tx->replies);
     buf_free(&tx->message);
     tx_hold(tx, 0);
 }

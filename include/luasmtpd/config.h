@@ -32,6 +32,7 @@ struct config {
     size_t size_limit; /* 0: none */
     bool debug;
     bool smtputf8;
+    bool lmtp; /* --lmtp: the listeners speak LMTP (RFC 2033), LHLO and a reply per recipient */
     bool nosetuid;
     bool started_as_root; /* euid 0 at start: scripts others could write are refused */
     char *hostname;       /* for the greeting and EHLO; NULL: ask the system */

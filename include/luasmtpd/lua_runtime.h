@@ -27,6 +27,9 @@ struct lrt_message {
     const struct envelope *env;
     struct buf *data; /* taken: the runtime frees it once Lua holds its copy */
     const char *id;   /* the transaction's id, options.id */
+    /* Where a table process_message returns goes (LRT_TABLE): one reply per recipient of
+     * env->rcpts, in order, "" for one it did not name. It must outlive the call. */
+    struct strv *replies;
 };
 
 enum lrt_outcome {
@@ -34,6 +37,7 @@ enum lrt_outcome {
     LRT_REPLY,   /* a string the session must check */
     LRT_FAILED,  /* a Lua error or a return of the wrong type; already logged */
     LRT_ACCEPT,  /* true, from a hook whose yes must be said (authenticate) */
+    LRT_TABLE,   /* process_message's table of replies by recipient: in lrt_message.replies */
 };
 
 /* Called once per call that was not cancelled, possibly before the call returned NULL. */

@@ -26,6 +26,7 @@ struct lrt_env {
     size_t n_settings;
     size_t size_limit;       /* smtpd.size_limit; 0: none */
     bool debug;              /* smtpd.debugging */
+    bool lmtp;               /* the listener speaks LMTP: session.lmtp */
     struct pipe_pool *pipes; /* smtpd.pipe's children; lrt_new makes it, NULL in a --check */
 };
 

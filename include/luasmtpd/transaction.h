@@ -31,6 +31,8 @@ struct tx_ids {
 struct transaction {
     char id[TX_ID_MAX]; /* "" between transactions */
     struct envelope env;
+    /* process_message's table of replies: one per recipient, in RCPT order ("": not named). */
+    struct strv replies;
     struct smtp_data_decoder decoder;
     struct buf message;
     /* The bytes this message holds against the DATA budget (only tx_hold writes it), and the

@@ -724,6 +724,28 @@ test_tls_options(void **state)
     expect_usage(require, "--require-starttls needs --tlscert and --tlskey");
 }
 
+/* --lmtp: off by default, and never on port 25 (RFC 2033 5), where SMTP clients come. */
+static void
+test_lmtp_option(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *plain[] = {"luasmtpd", NULL};
+    assert_int_equal(run_parse(&r, plain), CONFIG_RUN);
+    assert_false(r.cfg.lmtp);
+    run_free(&r);
+    const char *lmtp[] = {"luasmtpd", "--lmtp", "127.0.0.1:24", NULL};
+    assert_int_equal(run_parse(&r, lmtp), CONFIG_RUN);
+    assert_true(r.cfg.lmtp);
+    assert_int_equal(r.cfg.local_port, 24);
+    run_free(&r);
+    const char *port25[] = {"luasmtpd", "--lmtp", "0.0.0.0:25", NULL};
+    expect_usage(port25, "--lmtp is not for port 25 (RFC 2033 5)");
+    const char *smtp25[] = {"luasmtpd", "0.0.0.0:25", NULL};
+    assert_int_equal(run_parse(&r, smtp25), CONFIG_RUN);
+    run_free(&r);
+}
+
 int
 main(void)
 {
@@ -741,6 +763,7 @@ main(void)
         cmocka_unit_test(test_zero_is_none),
         cmocka_unit_test(test_trusted_networks),
         cmocka_unit_test(test_tls_options),
+        cmocka_unit_test(test_lmtp_option),
         cmocka_unit_test_setup_teardown(test_resolve_bundled, setup_lua_dir, teardown_lua_dir),
         cmocka_unit_test_setup_teardown(test_resolve_path, setup_lua_dir, teardown_lua_dir),
         cmocka_unit_test_setup_teardown(test_resolve_unavailable, setup_lua_dir, teardown_lua_dir),

@@ -64,6 +64,8 @@ static const struct command_case command_cases[] = {
     {"starttls", 0, SMTP_PARSE_OK, SMTP_VERB_STARTTLS, "STARTTLS", ""},
     {"STARTTLS x", 0, SMTP_PARSE_OK, SMTP_VERB_STARTTLS, "STARTTLS", "x"},
     {"STARTTLSX", 0, SMTP_PARSE_OK, SMTP_VERB_UNKNOWN, "STARTTLSX", ""},
+    {"lhlo client.example", 0, SMTP_PARSE_OK, SMTP_VERB_LHLO, "LHLO", "client.example"},
+    {"LHLOX", 0, SMTP_PARSE_OK, SMTP_VERB_UNKNOWN, "LHLOX", ""},
     /* Python splits at the first space only: a tab is part of the verb, a leading space makes
      * the verb empty. Neither is a known command. */
     {"NOOP\t", 0, SMTP_PARSE_OK, SMTP_VERB_UNKNOWN, "NOOP\t", ""},
