@@ -599,7 +599,7 @@ data_proceed(struct session *s, const char *reply, size_t len)
 
 /* Indexed by verb; SMTP_VERB_UNKNOWN's row is the connection's opening (no command line
  * reaches it: an unknown verb is answered before the table). */
-static const struct command commands[] = {
+static const struct command commands[SMTP_VERB_COUNT] = {
     [SMTP_VERB_UNKNOWN] = {NULL, LRT_HOOK_CONNECT, greeting_proceed, greeting_refused, NULL},
     [SMTP_VERB_HELO] = {helo_check, LRT_HOOK_HELO, helo_proceed, NULL, NULL},
     [SMTP_VERB_EHLO] = {ehlo_check, LRT_HOOK_HELO, ehlo_proceed, NULL, NULL},
@@ -709,7 +709,7 @@ is_junk(enum smtp_verb verb)
 }
 
 /* What --require-starttls lets through in plaintext (RFC 3207 4). */
-static const bool allowed_before_tls[] = {
+static const bool allowed_before_tls[SMTP_VERB_COUNT] = {
     [SMTP_VERB_EHLO] = true, [SMTP_VERB_HELO] = true, [SMTP_VERB_STARTTLS] = true,
     [SMTP_VERB_NOOP] = true, [SMTP_VERB_RSET] = true, [SMTP_VERB_QUIT] = true,
     [SMTP_VERB_LHLO] = true,
