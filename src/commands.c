@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "luasmtpd/auth.h"
+#include "luasmtpd/bdat.h"
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/data_budget.h"
@@ -191,7 +192,7 @@ greeting_accept(struct session *s, bool extended)
         buf_append_str(&b, "250-AUTH PLAIN LOGIN\r\n");
     if (!s->in_tls && tls_server_offers(s->g->tls, TLS_STARTTLS))
         buf_append_str(&b, "250-STARTTLS\r\n");
-    buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
+    buf_append_str(&b, "250-CHUNKING\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
     conn_send(s, CONN_REPLY_COMMAND, b.data, b.len);
     buf_free(&b);
 }
@@ -274,6 +275,7 @@ help_proceed(struct session *s, const char *reply, size_t len)
         {"NOOP", "NOOP"},
         {"QUIT", "QUIT"},
         {"VRFY", "VRFY <address>"},
+        {"BDAT", "BDAT chunk-size [LAST]"},
     };
     static const char commands[] =
         "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
@@ -523,6 +525,8 @@ rcpt_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: need MAIL command");
         return false;
     }
+    if (bdat_refused(s, "RCPT"))
+        return false;
     struct smtp_path path;
     struct smtp_param params[SMTP_PARAMS_MAX];
     if (!path_argument(s, arg, "TO:", usage, &path))
@@ -603,6 +607,8 @@ data_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: need RCPT command");
         return false;
     }
+    if (bdat_refused(s, "DATA"))
+        return false;
     if (*arg) {
         conn_reply_const(s, "501 5.5.4 Syntax: DATA");
         return false;
@@ -633,6 +639,7 @@ static const struct command commands[] = {
     [SMTP_VERB_MAIL] = {mail_check, LRT_HOOK_MAIL, mail_proceed, mail_refused, NULL},
     [SMTP_VERB_RCPT] = {rcpt_check, LRT_HOOK_RCPT, rcpt_proceed, NULL, NULL},
     [SMTP_VERB_DATA] = {data_check, NO_HOOK, data_proceed, NULL, NULL},
+    [SMTP_VERB_BDAT] = {bdat_check, NO_HOOK, bdat_proceed, NULL, NULL},
     [SMTP_VERB_RSET] = {rset_check, NO_HOOK, rset_proceed, NULL, NULL},
     [SMTP_VERB_NOOP] = {noop_check, NO_HOOK, ok_proceed, NULL, NULL},
     [SMTP_VERB_QUIT] = {NULL, NO_HOOK, quit_proceed, NULL, NULL},
@@ -732,10 +739,12 @@ is_junk(enum smtp_verb verb)
     }
 }
 
-/* What --require-starttls lets through in plaintext (RFC 3207 4). */
+/* What --require-starttls lets through in plaintext (RFC 3207 4). BDAT too: its bytes must be
+ * read even when it is refused, and without MAIL it is (bdat_check). */
 static const bool allowed_before_tls[] = {
     [SMTP_VERB_EHLO] = true, [SMTP_VERB_HELO] = true, [SMTP_VERB_STARTTLS] = true,
     [SMTP_VERB_NOOP] = true, [SMTP_VERB_RSET] = true, [SMTP_VERB_QUIT] = true,
+    [SMTP_VERB_BDAT] = true,
 };
 
 void

@@ -29,6 +29,7 @@ enum smtp_verb {
     SMTP_VERB_HELP,
     SMTP_VERB_STARTTLS, /* RFC 3207 */
     SMTP_VERB_AUTH,     /* RFC 4954 */
+    SMTP_VERB_BDAT,     /* RFC 3030 */
 };
 
 enum smtp_parse_status {
