@@ -270,7 +270,7 @@ def is_greeting_reply(step):
 
 def expected_ehlo(size="SIZE 33554432", utf8=False):
     """luasmtpd's EHLO keywords (besides the first and last line), as a sorted list."""
-    kw = [size, "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"]
+    kw = [size, "8BITMIME", "CHUNKING", "PIPELINING", "ENHANCEDSTATUSCODES"]
     if utf8:
         kw.append("SMTPUTF8")
     return sorted(kw)
