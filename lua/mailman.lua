@@ -33,7 +33,7 @@ function on_rcpt(session, address, params)
   if not proxy.may_relay(session.peer[1]) then
     return "554 5.7.1 Relaying denied for " .. session.peer[1]
   end
-  return mailman.relay(session, address)
+  return mailman.relay(session, address, params)
 end
 
 -- The client left mid-transaction: let Mailman and the upstream go, so neither delivers.

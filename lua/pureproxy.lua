@@ -6,7 +6,8 @@
 --   * After DATA, the upstream's own answer: any 2xx it gives is delivery, passed on with its
 --     text (its queue id) made a valid reply; its 4xx/5xx likewise.
 --   * What the upstream does not offer is refused, never sent: SMTPUTF8 (553/554 5.6.7),
---     8BITMIME (554 5.6.3), its SIZE (552 5.3.4); see lua/smtpd/proxy.lua.
+--     8BITMIME (554 5.6.3), its SIZE (552 5.3.4); see lua/smtpd/proxy.lua. DSN's parameters
+--     go along when it offers DSN, and are dropped when it does not.
 --   * Each message gets a Received: line on top (lua/smtpd/received.lua) and, as Python's
 --     PureProxy did, X-Peer: at the end of its headers.
 --   * Only clients in `relay_clients` may relay (loopback by default): no open relay.
@@ -26,7 +27,7 @@ function on_mail(session, address, params)
 end
 
 function on_rcpt(session, address, params)
-  return proxy.rcpt(session, address)
+  return proxy.rcpt(session, address, params)
 end
 
 -- The client left mid-transaction: let the upstream go at once, so it discards what it has.

@@ -17,6 +17,8 @@
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/data_budget.h"
+#include "luasmtpd/dsn.h"
+#include "luasmtpd/help.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/smtp_reply.h"
@@ -44,11 +46,14 @@ long_verb(const char *line, size_t len)
 {
     bool mail = len >= 4 && strncasecmp(line, "MAIL", 4) == 0 && (len == 4 || line[4] == ' ');
     bool auth = len >= 4 && strncasecmp(line, "AUTH", 4) == 0 && (len == 4 || line[4] == ' ');
-    return mail ? SMTP_VERB_MAIL : auth ? SMTP_VERB_AUTH : SMTP_VERB_UNKNOWN;
+    bool rcpt = len >= 4 && strncasecmp(line, "RCPT", 4) == 0 && (len == 4 || line[4] == ' ');
+    enum smtp_verb verb = mail ? SMTP_VERB_MAIL : auth ? SMTP_VERB_AUTH : SMTP_VERB_UNKNOWN;
+    return rcpt ? SMTP_VERB_RCPT : verb;
 }
 
-/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8;
- * AUTH's initial response may take RFC 4954's 12,288 bytes. */
+/* Python's smtpd allows MAIL more than other commands after EHLO, for SIZE and SMTPUTF8, and
+ * RFC 3461 MAIL and RCPT for DSN's parameters; AUTH's initial response may take RFC 4954's
+ * 12,288 bytes. */
 static size_t
 line_limit(const struct session *s, enum smtp_verb verb)
 {
@@ -56,10 +61,12 @@ line_limit(const struct session *s, enum smtp_verb verb)
         return AUTH_LINE_MAX;
     size_t limit = SMTP_COMMAND_LINE_LIMIT;
     if (s->esmtp && verb == SMTP_VERB_MAIL) {
-        limit += SMTP_SIZE_EXTRA; /* we always advertise SIZE */
+        limit += SMTP_SIZE_EXTRA + SMTP_DSN_MAIL_EXTRA; /* we always advertise SIZE and DSN */
         if (s->g->cfg->smtputf8)
             limit += SMTP_SMTPUTF8_EXTRA;
     }
+    if (s->esmtp && verb == SMTP_VERB_RCPT)
+        limit += SMTP_DSN_RCPT_EXTRA;
     return limit;
 }
 
@@ -184,7 +191,7 @@ greeting_accept(struct session *s, bool extended)
         buf_printf(&b, "250-SIZE %zu\r\n", cfg->size_limit);
     else
         buf_append_str(&b, "250-SIZE\r\n");
-    buf_append_str(&b, "250-8BITMIME\r\n");
+    buf_append_str(&b, "250-8BITMIME\r\n250-DSN\r\n250-CHUNKING\r\n");
     if (cfg->smtputf8)
         buf_append_str(&b, "250-SMTPUTF8\r\n");
     /* Extensions that depend on the connection's security. */
@@ -192,7 +199,7 @@ greeting_accept(struct session *s, bool extended)
         buf_append_str(&b, "250-AUTH PLAIN LOGIN\r\n");
     if (!s->in_tls && tls_server_offers(s->g->tls, TLS_STARTTLS))
         buf_append_str(&b, "250-STARTTLS\r\n");
-    buf_append_str(&b, "250-CHUNKING\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
+    buf_append_str(&b, "250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n");
     conn_send(s, CONN_REPLY_COMMAND, b.data, b.len);
     buf_free(&b);
 }
@@ -265,34 +272,7 @@ help_proceed(struct session *s, const char *reply, size_t len)
 {
     (void)reply;
     (void)len;
-    static const char *const topics[][2] = {
-        {"EHLO", "EHLO hostname"},
-        {"HELO", "HELO hostname"},
-        {"MAIL", "MAIL FROM: <address>"},
-        {"RCPT", "RCPT TO: <address>"},
-        {"DATA", "DATA"},
-        {"RSET", "RSET"},
-        {"NOOP", "NOOP"},
-        {"QUIT", "QUIT"},
-        {"VRFY", "VRFY <address>"},
-        {"BDAT", "BDAT chunk-size [LAST]"},
-    };
-    static const char commands[] =
-        "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY";
-    const char *arg = s->cmd.arg;
-    if (*arg == '\0') {
-        conn_reply(s, "250 2.0.0 %s", commands);
-        return;
-    }
-    for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
-        if (strcasecmp(arg, topics[i][0]) == 0) {
-            bool params = s->esmtp && (i == 2 || i == 3);
-            conn_reply(s, "250 2.0.0 Syntax: %s%s", topics[i][1],
-                       params ? " [SP <mail-parameters>]" : "");
-            return;
-        }
-    }
-    conn_reply(s, "501 5.5.4 %s", commands);
+    help_answer(s, s->cmd.arg);
 }
 
 static bool
@@ -374,14 +354,25 @@ all_digits(const char *v)
     return true;
 }
 
+/* RFC 3461's parameters of MAIL or RCPT, then the 555 for any neither they nor `known` are;
+ * false when one was refused. */
+static bool
+dsn_params(struct session *s, const struct smtp_param *params, int n, bool mail, bool *known)
+{
+    const char *refusal = dsn_check_params(params, n, mail, known);
+    if (refusal != NULL)
+        conn_reply(s, "%s", refusal);
+    return refusal == NULL;
+}
+
 static void
 syntax_error(struct session *s, const char *usage)
 {
     conn_reply(s, "501 5.5.4 Syntax: %s%s", usage, s->esmtp ? " [SP <mail-parameters>]" : "");
 }
 
-/* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then anything left)
- * and records them. Returns false when a reply was sent. */
+/* Checks MAIL's parameters in Python smtpd's order (BODY, SMTPUTF8, SIZE, then DSN's and
+ * anything left) and records them. Returns false when a reply was sent. */
 static bool
 mail_params(struct session *s, struct smtp_param *params, int n, const char *usage)
 {
@@ -431,13 +422,7 @@ mail_params(struct session *s, struct smtp_param *params, int n, const char *usa
         }
         s->tx.env.size_hint = (size_t)size;
     }
-    for (int i = 0; i < n; i++) {
-        if (!known[i]) {
-            conn_reply_const(s, "555 5.5.4 MAIL FROM parameters not recognized or not implemented");
-            return false;
-        }
-    }
-    return true;
+    return dsn_params(s, params, n, true, known);
 }
 
 /* The path of MAIL FROM: or RCPT TO:, checked as Python's smtpd does: parameters only after
@@ -536,12 +521,9 @@ rcpt_check(struct session *s, char *arg)
         return false;
     }
     int n = params_argument(s, &path, usage, params);
-    if (n < 0)
+    bool known[SMTP_PARAMS_MAX] = {false};
+    if (n < 0 || !dsn_params(s, params, n, false, known))
         return false;
-    if (n > 0) {
-        conn_reply_const(s, "555 5.5.4 RCPT TO parameters not recognized or not implemented");
-        return false;
-    }
     if (path.non_ascii && !s->tx.env.smtputf8) {
         conn_reply_const(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
         return false;
@@ -559,8 +541,8 @@ static void
 path_accept(struct session *s, bool mail, const char *reply, size_t len)
 {
     struct envelope *env = &s->tx.env;
-    bool ok =
-        mail ? envelope_set_sender(env, s->cmd.arg) == 0 : strv_push(&env->rcpts, s->cmd.arg) == 0;
+    bool ok = mail ? envelope_set_sender(env, s->cmd.arg) == 0
+                   : envelope_add_rcpt(env, s->cmd.arg, &s->cmd.params) == 0;
     for (size_t i = 0; ok && mail && i < s->cmd.params.n; i++)
         ok = strv_push(&env->mail_options, s->cmd.params.items[i]) == 0;
     log_debug("session %lu: %s <%s>", s->id, mail ? "sender" : "recipient", s->cmd.arg);

@@ -43,6 +43,28 @@ envelope_set_sender(struct envelope *e, const char *address)
     return 0;
 }
 
+int
+envelope_add_rcpt(struct envelope *e, const char *address, const struct strv *params)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < params->n; i++)
+        len += strlen(params->items[i]) + 1;
+    char *joined = malloc(len);
+    if (joined == NULL)
+        return -1;
+    joined[0] = '\0';
+    for (size_t i = 0; i < params->n; i++) {
+        if (i > 0)
+            strcat(joined, " ");
+        strcat(joined, params->items[i]);
+    }
+    int rc = strv_push(&e->rcpts, address) == 0 && strv_push(&e->rcpt_params, joined) == 0 ? 0 : -1;
+    free(joined);
+    for (size_t i = 0; rc == 0 && i < params->n; i++)
+        rc = strv_push(&e->rcpt_options, params->items[i]);
+    return rc;
+}
+
 void
 envelope_reset(struct envelope *e)
 {
@@ -50,5 +72,6 @@ envelope_reset(struct envelope *e)
     strv_clear(&e->rcpts);
     strv_clear(&e->mail_options);
     strv_clear(&e->rcpt_options);
+    strv_clear(&e->rcpt_params);
     memset(e, 0, sizeof(*e));
 }

@@ -309,6 +309,15 @@ listener_on_reload(void *arg)
     tls_server_reload(srv->sessions.tls);
 }
 
+/* A certificate or key file changed: the pairs whose files changed are read again (see
+ * tls_server_refresh for a pair replaced one file at a time). */
+static void
+listener_on_cert_file(void *arg)
+{
+    struct server *srv = arg;
+    tls_server_refresh(srv->sessions.tls);
+}
+
 /* Every Lua file a generation loads is watched as the script is. */
 static void
 listener_on_lua_file(void *arg, const char *path)
@@ -430,10 +439,18 @@ serve(void *arg, int *fds, int n)
                                           .script_path = cfg->script_path,
                                           .watch = !cfg->no_reload,
                                           .reload = listener_on_reload,
+                                          .reload_certs = listener_on_cert_file,
                                           .stop = listener_on_stop,
                                           .arg = &srv};
         srv.reload = reload_new(&triggers);
+        const char *tls_files[] = {cfg->tls_cert, cfg->tls_key, cfg->smtps_cert, cfg->smtps_key};
+        for (size_t i = 0; sa->tls != NULL && i < sizeof(tls_files) / sizeof(tls_files[0]); i++)
+            if (tls_files[i] != NULL)
+                reload_watch_cert(srv.reload, tls_files[i]);
     }
+    /* A worker restarted after the running ones saw a certificate change (the supervisor does
+     * not watch files) reads the new pair here; at first start nothing has changed. */
+    tls_server_refresh(sa->tls);
     struct lrt_options opts = runtime_options(cfg, lua_dir, hostname);
     opts.env.base = srv.base;
     opts.env.dns = dns;

@@ -23,6 +23,7 @@
 
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_bind.h"
+#include "luasmtpd/lua_dsn.h"
 #include "luasmtpd/relay.h"
 
 #define UPSTREAM_META "smtpd.upstream"
@@ -299,7 +300,8 @@ check_rcpts(lua_State *L, const char *what)
 }
 
 /* smtpd.relay{host=, port=, from=, to=, data=, timeout=, data_timeout=, lmtp=, helo=,
- *             smtputf8=, starttls=, tls=, verify=, cafile=, servername=, auth=, auth_plaintext=}
+ *             smtputf8=, dsn=, rcpt_dsn=, starttls=, tls=, verify=, cafile=, servername=,
+ *             auth=, auth_plaintext=}
  *   -> refused (recipient -> {code, text}; empty when all were accepted) | nil, err, code */
 static int
 l_smtpd_relay(lua_State *L)
@@ -318,6 +320,9 @@ l_smtpd_relay(lua_State *L)
     int data_index = lua_gettop(L);
     req.smtputf8 = lbind_boolean(L, 1, what, "smtputf8", false);
     size_t n = check_rcpts(L, what);
+    int list = lua_gettop(L);
+    ldsn_check(L, 1, what, n, &req.dsn, &req.rcpt_dsn);
+    lua_pushvalue(L, list); /* on top again, where the loop below reads it */
 
     struct lrelay *lr = calloc(1, sizeof(*lr));
     char **rcpts = calloc(n, sizeof(char *));
@@ -395,7 +400,7 @@ push_fields(lua_State *L, struct relay_conn *conn)
     lua_createtable(L, 0, 2);
     lua_pushboolean(L, relay_conn_tls(conn));
     lua_setfield(L, -2, "tls");
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     if (ext & RELAY_EXT_PIPELINING) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "PIPELINING");
@@ -411,6 +416,10 @@ push_fields(lua_State *L, struct relay_conn *conn)
     if (ext & RELAY_EXT_SIZE) {
         lua_pushinteger(L, (lua_Integer)relay_conn_size_limit(conn));
         lua_setfield(L, -2, "SIZE");
+    }
+    if (ext & RELAY_EXT_DSN) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "DSN");
     }
     lua_setfield(L, -2, "extensions");
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "luasmtpd/log.h"
+#include "luasmtpd/lua_dsn.h"
 #include "luasmtpd/lua_smtpd.h"
 #include "luasmtpd/pipe.h"
 #include "luasmtpd/watchdog.h"
@@ -701,7 +702,7 @@ lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_d
     call->message_bytes = msg->data->len;
     /* Lua has its copy: the session's goes now, so a big message is held twice only briefly. */
     buf_free(msg->data);
-    lua_createtable(co, 0, 6);
+    lua_createtable(co, 0, 8);
     lua_pushstring(co, msg->id ? msg->id : "");
     lua_setfield(co, -2, "id");
     push_strv(co, &msg->env->mail_options);
@@ -712,6 +713,7 @@ lrt_process_message(struct lrt_session *ls, const struct lrt_message *msg, lrt_d
     lua_setfield(co, -2, "helo");
     lua_pushboolean(co, msg->env->smtputf8);
     lua_setfield(co, -2, "smtputf8");
+    ldsn_push(co, msg->env);
     lua_rawgeti(co, LUA_REGISTRYINDEX, ls->table_ref);
     lua_setfield(co, -2, "session");
     return call_resume(call, 5) ? call : NULL;

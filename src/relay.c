@@ -20,6 +20,8 @@ struct relay {
     const char *data;
     size_t len;
     bool smtputf8;
+    struct dsn_mail dsn;
+    struct dsn_rcpt *rcpt_dsn; /* NULL, or n_rcpts of them */
     bool mail_failed;
     size_t rcpt_replies_seen;
     size_t accepted;
@@ -91,6 +93,7 @@ relay_free(struct relay *r)
     free(r->result.rcpt_replies);
     free(r->result.reply.text);
     free(r->mailfrom);
+    free(r->rcpt_dsn);
     free(r);
 }
 
@@ -227,12 +230,17 @@ relay_on_ready(void *arg, struct relay_conn *conn, enum relay_failure kind,
         rc = buf_append_str(&line, " BODY=8BITMIME");
     if (rc == 0 && (ext & RELAY_EXT_SMTPUTF8) && (utf8 || r->smtputf8))
         rc = buf_append_str(&line, " SMTPUTF8");
+    bool dsn = (ext & RELAY_EXT_DSN) != 0;
+    if (rc == 0 && dsn)
+        rc = dsn_mail_format(&r->dsn, &line);
     if (rc == 0)
         rc =
             relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX, relay_on_mail_reply, r);
     for (size_t i = 0; rc == 0 && i < r->n_rcpts; i++) {
         buf_reset(&line);
         rc = buf_printf(&line, "RCPT TO:<%s>", r->rcpts[i]);
+        if (rc == 0 && dsn && r->rcpt_dsn != NULL)
+            rc = dsn_rcpt_format(&r->rcpt_dsn[i], &line);
         if (rc == 0)
             rc = relay_conn_command(conn, line.data, line.len, RELAY_EXPECT_2XX,
                                     relay_on_rcpt_reply, r);
@@ -279,8 +287,15 @@ relay_start(struct event_base *base, struct evdns_base *dns, const struct relay_
     r->accepted_at = calloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(size_t));
     r->result.rcpt_replies = calloc(req->n_rcpts ? req->n_rcpts : 1, sizeof(struct relay_reply));
     r->result.n_rcpts = req->n_rcpts;
-    bool ok =
-        r->mailfrom && r->rcpts && r->accepted_at && r->result.rcpt_replies && req->n_rcpts > 0;
+    if (req->dsn != NULL)
+        r->dsn = *req->dsn;
+    if (req->rcpt_dsn != NULL && req->n_rcpts > 0) {
+        r->rcpt_dsn = malloc(req->n_rcpts * sizeof(*r->rcpt_dsn));
+        if (r->rcpt_dsn != NULL)
+            memcpy(r->rcpt_dsn, req->rcpt_dsn, req->n_rcpts * sizeof(*r->rcpt_dsn));
+    }
+    bool ok = r->mailfrom && r->rcpts && r->accepted_at && r->result.rcpt_replies &&
+              req->n_rcpts > 0 && (req->rcpt_dsn == NULL || r->rcpt_dsn != NULL);
     for (size_t i = 0; ok && i < req->n_rcpts; i++) {
         r->rcpts[i] = strdup(req->rcpts[i]);
         ok = r->rcpts[i] != NULL;

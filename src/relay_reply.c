@@ -103,6 +103,8 @@ relay_reply_extensions(const char *text, size_t *size_limit)
             *size_limit = n > 5 ? strtoul(line + 5, NULL, 10) : 0;
         } else if (word == 8 && strncasecmp(line, "STARTTLS", 8) == 0) {
             ext |= RELAY_EXT_STARTTLS;
+        } else if (word == 3 && strncasecmp(line, "DSN", 3) == 0) {
+            ext |= RELAY_EXT_DSN;
         } else if (word >= 4 && strncasecmp(line, "AUTH", 4) == 0 &&
                    (word == 4 || line[4] == '=')) {
             ext |= relay_reply_auth_mechanisms(line + 5, n > 5 ? n - 5 : 0);

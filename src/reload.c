@@ -21,6 +21,7 @@
 struct watched {
     int wd;
     char *name; /* the file's name within the watched directory */
+    bool cert;  /* a certificate or key: its change reloads the TLS pairs alone */
 };
 
 struct reload {
@@ -31,6 +32,7 @@ struct reload {
     struct event *signals[3];
     struct watched *files;
     size_t n_files;
+    bool script_changed, cert_changed; /* since the settle timer was armed */
 };
 
 static void
@@ -39,13 +41,20 @@ reload_on_settled(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct reload *r = arg;
+    bool script = r->script_changed, cert = r->cert_changed;
+    r->script_changed = r->cert_changed = false;
     /* Mid-save the file may be gone for a moment; the save's last event brings us back. */
-    if (access(r->opts.script_path, R_OK) != 0) {
+    if (script && access(r->opts.script_path, R_OK) != 0) {
         log_debug("%s is not there (yet): no reload", r->opts.script_path);
-        return;
+        script = false;
     }
-    log_info("%s changed: reloading", r->opts.script_path);
-    r->opts.reload(r->opts.arg);
+    if (script) {
+        log_info("%s changed: reloading", r->opts.script_path);
+        r->opts.reload(r->opts.arg); /* the certificates with it */
+    } else if (cert) {
+        log_info("a certificate or key changed: reading the pairs that changed");
+        r->opts.reload_certs(r->opts.arg);
+    }
 }
 
 static void
@@ -103,7 +112,6 @@ reload_on_inotify(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct reload *r = arg;
     char events[16 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
-    bool changed = false;
     for (;;) {
         ssize_t n = read(fd, events, sizeof(events));
         if (n <= 0)
@@ -113,12 +121,18 @@ reload_on_inotify(evutil_socket_t fd, short what, void *arg)
             p += sizeof(*ev) + ev->len;
             if (ev->len == 0)
                 continue;
-            for (size_t i = 0; i < r->n_files; i++)
-                if (r->files[i].wd == ev->wd && strcmp(r->files[i].name, ev->name) == 0)
-                    changed = true;
+            for (size_t i = 0; i < r->n_files; i++) {
+                if (r->files[i].wd != ev->wd || strcmp(r->files[i].name, ev->name) != 0)
+                    continue;
+                if (r->files[i].cert)
+                    r->cert_changed = true;
+                else
+                    r->script_changed = true;
+            }
         }
     }
-    if (changed) {
+    /* Each event pushes the timer back: one reload after the last event of a burst. */
+    if (r->script_changed || r->cert_changed) {
         struct timeval tv = {.tv_sec = 0, .tv_usec = SETTLE_USEC};
         evtimer_add(r->settle, &tv);
     }
@@ -160,8 +174,8 @@ reload_start(struct reload *r)
     sigprocmask(SIG_UNBLOCK, &hup, NULL);
 }
 
-int
-reload_watch(struct reload *r, const char *path)
+static int
+reload_watch_file(struct reload *r, const char *path, bool cert)
 {
     if (r == NULL || r->fd == -1)
         return -1;
@@ -178,19 +192,34 @@ reload_watch(struct reload *r, const char *path)
         return -1;
     }
     for (size_t i = 0; i < r->n_files; i++)
-        if (r->files[i].wd == wd && strcmp(r->files[i].name, name) == 0)
+        if (r->files[i].wd == wd && strcmp(r->files[i].name, name) == 0 && r->files[i].cert == cert)
             return 0;
     struct watched *files = realloc(r->files, (r->n_files + 1) * sizeof(*files));
     if (files == NULL)
         return -1;
     r->files = files;
     files[r->n_files].wd = wd;
+    files[r->n_files].cert = cert;
     files[r->n_files].name = strdup(name);
     if (files[r->n_files].name == NULL)
         return -1;
     r->n_files++;
     log_debug("watching %s/%s", dir, name);
     return 0;
+}
+
+int
+reload_watch(struct reload *r, const char *path)
+{
+    return reload_watch_file(r, path, false);
+}
+
+int
+reload_watch_cert(struct reload *r, const char *path)
+{
+    if (r == NULL || r->opts.reload_certs == NULL)
+        return -1;
+    return reload_watch_file(r, path, true);
 }
 
 void

@@ -229,11 +229,16 @@ smtp_parse_params(char *params, struct smtp_param *out, int max)
             p++;
         if (*p)
             *p++ = '\0';
-        for (char *q = word; *q; q++)
-            *q = to_upper(*q);
         char *eq = strchr(word, '=');
         if (eq != NULL)
             *eq = '\0';
+        for (char *q = word; *q; q++)
+            *q = to_upper(*q);
+        /* RFC 3461's xtext values name things for the sender (its envelope id, the original
+         * recipient's mailbox) and spell "+XX" in upper-case hex: they keep their case. */
+        bool keep_case = strcmp(word, "ENVID") == 0 || strcmp(word, "ORCPT") == 0;
+        for (char *q = eq ? eq + 1 : NULL; q != NULL && !keep_case && *q; q++)
+            *q = to_upper(*q);
         /* esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-") */
         if (word[0] == '\0' || word[0] == '-')
             return -1;

@@ -11,13 +11,62 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "luasmtpd/log.h"
+
+/* What a file was when it was last read: a file replaced or rewritten differs in one of these
+ * (a rename brings another inode, a write another mtime or ctime). */
+struct tls_file_id {
+    bool present;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+};
 
 struct tls_server {
     struct tls_server_files files; /* the config's strings, which outlive us */
     SSL_CTX *ctx[2];
+    struct tls_file_id read[2][2]; /* [kind][0 cert, 1 key], as they were at the last try */
 };
+
+static struct tls_file_id
+tls_file_id_of(const char *path)
+{
+    struct tls_file_id id = {0};
+    struct stat st;
+    if (stat(path, &st) == 0)
+        id = (struct tls_file_id){.present = true,
+                                  .dev = st.st_dev,
+                                  .ino = st.st_ino,
+                                  .size = st.st_size,
+                                  .mtime = st.st_mtim,
+                                  .ctime = st.st_ctim};
+    return id;
+}
+
+static bool
+tls_file_id_same(const struct tls_file_id *a, const struct tls_file_id *b)
+{
+    return a->present == b->present && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+           a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+/* Taken before the files are read: a change while they are read shows at the next look. */
+static bool
+tls_files_changed(struct tls_server *t, int k)
+{
+    bool changed = false;
+    const char *path[2] = {t->files.cert[k], t->files.key[k]};
+    for (int f = 0; f < 2; f++) {
+        struct tls_file_id now = tls_file_id_of(path[f]);
+        changed = changed || !tls_file_id_same(&now, &t->read[k][f]);
+        t->read[k][f] = now;
+    }
+    return changed;
+}
 
 /* A client certificate is asked for but never required or checked: the script sees its
  * subject and decides what it is worth. Nothing is trusted on the strength of it here. */
@@ -87,6 +136,7 @@ tls_server_new(const struct tls_server_files *files, FILE *err)
         if (files->cert[k] == NULL)
             continue;
         char why[512];
+        tls_files_changed(t, k);
         t->ctx[k] = tls_context_new(files->cert[k], files->key[k], why, sizeof(why));
         if (t->ctx[k] == NULL) {
             fprintf(err, "luasmtpd: cannot load the %s certificate: %s\n",
@@ -98,12 +148,15 @@ tls_server_new(const struct tls_server_files *files, FILE *err)
     return t;
 }
 
-bool
-tls_server_reload(struct tls_server *t)
+static bool
+tls_server_read_again(struct tls_server *t, bool only_changed)
 {
     bool all = true;
     for (int k = 0; t != NULL && k < 2; k++) {
         if (t->ctx[k] == NULL)
+            continue;
+        /* Always taken, so that a forced reload also records what it read. */
+        if (!tls_files_changed(t, k) && only_changed)
             continue;
         char why[512];
         SSL_CTX *ctx = tls_context_new(t->files.cert[k], t->files.key[k], why, sizeof(why));
@@ -120,6 +173,18 @@ tls_server_reload(struct tls_server *t)
         log_info("%s certificate reloaded from %s", name, t->files.cert[k]);
     }
     return all;
+}
+
+bool
+tls_server_reload(struct tls_server *t)
+{
+    return tls_server_read_again(t, false);
+}
+
+bool
+tls_server_refresh(struct tls_server *t)
+{
+    return tls_server_read_again(t, true);
 }
 
 bool

@@ -21,7 +21,11 @@ struct evbuffer;
 struct lrt_call;
 struct lrt_session;
 
-#define CONN_LINE_MAX (SMTP_COMMAND_LINE_LIMIT + SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA)
+/* The longest command line but AUTH's: RCPT with DSN's NOTIFY and ORCPT; MAIL (SIZE, SMTPUTF8,
+ * RET, ENVID) is shorter. */
+#define CONN_LINE_MAX (SMTP_COMMAND_LINE_LIMIT + SMTP_DSN_RCPT_EXTRA)
+_Static_assert(SMTP_SIZE_EXTRA + SMTP_SMTPUTF8_EXTRA + SMTP_DSN_MAIL_EXTRA <= SMTP_DSN_RCPT_EXTRA,
+               "MAIL's longest line fits in CONN_LINE_MAX");
 
 /* Where an AUTH exchange is (auth.c's): after a 334, the next line is its answer. */
 enum session_sasl {

@@ -21,11 +21,15 @@ struct envelope {
     struct strv rcpts;
     struct strv mail_options; /* upper-cased, as Python's mail_options */
     struct strv rcpt_options; /* the accepted RCPTs' parameters, in order */
+    struct strv rcpt_params;  /* one per rcpts item: its RCPT's parameters joined by spaces */
     bool smtputf8;
     size_t size_hint; /* MAIL's SIZE=, 0 when not given */
 };
 
 int envelope_set_sender(struct envelope *e, const char *address);
+/* A recipient and its RCPT's parameters ("KEYWORD=value" words). -1 when out of memory: the
+ * envelope is then for envelope_reset only. */
+int envelope_add_rcpt(struct envelope *e, const char *address, const struct strv *params);
 void envelope_reset(struct envelope *e);
 
 #endif

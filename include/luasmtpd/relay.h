@@ -6,10 +6,12 @@
  * beyond ASCII, or a client that asked for SMTPUTF8 and 8-bit header fields) to a server
  * without it fails with 553 5.6.7, 8-bit data to a server without 8BITMIME with 554 5.6.3
  * (RFC 3463: no conversion is defined we could do), both before MAIL, as permanent failures:
- * retrying cannot make the server offer what it lacks. */
+ * retrying cannot make the server offer what it lacks. DSN's parameters (RFC 3461) go only to
+ * a server offering DSN, and are left out for one that does not. */
 #ifndef LUASMTPD_RELAY_H
 #define LUASMTPD_RELAY_H
 
+#include "luasmtpd/dsn.h"
 #include "luasmtpd/relay_conn.h"
 
 struct relay;
@@ -22,6 +24,10 @@ struct relay_request {
     const char *data; /* kept alive by the caller until done or cancel */
     size_t len;
     bool smtputf8; /* the client's transaction used SMTPUTF8 */
+    /* RET and ENVID, and per recipient (n_rcpts of them) NOTIFY and ORCPT; NULL for none.
+     * Copied. */
+    const struct dsn_mail *dsn;
+    const struct dsn_rcpt *rcpt_dsn;
 };
 
 struct relay_result {

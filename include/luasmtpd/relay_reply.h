@@ -78,6 +78,7 @@ enum relay_ext {
     RELAY_EXT_STARTTLS = 1 << 4,
     RELAY_EXT_AUTH_PLAIN = 1 << 5, /* AUTH offering PLAIN (RFC 4954, RFC 4616) */
     RELAY_EXT_AUTH_LOGIN = 1 << 6, /* AUTH offering LOGIN */
+    RELAY_EXT_DSN = 1 << 7,        /* RFC 3461 */
 };
 
 /* The extensions an EHLO (LHLO) reply's text offers, and SIZE's limit in *size_limit (0 when

@@ -12,6 +12,9 @@
 /* What Python allows MAIL on top of that after EHLO (RFC 1870 SIZE, RFC 6531 SMTPUTF8). */
 #define SMTP_SIZE_EXTRA 26
 #define SMTP_SMTPUTF8_EXTRA 10
+/* RFC 3461 5: what DSN's parameters add to MAIL (RET, ENVID) and to RCPT (NOTIFY, ORCPT). */
+#define SMTP_DSN_MAIL_EXTRA 100
+#define SMTP_DSN_RCPT_EXTRA 500
 #define SMTP_VERB_MAX 32
 
 enum smtp_verb {
@@ -66,7 +69,8 @@ bool smtp_parse_path(char *arg, struct smtp_path *path);
 
 struct smtp_param {
     char *keyword; /* upper-cased */
-    char *value;   /* upper-cased as Python does; NULL for a bare keyword */
+    char *value;   /* upper-cased as Python does, but for ENVID's and ORCPT's (RFC 3461
+                    * xtext); NULL for a bare keyword */
 };
 
 /* Splits ESMTP parameters (RFC 5321 4.1.2 esmtp-param) in place, upper-casing them.

@@ -35,6 +35,10 @@ struct tls_server *tls_server_new(const struct tls_server_files *files, FILE *er
 /* Loads the pairs again: new handshakes use the new ones, connections in TLS keep theirs. A
  * pair that does not load is logged and its old one stays. false when one failed. */
 bool tls_server_reload(struct tls_server *t);
+/* The same for the pairs whose files changed since they were last read (or tried): a pair
+ * replaced one file at a time is tried, and logged as broken, once per change, and loads once
+ * both files are in place. false when one failed. */
+bool tls_server_refresh(struct tls_server *t);
 bool tls_server_offers(const struct tls_server *t, enum tls_kind kind);
 /* A bufferevent accepting TLS on `fd`, with the current context of `kind`; freeing it closes
  * `fd` and frees its SSL. NULL when out of memory (`fd` is left open). */

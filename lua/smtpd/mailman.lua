@@ -231,9 +231,9 @@ function M.take(session, dest)
   return nil
 end
 
--- Not list mail: put to the upstream, on a transaction opened there at the first such
--- recipient. nil when the upstream took it, else the reply for it.
-function M.relay(session, address)
+-- Not list mail: put to the upstream (with its RCPT parameters: DSN's), on a transaction
+-- opened there at the first such recipient. nil when the upstream took it, else the reply.
+function M.relay(session, address, params)
   local tx = session.tx
   if tx.dest and tx.dest ~= RELAY then return TOO_MANY end -- the upstream never hears of it
   if tx.relay_refusal then return tx.relay_refusal end
@@ -245,7 +245,7 @@ function M.relay(session, address)
     end
     tx.relaying = true
   end
-  local refusal = proxy.rcpt(session, address)
+  local refusal = proxy.rcpt(session, address, params)
   if refusal == nil then tx.dest = RELAY end
   return refusal
 end

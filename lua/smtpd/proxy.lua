@@ -10,6 +10,8 @@
 --     SMTPUTF8 gets 553 5.6.7 at MAIL/RCPT, UTF-8 headers of an SMTPUTF8 message 554 5.6.7, an
 --     8-bit message to an upstream without 8BITMIME 554 5.6.3, one over its SIZE 552 5.3.4,
 --     all before the message is sent (RFC 3463; permanent conditions, so 5xx).
+--   * DSN's parameters (RET, ENVID, NOTIFY, ORCPT; RFC 3461) go along as the client sent them
+--     when the upstream offers DSN, and are dropped when it does not (see M.rcpt_params).
 -- Settings (--set KEY=VALUE): relay_clients (who may relay: comma-separated addresses or IPv4
 -- CIDR prefixes, "*" for anyone; default loopback), relay_timeout (seconds per upstream step,
 -- 60), relay_data_timeout (seconds for the upstream's answer after the message, 600: RFC 5321
@@ -113,7 +115,8 @@ M.NEEDS_SMTPUTF8 = "553 5.6.7 Error: non-ASCII address needs SMTPUTF8"
 
 -- MAIL parameters go along only when the upstream offers the extension each needs. Returns
 -- the parameter string, and whether the client asked for SMTPUTF8 and the upstream has it.
-local needs = { SIZE = "SIZE", BODY = "8BITMIME", SMTPUTF8 = "SMTPUTF8" }
+local needs = { SIZE = "SIZE", BODY = "8BITMIME", SMTPUTF8 = "SMTPUTF8", RET = "DSN",
+                ENVID = "DSN" }
 
 function M.mail_params(extensions, params)
   local pass, asked = {}, false
@@ -125,6 +128,23 @@ function M.mail_params(extensions, params)
     end
   end
   return table.concat(pass, " "), asked, asked and extensions.SMTPUTF8 ~= nil
+end
+
+-- RCPT's parameters for the upstream: DSN's NOTIFY and ORCPT, as the client sent them, when
+-- it offers DSN. Without it they are dropped: we keep no queue and send no notices, so the
+-- "relayed" notice RFC 3461 5.2.2 asks for after NOTIFY=SUCCESS is not sent (logged); a
+-- failure still reaches the client as the upstream's refusal, for its own MTA to report.
+function M.rcpt_params(extensions, address, params)
+  local pass = {}
+  for _, param in ipairs(params or {}) do
+    local keyword = param:match("^[^=]+"):upper()
+    if extensions.DSN and (keyword == "NOTIFY" or keyword == "ORCPT") then
+      pass[#pass + 1] = param
+    elseif keyword == "NOTIFY" and param:upper():find("SUCCESS", 1, true) then
+      smtpd.log("info", "upstream offers no DSN: no success notice for <" .. address .. ">")
+    end
+  end
+  return table.concat(pass, " ")
 end
 
 -- Why `data` cannot go to an upstream with these extensions, or nil: checked before anything
@@ -270,8 +290,9 @@ local function current(session, what)
   return relay
 end
 
--- Asks the upstream about one recipient: nil when accepted, else the reply for our client.
-function M.rcpt(session, address)
+-- Asks the upstream about one recipient (with its RCPT parameters, which go along as
+-- M.rcpt_params says): nil when accepted, else the reply for our client.
+function M.rcpt(session, address, params)
   local relay, refusal = current(session, "this recipient")
   if not relay then
     return refusal
@@ -284,7 +305,8 @@ function M.rcpt(session, address)
   if not ascii(address) and not relay.utf8_sent then
     return M.NEEDS_SMTPUTF8
   end
-  local code, text, unsendable = M.ask(up, "rcpt", address)
+  local code, text, unsendable = M.ask(up, "rcpt", address,
+                                       M.rcpt_params(up.extensions, address, params))
   if unsendable then
     return M.UNSENDABLE
   end

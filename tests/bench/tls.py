@@ -31,6 +31,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench  # noqa: E402  (Server, free_port, listening, cpu_us, pinning, machine)
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+import postfix_instance  # noqa: E402  (the Postfix instance, shared with the e2e tests)
 
 PY = bench.PY
 PEERS = ["luasmtpd", "aiosmtpd", "postfix"]
@@ -60,141 +62,34 @@ loop.run_forever()
 """
 
 
-# Postfix's smtpd in an instance of its own (config, queue and log under the temp dir), every
-# message discarded by the discard transport once queued. Its 250 to DATA comes after cleanup
-# has written (and fsync'ed) the queue file: Postfix's durability is in its number. Processes
-# are kept (max_use, max_idle) so that the CPU of those alive at the end is all they spent.
-POSTFIX_MAIN = """compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = bench.example
-mydestination =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-default_transport = discard
-local_transport = discard
-relay_transport = discard
-alias_maps =
-alias_database =
-local_recipient_maps =
-maillog_file_prefixes = {d}
-maillog_file = {d}/maillog
-message_size_limit = 1073741824
-smtpd_tls_cert_file = {cert}
-smtpd_tls_key_file = {key}
-smtpd_tls_security_level = may
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-smtpd_peername_lookup = no
-max_use = 1000000
-max_idle = 3600s
-"""
-POSTFIX_MASTER = """127.0.0.1:{port} inet n - n - - smtpd
-127.0.0.1:{sport} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-tlsmgr unix - - n 1000? 1 tlsmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"""
-
-
-def postfix_usable():
-    """Running a Postfix instance needs root, the binaries and Debian's postfix user."""
-    if os.geteuid() != 0 or not os.access("/usr/sbin/postfix", os.X_OK):
-        return False
-    try:
-        import grp
-        import pwd
-        pwd.getpwnam("postfix")
-        grp.getgrnam("postdrop")
-    except (KeyError, ImportError):
-        return False
-    return True
-
-
+# Postfix's smtpd in an instance of its own (tests/e2e/postfix_instance.py), every message
+# discarded by the discard transport once queued. Its 250 to DATA comes after cleanup has
+# written (and fsync'ed) the queue file: Postfix's durability is in its number.
 class PostfixServer:
-    """The interface of bench.Server, for a Postfix instance: `postfix start` forks its master
-    away, so it is found, measured and killed through the master's PID file."""
+    """The interface of bench.Server, for a Postfix instance: found, measured and killed
+    through the master's PID."""
 
     def __init__(self, tmp, cert, key, port, sport):
-        import pwd
         self.port, self.name = port, "postfix"
-        self.dir = tempfile.mkdtemp(prefix="postfix-", dir=tmp)
-        for sub in ("etc", "queue", "data"):
-            os.mkdir(os.path.join(self.dir, sub))
-        postfix_uid = pwd.getpwnam("postfix").pw_uid
-        os.chown(os.path.join(self.dir, "data"), postfix_uid, -1)
-        os.chmod(tmp, 0o755)  # its daemons, as user postfix, walk down to the queue
-        os.chmod(self.dir, 0o755)
-        with open(os.path.join(self.dir, "etc", "main.cf"), "w") as f:
-            f.write(POSTFIX_MAIN.format(d=self.dir, cert=cert, key=key))
-        with open(os.path.join(self.dir, "etc", "master.cf"), "w") as f:
-            f.write(POSTFIX_MASTER.format(port=port, sport=sport))
-        self.pid = None
         self.proc = self  # bench.Server's callers read proc.returncode
         self.returncode = None
-        out = subprocess.run(["/usr/sbin/postfix", "-c", os.path.join(self.dir, "etc"),
-                              "start"], capture_output=True, timeout=60,
-                             preexec_fn=bench.pin_server)  # the master and its children
-        pidfile = os.path.join(self.dir, "queue", "pid", "master.pid")
-        for _ in range(int(15 / 0.05)):  # the master writes its PID file once it runs
-            try:
-                with open(pidfile) as f:
-                    self.pid = int(f.read().split()[0])
-                break
-            except (OSError, ValueError, IndexError):
-                if out.returncode != 0:
-                    break
-                time.sleep(0.05)  # polling a file the master writes, within 15 s
-        if self.pid is None:
-            raise RuntimeError("postfix start failed (%d): %s" % (out.returncode,
-                                                                   self.log_tail()))
+        self.pf = postfix_instance.PostfixInstance(
+            tmp, services=[postfix_instance.smtpd_service(port),
+                           postfix_instance.smtpd_service(sport, "smtpd_tls_wrappermode=yes")],
+            main={"myhostname": "bench.example", "smtpd_tls_cert_file": cert,
+                  "smtpd_tls_key_file": key, "smtpd_tls_security_level": "may",
+                  "smtpd_tls_loglevel": 0},  # no log line a connection: as the others
+            preexec_fn=bench.pin_server)  # the master and its children
 
     def wait_ready(self, timeout=15.0):
-        for _ in range(int(timeout / 0.02)):
-            if not self.alive():
-                raise RuntimeError("postfix master exited: %s" % self.log_tail())
-            if bench.listening(self.port):
-                return
-            time.sleep(0.02)  # polling /proc/net/tcp, as bench.Server.wait_ready does
-        raise RuntimeError("postfix did not listen on port %d" % self.port)
+        self.pf.wait_ready(self.port, timeout)
 
     def alive(self):
-        return self.pid is not None and os.path.exists("/proc/%d" % self.pid)
-
-    def pids(self):
-        """The master and its children (smtpd, cleanup, qmgr, tlsmgr...)."""
-        found = [self.pid]
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open("/proc/%s/stat" % entry) as f:
-                        if int(f.read().rsplit(")", 1)[1].split()[1]) == self.pid:
-                            found.append(int(entry))
-                except (OSError, ValueError, IndexError):
-                    pass
-        return found
+        return self.pf.alive()
 
     def cpu(self):
         ticks, ns = 0, 0
-        for pid in self.pids():
+        for pid in self.pf.pids():
             try:
                 with open("/proc/%d/stat" % pid) as f:
                     fields = f.read().rsplit(")", 1)[1].split()
@@ -206,31 +101,14 @@ class PostfixServer:
         return ticks, ns
 
     def log_tail(self, lines=2):
-        try:
-            with open(os.path.join(self.dir, "maillog"), "rb") as f:
-                text = f.read()[-4096:].decode(errors="replace").strip().splitlines()
-            return " | ".join(l.strip() for l in text[-lines:])[:300]
-        except OSError:
-            return ""
+        return self.pf.log_tail(lines)
 
     def stop(self):
-        """SIGTERM to the master (it ends its children), then SIGKILL to whatever is left."""
-        if not self.alive():
-            return
-        left = self.pids()
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        for _ in range(int(10 / 0.05)):
-            if not any(os.path.exists("/proc/%d" % p) for p in left):
-                return
-            time.sleep(0.05)  # waiting for processes that are not our children, within 10 s
-        for p in left:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.pf.stop()
+
+
+def postfix_usable():
+    return postfix_instance.postfix_usable() is None
 
 
 def server_cmd(peer, luasmtpd, limits, cert, key, port, sport):

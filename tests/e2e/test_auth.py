@@ -311,5 +311,34 @@ class TestStartTlsForgets(AuthCase):
         self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").lines[-1], "250 2.1.0 auth=nil")
 
 
+class TestHelp(AuthCase):
+    """HELP lists BDAT (after EHLO), STARTTLS and AUTH where this connection offers them, after
+    Python's nine."""
+
+    PYTHON = "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+
+    def test_help_follows_what_is_offered(self):
+        srv = self.auth_server()
+        c = self.connect(srv)
+        self.assertReply(c.cmd("HELP"), 250, f"250 2.0.0 {self.PYTHON} STARTTLS")
+        self.assertReply(c.cmd("HELP STARTTLS"), 250, "250 2.0.0 Syntax: STARTTLS")
+        # AUTH is not offered before TLS, so HELP does not know it either.
+        self.assertReply(c.cmd("HELP AUTH"), 501, f"501 5.5.4 {self.PYTHON} STARTTLS")
+        c.close()
+        c = self.tls_client(srv)
+        self.assertReply(c.cmd("HELP"), 250, f"250 2.0.0 {self.PYTHON} BDAT AUTH")
+        self.assertReply(c.cmd("HELP auth"), 250,
+                         "250 2.0.0 Syntax: AUTH mechanism [initial-response]")
+        self.assertReply(c.cmd("HELP STARTTLS"), 501, f"501 5.5.4 {self.PYTHON} BDAT AUTH")
+        self.assertReply(c.cmd("HELP MAIL"), 250,
+                         "250 2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
+        # Both in plaintext with --no-requiretls; neither without TLS files and authenticate.
+        srv2 = self.auth_server(extra=["--no-requiretls"])
+        self.assertReply(self.connect(srv2).cmd("HELP"), 250,
+                         f"250 2.0.0 {self.PYTHON} STARTTLS AUTH")
+        srv3 = self.start_server("sink")
+        self.assertReply(self.connect(srv3).cmd("HELP"), 250, f"250 2.0.0 {self.PYTHON}")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -5,9 +5,9 @@ smtpd.SMTPServer (decode_data=False, process_message returns None) and against l
 sink fixture. Reply codes must agree line for line, and so must the texts once luasmtpd's RFC 3463
 enhanced code ("250 2.0.0 OK" -> "250 OK") is removed. One new case is one line in the table.
 
-The intended differences (greeting, EHLO keywords, DATA over the size limit, '-' in parameter
-keywords, non-ASCII input, the recipient limit, addresses Python crashes on) are not compared:
-the tests after the table assert luasmtpd's behaviour by itself.
+The intended differences (greeting, EHLO keywords, HELP's list after EHLO, DATA over the size
+limit, '-' in parameter keywords, non-ASCII input, the recipient limit, addresses Python crashes
+on) are not compared: the tests after the table assert luasmtpd's behaviour by itself.
 """
 
 import re
@@ -73,14 +73,12 @@ CASES = [
     ("MAIL again after RSET", [EHLO, MAIL, "RSET", MAIL, RCPT, "DATA", MSG]),
     # HELP
     ("HELP", ["HELP"]),
-    ("HELP after EHLO", [EHLO, "HELP"]),
     *[(f"HELP {t}", [f"HELP {t}"]) for t in TOPICS],
     *[(f"HELP {t} after HELO", [HELO, f"HELP {t}"]) for t in ("MAIL", "RCPT")],
     *[(f"HELP {t} after EHLO", [EHLO, f"HELP {t}"]) for t in TOPICS],
     ("HELP lower-case topic", ["HELP mail"]),
     ("HELP unknown topic", ["HELP FOO"]),
     ("HELP EXPN", ["HELP EXPN"]),
-    ("HELP unknown topic after EHLO", [EHLO, "HELP BAR"]),
     # VRFY
     ("VRFY without argument", ["VRFY"]),
     ("VRFY address", ["VRFY a@b.example"]),
@@ -148,10 +146,9 @@ CASES = [
     ("RCPT TO: empty quoted string", [HELO, MAIL, 'RCPT TO:""']),
     ("RCPT parameters after HELO", [HELO, MAIL, RCPT + " NOTIFY=NEVER"]),
     ("RCPT junk after address after HELO", [HELO, MAIL, RCPT + " x"]),
-    ("RCPT NOTIFY", [EHLO, MAIL, RCPT + " NOTIFY=NEVER"]),
-    ("RCPT ORCPT", [EHLO, MAIL, RCPT + " ORCPT=rfc822;c@d.example"]),
+    ("RCPT unknown parameter", [EHLO, MAIL, RCPT + " FOO=bar"]),
     ("RCPT parameter with empty value", [EHLO, MAIL, RCPT + " NOTIFY="]),
-    ("RCPT after a refused RCPT", [EHLO, MAIL, RCPT + " NOTIFY=NEVER", RCPT, "DATA", MSG]),
+    ("RCPT after a refused RCPT", [EHLO, MAIL, RCPT + " FOO=bar", RCPT, "DATA", MSG]),
     ("RCPT", [HELO, MAIL, RCPT]),
     ("RCPT without brackets", [HELO, MAIL, "RCPT TO:c@d.example"]),
     ("RCPT space after colon", [HELO, MAIL, "RCPT TO: <c@d.example>"]),
@@ -183,7 +180,8 @@ CASES = [
     ("empty line", [""]),
     ("empty line after EHLO", [EHLO, "", "NOOP"]),
     ("empty line in a transaction", [EHLO, MAIL, "", RCPT, "DATA", MSG]),
-    # line length limits: 512 bytes, MAIL +26 after EHLO because SIZE is offered
+    # line length limits: 512 bytes; after EHLO MAIL +26 because SIZE is offered, and (not
+    # compared: Python has no DSN) MAIL +100 and RCPT +500 for DSN, see test_dsn.py
     ("line of 512 bytes", [pad("HELP ", 512)]),
     ("line of 513 bytes", [pad("HELP ", 513), "NOOP"]),
     ("unknown command of 513 bytes", [pad("X", 513), "NOOP"]),
@@ -191,8 +189,7 @@ CASES = [
     ("MAIL of 512 bytes after HELO", [HELO, pad("MAIL ", 512)]),
     ("MAIL of 513 bytes after HELO", [HELO, pad("MAIL ", 513), MAIL]),
     ("MAIL of 538 bytes after EHLO", [EHLO, pad("MAIL ", 538)]),
-    ("MAIL of 539 bytes after EHLO", [EHLO, pad("MAIL ", 539), MAIL]),
-    ("RCPT of 513 bytes after EHLO", [EHLO, MAIL, pad("RCPT ", 513), RCPT]),
+    ("RCPT of 513 bytes after HELO", [HELO, MAIL, pad("RCPT ", 513), RCPT]),
     ("HELP of 513 bytes after EHLO", [EHLO, pad("HELP ", 513)]),
     ("long line keeps the transaction", [EHLO, MAIL, pad("NOOP ", 600), RCPT, "DATA", MSG]),
 ]
@@ -206,9 +203,7 @@ UTF8_CASES = [
     ("MAIL SMTPUTF8 after HELO", [HELO, MAIL + " SMTPUTF8"]),
     ("MAIL SMTPUTF8 BODY SIZE", [EHLO, MAIL + " SMTPUTF8 BODY=8BITMIME SIZE=100"]),
     ("MAIL of 548 bytes after EHLO", [EHLO, pad("MAIL ", 548)]),
-    ("MAIL of 549 bytes after EHLO", [EHLO, pad("MAIL ", 549), MAIL]),
     ("MAIL of 513 bytes after HELO", [HELO, pad("MAIL ", 513)]),
-    ("RCPT of 513 bytes after EHLO", [EHLO, MAIL, pad("RCPT ", 513)]),
     ("HELP MAIL after EHLO", [EHLO, "HELP MAIL"]),
     ("MAIL without SMTPUTF8", [EHLO, MAIL, RCPT, "DATA", MSG]),
 ]
@@ -270,7 +265,7 @@ def is_greeting_reply(step):
 
 def expected_ehlo(size="SIZE 33554432", utf8=False):
     """luasmtpd's EHLO keywords (besides the first and last line), as a sorted list."""
-    kw = [size, "8BITMIME", "CHUNKING", "PIPELINING", "ENHANCEDSTATUSCODES"]
+    kw = [size, "8BITMIME", "DSN", "CHUNKING", "PIPELINING", "ENHANCEDSTATUSCODES"]
     if utf8:
         kw.append("SMTPUTF8")
     return sorted(kw)
@@ -374,6 +369,21 @@ class TestIntendedDifferences(ServerTestCase):
 
     def test_ehlo_keywords_smtputf8(self):
         self.assertEqual(self.ehlo(["-u"]), expected_ehlo(utf8=True))
+
+    def test_help_after_ehlo_lists_bdat(self):
+        """After EHLO, HELP's list adds BDAT (CHUNKING is offered), where Python's has none."""
+        python = "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+        srv = self.start_server("sink")
+        c = self.connect(srv)
+        self.assertEqual(c.cmd("HELP BDAT").lines, [f"501 5.5.4 {python}"])
+        c.cmd(EHLO)
+        self.assertEqual(c.cmd("HELP").lines, [f"250 2.0.0 {python} BDAT"])
+        self.assertEqual(c.cmd("HELP BAR").lines, [f"501 5.5.4 {python} BDAT"])
+        self.assertEqual(c.cmd("HELP bdat").lines,
+                         ["250 2.0.0 Syntax: BDAT chunk-size [LAST]"])
+        with PythonSmtpd("ref") as py, SMTPClient(py.port) as pc:
+            pc.cmd(EHLO)
+            self.assertEqual(pc.cmd("HELP").lines, [f"250 {python}"])
 
     def test_helo_reply_has_no_enhanced_code(self):
         srv = self.start_server("sink")
@@ -531,20 +541,24 @@ class TestLineLimits(ServerTestCase):
         self.assertTrue(srv.alive())
 
     def test_mail_limit_with_smtputf8(self):
+        """Python's 512 + 26 (SIZE) + 10 (SMTPUTF8) for MAIL, and RFC 3461's 100 for DSN,
+        which Python does not offer; RCPT gets DSN's 500."""
         srv = self.start_server("sink", args=["-u"])
         c = self.connect(srv)
         c.cmd(EHLO)
-        self.assertEqual(c.cmd(pad("MAIL ", 548)).code, 501)
-        self.assertEqual(c.cmd(pad("MAIL ", 549)).lines, ["500 5.5.2 Error: line too long"])
-        self.assertEqual(c.cmd(pad("RCPT ", 513)).lines, ["500 5.5.2 Error: line too long"])
+        self.assertEqual(c.cmd(pad("MAIL ", 648)).code, 501)
+        self.assertEqual(c.cmd(pad("MAIL ", 649)).lines, ["500 5.5.2 Error: line too long"])
+        self.assertEqual(c.cmd(MAIL).code, 250)
+        self.assertEqual(c.cmd(pad("RCPT ", 1012)).code, 501)
+        self.assertEqual(c.cmd(pad("RCPT ", 1013)).lines, ["500 5.5.2 Error: line too long"])
 
     def test_mail_limit_without_size(self):
         """With -s 0 SIZE is still offered (bare), so MAIL keeps its 26 extra bytes."""
         srv = self.start_server("sink", args=["-s", "0"])
         c = self.connect(srv)
         c.cmd(EHLO)
-        self.assertEqual(c.cmd(pad("MAIL ", 538)).code, 501)
-        self.assertEqual(c.cmd(pad("MAIL ", 539)).code, 500)
+        self.assertEqual(c.cmd(pad("MAIL ", 638)).code, 501)
+        self.assertEqual(c.cmd(pad("MAIL ", 639)).code, 500)
 
     def test_limits_are_per_session(self):
         """Python's limits live in a class-level dict shared by all sessions; ours don't: a

@@ -257,7 +257,7 @@ class TestConnect(RelayTestCase):
         r = self.send(relay, "a@b.example", ["ok@d.example", "bad@d.example"])
         self.assertEqual(r.code, 250, r)
         self.assertEqual(step_lines(r),
-                         ["ext 8BITMIME,PIPELINING,SIZE=123456,SMTPUTF8"] + want +
+                         ["ext 8BITMIME,DSN,PIPELINING,SIZE=123456,SMTPUTF8"] + want +
                          ["after_quit nil the upstream connection is closed"])
         recs = wait_records(d, 2)
         self.assertEqual(recs[1].data, BODY)

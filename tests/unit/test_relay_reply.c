@@ -155,10 +155,10 @@ test_extensions(void **state)
     unsigned ext = relay_reply_extensions(
         "mx.example greets you\npipelining\nSIZE 10240000\n8BITMIME\nSMTPUTF8\nDSN", &limit);
     assert_int_equal(ext, RELAY_EXT_PIPELINING | RELAY_EXT_SIZE | RELAY_EXT_8BITMIME |
-                              RELAY_EXT_SMTPUTF8);
+                              RELAY_EXT_SMTPUTF8 | RELAY_EXT_DSN);
     assert_int_equal(limit, 10240000);
     /* Keywords are whole words, and the first line is the server's name, not a keyword. */
-    ext = relay_reply_extensions("PIPELINING\n8BITMIMEX\nXPIPELINING\nSIZE", &limit);
+    ext = relay_reply_extensions("DSN\n8BITMIMEX\nXPIPELINING\nSIZE\nDSNX", &limit);
     assert_int_equal(ext, RELAY_EXT_SIZE);
     assert_int_equal(limit, 0);
 }

@@ -2,8 +2,10 @@
 -- the handler got it) and <n>.env (one "key value" line each: peer, helo, from, rcpt...,
 -- mail_option..., rcpt_option..., size). Both are written under a temporary name and renamed
 -- into place, .env last, so a reader that sees <n>.env sees the whole message.
--- Replies smtpd.settings.reply if set, else the default 250.
+-- Replies smtpd.settings.reply if set, else the default 250. With smtpd.settings.received set,
+-- the .eml has the Received: field a relaying handler would put on top (smtpd.received).
 local smtpd = require "smtpd"
+local received = require "smtpd.received"
 
 local dir = smtpd.settings.dir
 assert(dir, "record.lua needs --set dir=DIRECTORY")
@@ -39,6 +41,7 @@ function process_message(peer, mailfrom, rcpttos, data, options)
   for _, o in ipairs(options.mail_options or {}) do env[#env + 1] = "mail_option " .. o end
   for _, o in ipairs(options.rcpt_options or {}) do env[#env + 1] = "rcpt_option " .. o end
   env[#env + 1] = "size " .. #data
+  if smtpd.settings.received then data = received.add(data, options, { rcpts = rcpttos }) end
   write(base .. ".eml", data)
   write(base .. ".env", table.concat(env, "\n") .. "\n")
   return smtpd.settings.reply
