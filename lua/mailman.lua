@@ -30,7 +30,7 @@ function on_rcpt(session, address, params)
     if mailman.domains then return mailman.NO_SUCH_LIST end
   end
   -- The rest goes upstream, for the clients that may relay: no open relay.
-  if not proxy.may_relay(session.peer[1]) then
+  if not proxy.may_relay(session) then
     return "554 5.7.1 Relaying denied for " .. session.peer[1]
   end
   return mailman.relay(session, address, params)

@@ -10,7 +10,8 @@
 --     go along when it offers DSN, and are dropped when it does not.
 --   * Each message gets a Received: line on top (lua/smtpd/received.lua) and, as Python's
 --     PureProxy did, X-Peer: at the end of its headers.
---   * Only clients in `relay_clients` may relay (loopback by default): no open relay.
+--   * Only clients in `relay_clients` may relay (--trusted-networks by default, loopback
+--     unless told otherwise): no open relay.
 --   * TLS and AUTH to the upstream: STARTTLS when offered by default; relay_tls=require (or
 --     implicit, for port 465) with relay_user and relay_password_file for a smarthost.
 -- Settings: relay_clients, relay_timeout, relay_data_timeout, relay_tls, relay_cafile,
@@ -20,7 +21,7 @@ local message = require "smtpd.message"
 local received = require "smtpd.received"
 
 function on_mail(session, address, params)
-  if not proxy.may_relay(session.peer[1]) then
+  if not proxy.may_relay(session) then
     return "554 5.7.1 Relaying denied for " .. session.peer[1]
   end
   return proxy.open(session, address, params)

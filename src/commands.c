@@ -26,6 +26,9 @@
 
 /* A row's hook when the script is not asked. */
 #define NO_HOOK (-1)
+/* Room for client input quoted in a reply (escaped by smtp_reply_quote), so that with the
+ * rest of the line it stays within RFC 5321's 512 bytes. */
+#define QUOTED_MAX (SMTP_REPLY_LINE_MAX - 48)
 
 struct command {
     /* false: it answered (an error) and the command ends here. NULL: nothing to check. */
@@ -149,12 +152,8 @@ greeting_check(struct session *s, char *arg, const char *verb)
         conn_reply(s, "501 5.5.4 Syntax: %s hostname", verb);
         return false;
     }
-    /* RFC 5321 would let a second EHLO reset the session; Python's smtpd answers 503, and so
-     * do we, so scripts see one helo name per connection. */
-    if (s->helo != NULL) {
-        conn_reply_const(s, "503 5.5.1 Duplicate HELO/EHLO");
-        return false;
-    }
+    /* A second greeting is taken (RFC 5321 4.1.4), where Python's smtpd answers 503; until
+     * it is accepted the session stays as it was, the old name and transaction included. */
     return commands_keep(s, arg, NULL, 0);
 }
 
@@ -174,12 +173,7 @@ ehlo_check(struct session *s, char *arg)
 static void
 greeting_accept(struct session *s, bool extended)
 {
-    const char *name = s->cmd.arg;
-    conn_end_transaction(s);
-    free(s->helo);
-    s->helo = strdup(name);
-    s->esmtp = extended;
-    lrt_session_set_helo(s->ls, name, extended);
+    conn_set_greeting(s, s->cmd.arg, extended);
     if (!extended) {
         conn_reply(s, "250 %s", s->g->hostname);
         return;
@@ -218,14 +212,6 @@ ehlo_proceed(struct session *s, const char *reply, size_t len)
     (void)reply;
     (void)len;
     greeting_accept(s, true);
-}
-
-static bool
-noop_check(struct session *s, char *arg)
-{
-    if (*arg)
-        conn_reply_const(s, "501 5.5.4 Syntax: NOOP");
-    return *arg == '\0';
 }
 
 static void
@@ -294,11 +280,13 @@ vrfy_proceed(struct session *s, const char *reply, size_t len)
     /* The parse writes into its input; the reply quotes the argument as it came. */
     char copy[CONN_LINE_MAX + 1];
     snprintf(copy, sizeof(copy), "%s", s->cmd.arg);
-    if (smtp_parse_path(copy, &path) && !path.null_path)
-        conn_reply_const(
-            s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
-    else
-        conn_reply(s, "502 5.5.1 Could not VRFY %s", s->cmd.arg);
+    if (!smtp_parse_path(copy, &path) || path.null_path) {
+        char quoted[QUOTED_MAX];
+        smtp_reply_quote(s->cmd.arg, strlen(s->cmd.arg), quoted, sizeof(quoted));
+        conn_reply(s, "502 5.5.1 Could not VRFY %s", quoted);
+        return;
+    }
+    conn_reply_const(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
 static bool
@@ -466,7 +454,7 @@ mail_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: nested MAIL command");
         return false;
     }
-    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages) {
+    if (s->g->cfg->max_messages != 0 && s->messages >= s->g->cfg->max_messages && !s->trusted) {
         conn_reply(s, "421 4.7.0 %s Error: too many messages in this connection, closing",
                    s->g->hostname);
         conn_close_after_flush(s);
@@ -623,7 +611,8 @@ static const struct command commands[] = {
     [SMTP_VERB_DATA] = {data_check, NO_HOOK, data_proceed, NULL, NULL},
     [SMTP_VERB_BDAT] = {bdat_check, NO_HOOK, bdat_proceed, NULL, NULL},
     [SMTP_VERB_RSET] = {rset_check, NO_HOOK, rset_proceed, NULL, NULL},
-    [SMTP_VERB_NOOP] = {noop_check, NO_HOOK, ok_proceed, NULL, NULL},
+    /* NOOP's argument is ignored (RFC 5321 4.1.1.9), where Python's smtpd answers 501. */
+    [SMTP_VERB_NOOP] = {NULL, NO_HOOK, ok_proceed, NULL, NULL},
     [SMTP_VERB_QUIT] = {NULL, NO_HOOK, quit_proceed, NULL, NULL},
     [SMTP_VERB_VRFY] = {vrfy_check, NO_HOOK, vrfy_proceed, NULL, NULL},
     [SMTP_VERB_EXPN] = {NULL, NO_HOOK, expn_proceed, NULL, NULL},
@@ -758,7 +747,9 @@ commands_dispatch(struct session *s, char *line, size_t len)
         break;
     }
     if (cmd.verb == SMTP_VERB_UNKNOWN) {
-        conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", cmd.verb_text);
+        char quoted[QUOTED_MAX];
+        smtp_reply_quote(cmd.verb_text, strlen(cmd.verb_text), quoted, sizeof(quoted));
+        conn_reply(s, "500 5.5.1 Error: command \"%s\" not recognized", quoted);
         return;
     }
     if (s->g->cfg->require_starttls && !s->in_tls && !allowed_before_tls[cmd.verb]) {

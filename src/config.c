@@ -27,12 +27,18 @@ static const char usage_text[] =
     "  -s, --size BYTES      largest message accepted, advertised as SIZE (default %lu;\n"
     "                        0: no limit)\n"
     "  -d, --debug           debug lines on stderr\n"
-    "  -u, --smtputf8        offer SMTPUTF8 (RFC 6531)\n"
+    "  -u, --smtputf8        offer SMTPUTF8 (RFC 6531); the default, kept for Python's flag\n"
     "  -V, --version         print the version and exit\n"
     "  -h, --help            print this and exit\n"
     "Options of our own:\n"
     "  --set KEY=VALUE       a setting for the script: smtpd.settings.KEY (repeatable)\n"
-    "  --hostname NAME       the name in the greeting and EHLO (default: this host's)\n"
+    "  --no-smtputf8         do not offer SMTPUTF8\n"
+    "  --trusted-networks LIST\n"
+    "                        clients exempt from --max-per-client and --max-messages, and\n"
+    "                        the relay handlers' default relay_clients: IPv4 and IPv6 CIDR,\n"
+    "                        comma-separated (default " CONFIG_TRUSTED_NETWORKS "; '': none)\n"
+    "  --hostname NAME       the name in the greeting and EHLO (default: this host's fully\n"
+    "                        qualified name, as Python's socket.getfqdn())\n"
     "  --no-reload           do not reload when the script files change (SIGHUP still does)\n"
     "  --check SCRIPT        load SCRIPT as a reload would, say whether it is good, exit 0/1\n"
     "%s"
@@ -49,46 +55,52 @@ static const char usage_text[] =
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x) STRINGIFY_(x)
 
-/* The numeric options: limits and timeouts, each with its default and range. */
+/* The numeric options: limits and timeouts, each with its default and range. A limit whose 0
+ * means none is either read as 0 by the code that applies it (help says what 0 does), or, when
+ * `none` is set, stored as UINT_MAX, which no count reaches. Those that take no 0: the
+ * timeouts (a client that never finishes a line would hold its slot for ever; they are the
+ * defence against slow clients), --workers (no process would serve) and --max-children (its
+ * count sizes the descriptors kept for children). */
 static const struct {
     const char *name;
     size_t field;
     unsigned def, min, max;
+    bool none; /* 0 given: stored as UINT_MAX */
     const char *help;
 } numeric_options[] = {
-    {"max-recipients", offsetof(struct config, max_recipients), 1000, 1, UINT_MAX,
-     "recipients per message, then 452"},
-    {"timeout", offsetof(struct config, timeout), 300, 1, 86400,
+    {"max-recipients", offsetof(struct config, max_recipients), 1000, 0, UINT_MAX, true,
+     "recipients per message, then 452 (0: no limit)"},
+    {"timeout", offsetof(struct config, timeout), 300, 1, 86400, false,
      "seconds for a whole command line, from its prompt (RFC 5321 4.5.3.2.7), then 421"},
-    {"data-timeout", offsetof(struct config, data_timeout), 180, 1, 86400,
+    {"data-timeout", offsetof(struct config, data_timeout), 180, 1, 86400, false,
      "seconds between two pieces of DATA (RFC 5321 4.5.3.2.6), then 421"},
-    {"min-data-rate", offsetof(struct config, min_data_rate), 500, 0, UINT_MAX,
+    {"min-data-rate", offsetof(struct config, min_data_rate), 500, 0, UINT_MAX, false,
      "bytes/s a DATA must keep up over its last 30 s, from 30 s into it (0: off)"},
-    {"data-memory", offsetof(struct config, data_memory_mb), DEFAULT_COMPUTED, 0, 1048576,
+    {"data-memory", offsetof(struct config, data_memory_mb), DEFAULT_COMPUTED, 0, 1048576, false,
      "MiB all DATA in flight may hold, split among the workers, then 452/421 4.3.1 (0: no limit)"},
-    {"shutdown-timeout", offsetof(struct config, shutdown_timeout), 30, 0, 86400,
-     "seconds transactions in flight get after SIGTERM"},
-    {"workers", offsetof(struct config, workers), 1, 1, 64,
+    {"shutdown-timeout", offsetof(struct config, shutdown_timeout), 30, 0, 86400, false,
+     "seconds transactions in flight get after SIGTERM (0: none, they are cut at once)"},
+    {"workers", offsetof(struct config, workers), 1, 1, 64, false,
      "processes sharing the port (SO_REUSEPORT), each with its own loop and Lua state"},
-    {"max-connections", offsetof(struct config, max_connections), 10000, 1, UINT_MAX,
-     "connections at once, then 421 before any Lua runs"},
-    {"max-per-client", offsetof(struct config, max_per_client), 128, 1, UINT_MAX,
-     "connections at once from one address, then 421"},
-    {"max-messages", offsetof(struct config, max_messages), 1000, 0, UINT_MAX,
+    {"max-connections", offsetof(struct config, max_connections), 10000, 0, UINT_MAX, true,
+     "connections at once, then 421 before any Lua runs (0: as many as the descriptors fit)"},
+    {"max-per-client", offsetof(struct config, max_per_client), 128, 0, UINT_MAX, true,
+     "connections at once from one address not in --trusted-networks, then 421 (0: no limit)"},
+    {"max-messages", offsetof(struct config, max_messages), 1000, 0, UINT_MAX, false,
      "messages per connection, then 421 (as Exim's default; 0: no limit)"},
-    {"max-errors", offsetof(struct config, max_errors), 20, 1, UINT_MAX,
-     "error replies per connection, then 421 (Postfix's hard error limit)"},
-    {"max-junk", offsetof(struct config, max_junk), 100, 0, UINT_MAX,
+    {"max-errors", offsetof(struct config, max_errors), 20, 0, UINT_MAX, true,
+     "error replies per connection, then 421 (Postfix's hard error limit; 0: no limit)"},
+    {"max-junk", offsetof(struct config, max_junk), 100, 0, UINT_MAX, false,
      "NOOP RSET HELP VRFY EXPN HELO EHLO until a message is accepted, then errors (0: no limit)"},
-    {"greet-delay", offsetof(struct config, greet_delay_ms), 0, 0, 60000,
-     "ms to wait before the greeting; a client that talks first is refused"},
-    {"lua-instructions", offsetof(struct config, lua_instructions), 50000000, 0, UINT_MAX,
+    {"greet-delay", offsetof(struct config, greet_delay_ms), 0, 0, 60000, false,
+     "ms to wait before the greeting; a client that talks first is refused (0: none)"},
+    {"lua-instructions", offsetof(struct config, lua_instructions), 50000000, 0, UINT_MAX, false,
      "Lua instructions per handler or hook call, then it fails with 451 (0: no limit)"},
-    {"lua-memory", offsetof(struct config, lua_memory_mb), 1024, 0, 1048576,
+    {"lua-memory", offsetof(struct config, lua_memory_mb), 1024, 0, 1048576, false,
      "MiB a Lua state may use (0: no limit)"},
-    {"max-children", offsetof(struct config, max_children), 32, 1, 4096,
+    {"max-children", offsetof(struct config, max_children), 32, 1, 4096, false,
      "smtpd.pipe children at once; the rest wait their turn"},
-    {"watchdog", offsetof(struct config, watchdog), 60, 0, 86400,
+    {"watchdog", offsetof(struct config, watchdog), 60, 0, 86400, false,
      "seconds one event-loop turn may take (a looping Lua __gc), then exit 70 (0: off)"},
 };
 #define N_NUMERIC (sizeof(numeric_options) / sizeof(numeric_options[0]))
@@ -336,6 +348,8 @@ enum {
     OPT_HOSTNAME,
     OPT_NO_RELOAD,
     OPT_CHECK,
+    OPT_NO_SMTPUTF8,
+    OPT_TRUSTED,
     OPT_TLS,            /* OPT_TLS + i: tls_options[i] */
     OPT_NUMERIC = 1024, /* OPT_NUMERIC + i: numeric_options[i] */
 };
@@ -355,6 +369,8 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
         {"hostname", required_argument, NULL, OPT_HOSTNAME},
         {"no-reload", no_argument, NULL, OPT_NO_RELOAD},
         {"check", required_argument, NULL, OPT_CHECK},
+        {"no-smtputf8", no_argument, NULL, OPT_NO_SMTPUTF8},
+        {"trusted-networks", required_argument, NULL, OPT_TRUSTED},
     };
     enum { N_FIXED = sizeof(fixed_options) / sizeof(fixed_options[0]) };
     struct option long_options[N_FIXED + N_NUMERIC + N_TLS + 1];
@@ -376,6 +392,11 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
     cfg->started_as_root = geteuid() == 0;
     cfg->handler = strdup("debugging");
     cfg->size_limit = CONFIG_DEFAULT_SIZE;
+    /* On unless --no-smtputf8, as Postfix's smtputf8_enable: a client with UTF-8 mail for a
+     * server that does not offer it can only bounce it. */
+    cfg->smtputf8 = true;
+    char why[160];
+    networks_parse(&cfg->trusted, CONFIG_TRUSTED_NETWORKS, why, sizeof(why));
     for (size_t i = 0; i < N_NUMERIC; i++) {
         const char *formula;
         *numeric_field(cfg, i) = numeric_default(i, &formula);
@@ -407,6 +428,16 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
             break;
         case 'u':
             cfg->smtputf8 = true;
+            break;
+        case OPT_NO_SMTPUTF8:
+            cfg->smtputf8 = false;
+            break;
+        case OPT_TRUSTED:
+            networks_free(&cfg->trusted);
+            if (networks_parse(&cfg->trusted, optarg, why, sizeof(why)) != 0) {
+                fprintf(err, "%s: --trusted-networks: %s\n", prog, why);
+                goto bad;
+            }
             break;
         case 'V':
             fprintf(out, "luasmtpd %s\n", LUASMTPD_VERSION);
@@ -452,7 +483,7 @@ config_parse(struct config *cfg, int argc, char **argv, FILE *out, FILE *err)
                             numeric_options[i].max);
                     goto bad;
                 }
-                *numeric_field(cfg, i) = (unsigned)n;
+                *numeric_field(cfg, i) = n == 0 && numeric_options[i].none ? UINT_MAX : (unsigned)n;
                 break;
             }
             /* An unknown letter is named by optopt: inside a group ("-xd") optind has not moved
@@ -566,6 +597,7 @@ config_free(struct config *cfg)
     free(cfg->smtps_cert);
     free(cfg->smtps_key);
     free(cfg->smtps_host);
+    networks_free(&cfg->trusted);
     for (size_t i = 0; i < cfg->n_settings; i++) {
         free(cfg->settings[i].key);
         free(cfg->settings[i].value);

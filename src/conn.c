@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "luasmtpd/config.h"
@@ -173,4 +174,17 @@ conn_end_transaction(struct session *s)
 {
     tx_reset(&s->tx);
     lrt_session_end_transaction(s->ls);
+}
+
+/* One rule for every new greeting (RFC 5321 4.1.4: EHLO resets as RSET does; RFC 3207 4.2:
+ * after STARTTLS nothing said before counts): the transaction goes, and the session carries
+ * the new name, or none until the client greets again. */
+void
+conn_set_greeting(struct session *s, const char *name, bool esmtp)
+{
+    conn_end_transaction(s);
+    free(s->helo);
+    s->helo = name != NULL ? strdup(name) : NULL;
+    s->esmtp = name != NULL && esmtp;
+    lrt_session_set_helo(s->ls, s->helo, s->esmtp);
 }

@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <grp.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pwd.h>
@@ -20,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "luasmtpd/hostname.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
 #include "luasmtpd/reload.h"
@@ -326,22 +328,6 @@ listener_on_lua_file(void *arg, const char *path)
     reload_watch(srv->reload, path);
 }
 
-/* This host's name for the greeting, as Python's socket.getfqdn(): the canonical name of
- * gethostname(), or the plain name when it does not resolve. */
-static char *
-fqdn(void)
-{
-    char name[256] = "localhost";
-    gethostname(name, sizeof(name) - 1);
-    struct addrinfo hints = {.ai_flags = AI_CANONNAME}, *res;
-    if (getaddrinfo(name, NULL, &hints, &res) == 0) {
-        if (res->ai_canonname != NULL)
-            snprintf(name, sizeof(name), "%s", res->ai_canonname);
-        freeaddrinfo(res);
-    }
-    return strdup(name);
-}
-
 /* Raises the soft descriptor limit to the hard one, and lowers --max-connections to what fits
  * in it (every worker inherits both), so sessions alone never run the process out of
  * descriptors: a server that did would refuse every upstream and child too. */
@@ -376,6 +362,11 @@ fit_descriptors(struct config *cfg)
         fits = 1;
     if (cfg->max_connections <= fits)
         return;
+    if (cfg->max_connections == UINT_MAX) { /* --max-connections 0: what fits is the cap */
+        log_info("at most %llu connections at once (what the descriptor limit fits)", fits);
+        cfg->max_connections = (unsigned)fits;
+        return;
+    }
     log_warn("--max-connections %u does not fit in the descriptor limit %llu (%d per connection, "
              "%llu kept for listeners, Lua, DNS, upstreams and %u pipe children): at most %llu "
              "connections at once",
@@ -426,7 +417,7 @@ serve(void *arg, int *fds, int n)
     struct serve_args *sa = arg;
     struct config *cfg = sa->cfg;
     const char *lua_dir = sa->lua_dir;
-    char *hostname = cfg->hostname ? strdup(cfg->hostname) : fqdn();
+    char *hostname = strdup(cfg->hostname);
     struct server srv = {.cfg = cfg};
     srv.base = event_base_new();
     /* Upstream host names are resolved without blocking the loop. */
@@ -526,6 +517,16 @@ listener_run(struct config *cfg, const char *lua_dir)
     /* Until serve()'s reload_start, here and in every worker. */
     reload_hold_signals();
     unsigned workers = cfg->workers > 1 ? cfg->workers : 1;
+    /* Found once, before the workers: each would otherwise ask the resolver, and warn. */
+    if (cfg->hostname == NULL) {
+        cfg->hostname = hostname_fqdn();
+        if (cfg->hostname == NULL)
+            return 1;
+        if (strchr(cfg->hostname, '.') == NULL)
+            log_warn("this host's name '%s' is not fully qualified: an upstream that wants a "
+                     "qualified HELO will refuse our relay (give one with --hostname)",
+                     cfg->hostname);
+    }
     /* Read before privileges are dropped: keys are often readable by root alone. A pair that
      * does not load is a usage error, as a missing file is. */
     struct serve_args args = {.cfg = cfg, .lua_dir = lua_dir, .announce = workers == 1};

@@ -80,6 +80,7 @@ struct lrt_session {
     unsigned long id;
     char *peer_addr;
     int peer_port;
+    bool trusted; /* peer_addr is in --trusted-networks */
     char *helo;
     bool esmtp; /* the greeting was EHLO (LHLO), not HELO: Received: says ESMTP or SMTP */
     struct {
@@ -483,6 +484,8 @@ session_table_move(struct lrt_session *ls)
     lua_setfield(L, -2, "peer");
     lua_pushinteger(L, (lua_Integer)ls->id);
     lua_setfield(L, -2, "id");
+    lua_pushboolean(L, ls->trusted);
+    lua_setfield(L, -2, "trusted");
     if (ls->helo != NULL) {
         lua_pushstring(L, ls->helo);
         lua_setfield(L, -2, "helo");
@@ -503,7 +506,8 @@ session_table_move(struct lrt_session *ls)
 }
 
 struct lrt_session *
-lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int peer_port)
+lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int peer_port,
+                bool trusted)
 {
     struct lrt_session *ls = calloc(1, sizeof(*ls));
     if (ls == NULL || (ls->peer_addr = strdup(peer_addr)) == NULL) {
@@ -513,6 +517,7 @@ lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr, int pee
     ls->rt = rt;
     ls->id = id;
     ls->peer_port = peer_port;
+    ls->trusted = trusted;
     session_table_move(ls);
     ls->next = rt->sessions;
     if (rt->sessions != NULL)

@@ -10,6 +10,7 @@
 
 #include "luasmtpd/config.h"
 #include "luasmtpd/log.h"
+#include "luasmtpd/lua_networks.h"
 #include "luasmtpd/lua_pipe.h"
 #include "luasmtpd/lua_relay.h"
 #include "luasmtpd/smtp_reply.h"
@@ -199,6 +200,7 @@ lsmtpd_open(lua_State *L)
     lua_setfield(L, -2, "size_limit");
     lrelay_add(L, env);
     lpipe_add(L, env);
+    lnetworks_add(L);
     return 1;
 }
 

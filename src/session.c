@@ -27,6 +27,7 @@
 #include "luasmtpd/data_budget.h"
 #include "luasmtpd/log.h"
 #include "luasmtpd/lua_runtime.h"
+#include "luasmtpd/networks.h"
 #include "luasmtpd/peer_count.h"
 #include "luasmtpd/proven_clients.h"
 #include "luasmtpd/smtp_reply.h"
@@ -321,11 +322,7 @@ session_tls_ready(struct session *s)
         return;
     }
     s->tls_switch = false;
-    free(s->helo);
-    s->helo = NULL;
-    s->esmtp = false;
-    conn_end_transaction(s);
-    lrt_session_set_helo(s->ls, NULL, false);
+    conn_set_greeting(s, NULL, false);
     auth_forget(s);
     conn_await_command(s);
     conn_shut_down_if_idle(s);
@@ -714,8 +711,10 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
     struct timeval now;
     event_base_gettimeofday_cached(g->base, &now);
     s->proven = proven_clients_contains(g->proven, s->peer_addr, now.tv_sec);
-    /* The per-client cap first: a client over its share takes no one else's slot. */
-    bool per_client = from_client > g->cfg->max_per_client;
+    /* The per-client cap first: a client over its share takes no one else's slot. Trusted
+     * networks have none (Postfix's $mynetworks): a local rig or benchmark opens many. */
+    s->trusted = networks_contains(&g->cfg->trusted, s->peer_addr);
+    bool per_client = !s->trusted && from_client > g->cfg->max_per_client;
     bool total = !per_client && g->count > g->cfg->max_connections && !session_make_room(g, s);
     if (!total && !per_client && g->refusals.unlogged > 0)
         session_log_refusal(g, NULL, NULL);
@@ -727,7 +726,7 @@ session_start(struct session_group *g, int fd, const struct sockaddr *addr, int 
         conn_close_after_flush(s);
         return;
     }
-    s->ls = lrt_session_new(g->rt, s->id, s->peer_addr, s->peer_port);
+    s->ls = lrt_session_new(g->rt, s->id, s->peer_addr, s->peer_port, s->trusted);
     if (s->ls == NULL) {
         conn_reply(s, "421 4.3.0 %s Error: out of memory, closing connection", g->hostname);
         conn_close_after_flush(s);

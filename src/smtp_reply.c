@@ -81,3 +81,42 @@ smtp_reply_format(const char *text, size_t len, struct buf *out)
     }
     return (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
 }
+
+static bool
+quote_plain(unsigned char c)
+{
+    return c >= 0x20 && c <= 0x7e && c != '\\';
+}
+
+size_t
+smtp_reply_quote(const char *in, size_t len, char *out, size_t size)
+{
+    static const char hex[] = "0123456789abcdef";
+    static const char more[] = "...";
+    size_t whole = 0;
+    for (size_t i = 0; i < len; i++)
+        whole += quote_plain((unsigned char)in[i]) ? 1 : 4;
+    /* What does not fit leaves room for "..." after the last whole piece. */
+    size_t room = whole < size ? whole : size - 1 >= sizeof(more) - 1 ? size - sizeof(more) : 0;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        bool plain = quote_plain(c);
+        if (n + (plain ? 1 : 4) > room)
+            break;
+        if (plain) {
+            out[n++] = (char)c;
+        } else {
+            out[n++] = '\\';
+            out[n++] = 'x';
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 15];
+        }
+    }
+    if (whole >= size && size >= sizeof(more)) {
+        memcpy(out + n, more, sizeof(more) - 1);
+        n += sizeof(more) - 1;
+    }
+    out[n] = '\0';
+    return n;
+}

@@ -8,10 +8,14 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "luasmtpd/networks.h"
+
 #define LUASMTPD_VERSION "0.1.0"
 #define CONFIG_DEFAULT_SIZE 33554432UL
 /* --data-memory's default: a quarter of physical memory, at most this many MiB. */
 #define CONFIG_DATA_MEMORY_CAP 1024
+/* --trusted-networks' default: loopback, as Postfix's mynetworks_style = host at the least. */
+#define CONFIG_TRUSTED_NETWORKS "127.0.0.0/8,::1/128"
 
 struct config_setting {
     char *key;
@@ -32,6 +36,7 @@ struct config {
     bool started_as_root; /* euid 0 at start: scripts others could write are refused */
     char *hostname;       /* for the greeting and EHLO; NULL: ask the system */
     /* Limits and timeouts: each one a --long-option; see the table in config.c. */
+    /* A limit given as 0 for none is UINT_MAX here where the table in config.c says so. */
     unsigned max_recipients;   /* per message, then 452 */
     unsigned timeout;          /* seconds for a whole command line, then 421 */
     unsigned data_timeout;     /* seconds between two pieces of DATA, then 421 */
@@ -41,8 +46,9 @@ struct config {
     unsigned shutdown_timeout; /* seconds transactions in flight get after SIGTERM */
     unsigned workers;          /* processes sharing the port; 1: this process serves */
     unsigned max_connections;  /* at once; lowered to what the descriptor limit fits */
-    unsigned max_per_client;   /* at once from one address, then 421 */
-    unsigned max_messages;     /* per connection, then 421 */
+    unsigned max_per_client;   /* at once from one address, then 421; UINT_MAX: none */
+    unsigned max_messages;     /* per connection, then 421; 0: none */
+    struct networks trusted;   /* clients exempt from the two above (--trusted-networks) */
     unsigned max_errors;       /* error replies per connection, then 421 */
     unsigned max_junk;         /* junk commands until a message is accepted; past: errors */
     unsigned greet_delay_ms;   /* wait before the greeting; a client talking first is refused */

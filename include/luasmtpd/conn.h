@@ -76,6 +76,7 @@ struct session {
     bool greeted;       /* the 220 went out; input before it is a pregreet */
     bool counted;       /* in g->per_client */
     bool proven;        /* its address had a message accepted lately (g->proven) */
+    bool trusted;       /* its address is in --trusted-networks: no per-client limits */
     bool read_eof;      /* the client half-closed: what is buffered is all that will come */
     bool write_failed;  /* the socket refused a write: the client is gone */
     bool in_tls;        /* bev speaks TLS (implicit from the start, or after STARTTLS) */
@@ -135,5 +136,8 @@ void conn_after_command(struct session *s);
 /* MAIL starts a transaction: it gets its id, which the script sees from on_mail on. */
 void conn_begin_transaction(struct session *s);
 void conn_end_transaction(struct session *s);
+/* A greeting was accepted (name: its argument) or must come again (name NULL, after
+ * STARTTLS): the transaction ends and the session's HELO/EHLO name is replaced. */
+void conn_set_greeting(struct session *s, const char *name, bool esmtp);
 
 #endif

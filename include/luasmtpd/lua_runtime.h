@@ -57,7 +57,7 @@ void lrt_free(struct lrt *rt);
  * transaction runs on one generation from MAIL to the end of DATA; between transactions the
  * session moves to the current one (its table then starts afresh). */
 struct lrt_session *lrt_session_new(struct lrt *rt, unsigned long id, const char *peer_addr,
-                                    int peer_port);
+                                    int peer_port, bool trusted);
 /* helo NULL: forgotten (after STARTTLS the client greets again). */
 void lrt_session_set_helo(struct lrt_session *ls, const char *helo, bool esmtp);
 /* The handshake is done: the script sees session.tls {version, cipher, bits, subject}

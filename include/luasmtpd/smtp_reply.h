@@ -17,4 +17,11 @@
  * not a valid reply. */
 int smtp_reply_format(const char *text, size_t len, struct buf *out);
 
+/* Client input quoted in a reply of ours (an unknown verb, VRFY's argument): reply text is
+ * printable US-ASCII (RFC 5321 4.2), so every byte outside 0x20-0x7e, and the backslash that
+ * would make the form ambiguous, is written as \xNN (lower-case hex). At most size - 1 chars
+ * and a NUL go to `out` (size > 0); input that does not fit ends in "..." and no escape is
+ * cut. Returns the length written. */
+size_t smtp_reply_quote(const char *in, size_t len, char *out, size_t size);
+
 #endif

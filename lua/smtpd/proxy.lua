@@ -12,10 +12,10 @@
 --     all before the message is sent (RFC 3463; permanent conditions, so 5xx).
 --   * DSN's parameters (RET, ENVID, NOTIFY, ORCPT; RFC 3461) go along as the client sent them
 --     when the upstream offers DSN, and are dropped when it does not (see M.rcpt_params).
--- Settings (--set KEY=VALUE): relay_clients (who may relay: comma-separated addresses or IPv4
--- CIDR prefixes, "*" for anyone; default loopback), relay_timeout (seconds per upstream step,
--- 60), relay_data_timeout (seconds for the upstream's answer after the message, 600: RFC 5321
--- 4.5.3.2.6; an answer given up on may still mean a copy was kept, so it is long).
+-- Settings (--set KEY=VALUE): relay_clients (who may relay: IPv4 and IPv6 addresses or CIDR
+-- prefixes, comma-separated, "*" for anyone; default --trusted-networks), relay_timeout (seconds
+-- per upstream step, 60), relay_data_timeout (seconds for the upstream's answer after the
+-- message, 600: RFC 5321 4.5.3.2.6; an answer given up on may still mean a copy was kept, so it is long).
 -- TLS and AUTH towards the upstream (a smarthost on 587, say): relay_tls (try: STARTTLS when
 -- offered, the certificate not checked unless relay_user is set, RFC 7435; require: STARTTLS
 -- or 451, the certificate checked; implicit: TLS from the first byte, checked, as on 465;
@@ -64,32 +64,19 @@ elseif settings.relay_password_file then
   error("relay_password_file needs relay_user", 0)
 end
 
-local function ipv4_number(address)
-  local a, b, c, d = address:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-  if not a then return nil end
-  return ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
-end
-
-local function matches(address, rule)
-  if rule == "*" or rule == address then return true end
-  local net, bits = rule:match("^([%d.]+)/(%d+)$")
-  local a, n = ipv4_number(address), net and ipv4_number(net)
-  if not (a and n) then return false end
-  local size = 2 ^ (32 - tonumber(bits))
-  return a // size == n // size
-end
-
-local rules = {}
-for rule in (smtpd.settings.relay_clients or "127.0.0.0/8,::1"):gmatch("[^,%s]+") do
-  rules[#rules + 1] = rule
+-- Who may relay: relay_clients when it is set (its syntax is --trusted-networks', so a bad
+-- list stops the script loading), else the clients the server trusts (session.trusted).
+local relay_clients
+if settings.relay_clients then
+  local ok, nets = pcall(smtpd.networks, settings.relay_clients)
+  if not ok then error("relay_clients: " .. nets, 0) end
+  relay_clients = nets
 end
 
 -- Whether a client may have mail relayed: an open relay is the one thing a proxy must not be.
-function M.may_relay(address)
-  for _, rule in ipairs(rules) do
-    if matches(address, rule) then return true end
-  end
-  return false
+function M.may_relay(session)
+  if relay_clients then return relay_clients:contains(session.peer[1]) end
+  return session.trusted == true
 end
 
 function M.unavailable(why)

@@ -12,7 +12,7 @@ import time
 import unittest
 
 from harness import (Closed, LuaSmtpd, ServerTestCase, SMTPClient, binary, fixture,
-                     on_free_port, read_records, wait_until)
+                     on_free_port, read_records, version, wait_until)
 
 EHLO = "EHLO client.example"
 BODY = b"Subject: t\r\n\r\nbody\r\n.\r\n"
@@ -163,12 +163,24 @@ class TestProcess(ServerTestCase):
         self.assertEqual(self.connect(srv).cmd("NOOP").code, 250)
 
     def test_default_hostname(self):
-        srv = self.start_server("sink", hostname=None)
+        """Without --hostname the name is Python's socket.getfqdn(), and a name without a dot
+        is warned about at start (an upstream checking HELO would refuse our relay)."""
+        fqdn = socket.getfqdn()
+        warning = r"warn: this host's name '.*' is not fully qualified"
+        srv = self.start_server("sink", hostname=None, expect_errors=[warning])
         c = self.connect(srv)
-        m = re.match(r"^220 (\S+) luasmtpd \S+ ESMTP$", c.greeting.lines[-1])
-        self.assertTrue(m, c.greeting.lines)
-        self.assertIn(m.group(1), (socket.getfqdn(), socket.gethostname()))
-        self.assertEqual(c.cmd("HELO x").lines, [f"250 {m.group(1)}"])
+        self.assertEqual(c.greeting.lines, [f"220 {fqdn} luasmtpd {version()} ESMTP"])
+        self.assertEqual(c.cmd("HELO x").lines, [f"250 {fqdn}"])
+        self.assertEqual(c.cmd("EHLO x").lines[0], f"250-{fqdn}")
+        if "." in fqdn:
+            srv.assert_no_log(warning, 0)  # said before the listening line, if at all
+        else:
+            self.assertIn(f"'{fqdn}'", srv.wait_log(warning).string)
+        # A name given is taken as it is, unwarned: the user chose it.
+        for name in ("mx.example.org", "vm"):
+            named = self.start_server("sink", hostname=name)
+            self.assertEqual(self.connect(named).greeting.lines[0].split()[1], name)
+            named.assert_no_log(warning, 0)
 
     def test_listening_line_names_the_port(self):
         srv = self.start_server("sink")

@@ -138,11 +138,11 @@ class TestParameters(ServerTestCase):
                          ["501 5.5.4 Syntax: RCPT TO: <address>"])
 
     def test_line_limits(self):
-        """RFC 3461 5: MAIL may be 100 characters longer (512 + 26 for SIZE + 100), RCPT 500
-        (512 + 500); after HELO both stay at 512."""
+        """RFC 3461 5: MAIL may be 100 characters longer (512 + 26 for SIZE + 10 for SMTPUTF8,
+        offered by default, + 100), RCPT 500 (512 + 500); after HELO both stay at 512."""
         c = self.c
-        self.assertEqual(c.cmd(pad_param(MAIL, 638)).lines, [MAIL_555])
-        self.assertEqual(c.cmd(pad_param(MAIL, 639)).lines, ["500 5.5.2 Error: line too long"])
+        self.assertEqual(c.cmd(pad_param(MAIL, 648)).lines, [MAIL_555])
+        self.assertEqual(c.cmd(pad_param(MAIL, 649)).lines, ["500 5.5.2 Error: line too long"])
         self.assertEqual(c.cmd(MAIL).code, 250)
         self.assertEqual(c.cmd(pad_param(RCPT, 1012)).lines, [RCPT_555])
         self.assertEqual(c.cmd(pad_param(RCPT, 1013)).lines, ["500 5.5.2 Error: line too long"])

@@ -82,6 +82,50 @@ class TestHeloHook(HookTestCase):
         srv.wait_log(r"error: .*helo hook boom")
 
 
+class TestSecondGreeting(HookTestCase):
+    """RFC 5321 4.1.4: a second HELO/EHLO resets the session as RSET does, and its name is the
+    one from then on; a refused one leaves the session as it was."""
+
+    def test_second_ehlo_resets_and_renames(self):
+        srv = self.start_server("hooks_all")
+        c = self.connect(srv)
+        self.assertEqual(c.cmd("EHLO first.example").code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<c@d.example>").code, 250)
+        r = c.cmd("HELO second.example")
+        self.assertEqual(r.lines, ["250 test.example"])
+        self.assertEqual(c.cmd("RCPT TO:<c@d.example>").code, 503)  # the transaction is gone
+        r = c.cmd("EHLO third.example")
+        self.assertEqual((r.code, r.lines[-1]), (250, "250 HELP"), r.lines)
+        self.assertEqual(c.cmd("MAIL FROM:<x@b.example>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<y@d.example>").code, 250)
+        rep = report(self.data(c))
+        self.assertEqual(rep["helo"], "third.example")
+        self.assertEqual(rep["helo_at_mail"], "third.example")
+        self.assertEqual(rep["rcpttos"], "y@d.example")
+        self.assertEqual(rep["seen"].split(" | ")[1:], [
+            "helo first.example",
+            "mail a@b.example []",
+            "rcpt c@d.example",
+            "helo second.example (was first.example)",
+            "helo third.example (was second.example)",
+            "mail x@b.example []",
+            "rcpt y@d.example",
+        ])
+
+    def test_refused_second_ehlo_keeps_the_session(self):
+        srv = self.start_server("hooks_all")
+        c = self.connect(srv)
+        self.assertEqual(c.cmd("EHLO first.example").code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<a@b.example>").code, 250)
+        self.assertEqual(c.cmd("EHLO refused.example").code, 550)
+        self.assertEqual(c.cmd("EHLO").code, 501)
+        self.assertEqual(c.cmd("RCPT TO:<c@d.example>").code, 250)  # MAIL still holds
+        rep = report(self.data(c))
+        self.assertEqual(rep["helo"], "first.example")
+        self.assertEqual(rep["rcpttos"], "c@d.example")
+
+
 class TestMailRcptHooks(HookTestCase):
     def test_mail_refusals_and_custom_acceptance(self):
         srv = self.start_server("hooks_all")

@@ -172,10 +172,12 @@ class TestConnectionCaps(TraceTestCase):
         self.assertEqual(self.hooks_for(refused.local_port()), [])
 
     def test_max_per_client(self):
-        """--max-per-client 2: the third connection from 127.0.0.1 gets 421 4.7.0 (no Lua
-        runs for it), while another address (127.0.0.2, also loopback) is still served; once
-        one closes, 127.0.0.1 is served again."""
-        srv = self.start_traced(args=["--max-per-client", "2", "--max-connections", "100"])
+        """--max-per-client 2 (no network trusted, so loopback is limited too): the third
+        connection from 127.0.0.1 gets 421 4.7.0 (no Lua runs for it), while another address
+        (127.0.0.2, also loopback) is still served; once one closes, 127.0.0.1 is served
+        again."""
+        srv = self.start_traced(args=["--max-per-client", "2", "--max-connections", "100",
+                                      "--trusted-networks", ""])
         held = [self.connect(srv) for _ in range(2)]
         for c in held:
             self.assertEqual(c.greeting.code, 220, c.greeting)
@@ -212,6 +214,19 @@ class TestConnectionCaps(TraceTestCase):
         self.assertEqual(c.greeting.code, 220, c.greeting)
         self.assertEqual(c.cmd(EHLO).code, 250)
         self.assertEqual(self.hooks_for(refused.local_port()), [])
+
+
+class TestConnectionCapsOfZero(TraceTestCase):
+    def test_max_per_client_zero(self):
+        """--max-per-client 0 with no network trusted: 140 connections from 127.0.0.1 (past
+        the default cap of 128) are all served; --max-connections 0 is what the descriptors
+        fit, said at start."""
+        srv = self.start_traced(args=["--max-per-client", "0", "--max-connections", "0",
+                                      "--trusted-networks", ""])
+        srv.wait_log(r"info: at most \d+ connections at once \(what the descriptor limit fits\)")
+        held = [self.connect(srv) for _ in range(140)]
+        self.assertEqual([c.greeting.code for c in held], [220] * 140)
+        self.assertEqual(held[-1].cmd(EHLO).code, 250)
 
 
 class TestPerConnectionCaps(ServerTestCase):
@@ -266,7 +281,7 @@ class TestPerConnectionCaps(ServerTestCase):
     def test_max_messages(self):
         """--max-messages 2: the MAIL after two messages gets 421 4.7.0 and the connection
         closes; the limit is per connection, so a new one may send again."""
-        srv, d = self.start_recording(args=["--max-messages", "2"])
+        srv, d = self.start_recording(args=["--max-messages", "2", "--trusted-networks", ""])
         c = self.connect(srv)
         c.cmd(EHLO)
         for i in range(2):
@@ -319,6 +334,24 @@ class TestPerConnectionCaps(ServerTestCase):
                                    "connection"])
         self.assertTrue(c.wait_closed(3))
         srv.wait_log(r"info: session \d+: 3 errors, closing")
+
+    def test_zero_is_no_limit(self):
+        """0 for none (issue 15): --max-errors 0 takes 60 errors (three times the default)
+        and the connection stays; --max-recipients 0 takes 1200 recipients (past the default
+        1000) in one message."""
+        srv, d = self.start_recording(args=["--max-errors", "0", "--max-recipients", "0"])
+        c = self.connect(srv, timeout=20)
+        c.send(b"BAD\r\n" * 60)
+        self.assertEqual([r.code for r in c.replies(60)], [500] * 60)
+        self.assertEqual(c.cmd(EHLO).code, 250)
+        rcpts = [f"r{i}@d.example" for i in range(1200)]
+        c.send(b"MAIL FROM:<a@b.example>\r\n" +
+               b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in rcpts))
+        self.assertEqual([r.code for r in c.replies(1201)], [250] * 1201)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(BODY + b".\r\n")
+        self.assertEqual(c.reply().code, 250)
+        self.assertEqual(wait_records(d, 1)[0].rcpttos, rcpts)
 
     def test_refused_messages_are_not_command_errors(self):
         """--max-errors 2: the handler refusing three messages (550 after DATA) is not the

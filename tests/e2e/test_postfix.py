@@ -75,6 +75,33 @@ class TestPostfixDeliversToUs(PostfixCase):
         self.assertEqual(len(read_records(rec)), 1)
         self.assertNotRegex(pf.log(), r"status=(deferred|bounced)")
 
+    def test_smtputf8_mail_is_taken_by_default(self):
+        """Issue 15: Postfix bounced SMTPUTF8 mail to us when we offered SMTPUTF8 only with
+        -u. Offered by default now, a UTF-8 sender arrives as it was; with --no-smtputf8 the
+        same mail bounces ("SMTPUTF8 is required, but was not offered"), so the test can
+        tell."""
+        def deliver(args):
+            srv, rec = self.start_recording(args=args)
+            pf = self.start_postfix(transport=("smtp", srv.port),
+                                    main={"smtputf8_enable": "yes"})
+            c = smtplib.SMTP("127.0.0.1", self.pf_port, timeout=REPLY_TIMEOUT)
+            self.addCleanup(c.close)
+            refused = c.sendmail("j\u00f6rg@example.org", ["bob@example.net"],
+                                 "Subject: utf8\r\n\r\nhi\r\n".encode(),
+                                 mail_options=["SMTPUTF8"])
+            self.assertEqual(refused, {})
+            c.quit()
+            return rec, pf
+
+        rec, pf = deliver([])
+        record = wait_records(rec, 1, timeout=60)[0]
+        self.assertEqual(record.mailfrom, "j\u00f6rg@example.org")
+        self.assertIn("SMTPUTF8", record.mail_options)
+        self.wait_maillog(pf, r"to=<bob@example\.net>, relay=127\.0\.0\.1.* status=sent")
+        rec, pf = deliver(["--no-smtputf8"])
+        self.wait_maillog(pf, r"SMTPUTF8 is required, but was not offered")
+        self.assertEqual(read_records(rec), [])
+
     def test_encrypt_level_refuses_a_server_without_starttls(self):
         # The test above could pass on a plaintext delivery only if Postfix's TLS setting were
         # not in force: without our certificate, `encrypt` defers the message instead.

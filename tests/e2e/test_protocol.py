@@ -7,7 +7,9 @@ enhanced code ("250 2.0.0 OK" -> "250 OK") is removed. One new case is one line 
 
 The intended differences (greeting, EHLO keywords, HELP's list after EHLO, DATA over the size
 limit, '-' in parameter keywords, non-ASCII input, the recipient limit, addresses Python crashes
-on) are not compared: the tests after the table assert luasmtpd's behaviour by itself.
+on, a second HELO/EHLO, NOOP's argument, SMTPUTF8 offered by default) are not compared: the
+tests after the table assert luasmtpd's behaviour by itself. The table without SMTPUTF8 runs
+luasmtpd with --no-smtputf8, as Python runs without enable_SMTPUTF8.
 """
 
 import re
@@ -44,18 +46,13 @@ CASES = [
     ("HELO", [HELO, "NOOP"]),
     ("HELO without argument", ["HELO"]),
     ("HELO with only spaces", ["HELO   "]),
-    ("HELO twice", [HELO, "HELO other.example"]),
-    ("EHLO after HELO", [HELO, EHLO]),
     ("HELO lower case", ["helo client.example"]),
     ("EHLO", [EHLO, "NOOP"]),
     ("EHLO without argument", ["EHLO"]),
-    ("EHLO twice", [EHLO, "EHLO other.example"]),
-    ("HELO after EHLO", [EHLO, HELO]),
     ("EHLO mixed case", ["EhLo client.example"]),
     ("HELO with address literal", ["HELO [127.0.0.1]"]),
     # NOOP
     ("NOOP", ["NOOP"]),
-    ("NOOP with argument", ["NOOP x"]),
     ("NOOP with trailing space", ["NOOP "]),
     ("NOOP mid-transaction", [EHLO, MAIL, "NOOP", RCPT, "DATA", MSG]),
     # QUIT
@@ -194,7 +191,7 @@ CASES = [
     ("long line keeps the transaction", [EHLO, MAIL, pad("NOOP ", 600), RCPT, "DATA", MSG]),
 ]
 
-# Against both servers with SMTPUTF8 offered (luasmtpd -u, enable_SMTPUTF8=True).
+# Against both servers with SMTPUTF8 offered (luasmtpd's default, enable_SMTPUTF8=True).
 UTF8_CASES = [
     ("EHLO with SMTPUTF8", [EHLO]),
     ("MAIL SMTPUTF8", [EHLO, MAIL + " SMTPUTF8", RCPT, "DATA", MSG]),
@@ -281,7 +278,7 @@ class ComparisonMixin:
     def setUpClass(cls):
         cls.py = PythonSmtpd("ref", utf8=cls.utf8)
         try:
-            cls.ours = LuaSmtpd(fixture("sink"), args=["-u"] if cls.utf8 else [])
+            cls.ours = LuaSmtpd(fixture("sink"), args=[] if cls.utf8 else ["--no-smtputf8"])
         except Exception:
             cls.py.close()
             raise
@@ -359,13 +356,18 @@ class TestIntendedDifferences(ServerTestCase):
         return sorted(l[4:] for l in r.lines[1:-1])
 
     def test_ehlo_keywords_default(self):
-        self.assertEqual(self.ehlo([]), expected_ehlo())
+        """SMTPUTF8 is offered unless --no-smtputf8 (Python only with -u)."""
+        self.assertEqual(self.ehlo([]), expected_ehlo(utf8=True))
+
+    def test_ehlo_keywords_no_smtputf8(self):
+        self.assertEqual(self.ehlo(["--no-smtputf8"]), expected_ehlo())
+        self.assertEqual(self.ehlo(["-u", "--no-smtputf8"]), expected_ehlo())
 
     def test_ehlo_keywords_size_limit(self):
-        self.assertEqual(self.ehlo(["-s", "1000"]), expected_ehlo(size="SIZE 1000"))
+        self.assertEqual(self.ehlo(["-s", "1000"]), expected_ehlo(size="SIZE 1000", utf8=True))
 
     def test_ehlo_keywords_no_size_limit(self):
-        self.assertEqual(self.ehlo(["-s", "0"]), expected_ehlo(size="SIZE"))
+        self.assertEqual(self.ehlo(["-s", "0"]), expected_ehlo(size="SIZE", utf8=True))
 
     def test_ehlo_keywords_smtputf8(self):
         self.assertEqual(self.ehlo(["-u"]), expected_ehlo(utf8=True))
@@ -397,8 +399,9 @@ class TestIntendedDifferences(ServerTestCase):
         self.assertEqual(c.cmd("FOO").lines, ['500 5.5.1 Error: command "FOO" not recognized'])
         self.assertEqual(c.cmd("HELO").lines, ["501 5.5.4 Syntax: HELO hostname"])
         self.assertEqual(c.cmd(EHLO).code, 250)
-        self.assertEqual(c.cmd(HELO).lines, ["503 5.5.1 Duplicate HELO/EHLO"])
+        self.assertEqual(c.cmd(HELO).lines, [f"250 {HOSTNAME}"])
         self.assertEqual(c.cmd("NOOP").lines, ["250 2.0.0 OK"])
+        self.assertEqual(c.cmd("NOOP with an argument").lines, ["250 2.0.0 OK"])
         self.assertEqual(c.cmd(MAIL).lines, ["250 2.1.0 OK"])
         self.assertEqual(c.cmd(RCPT).lines, ["250 2.1.5 OK"])
         self.assertEqual(c.cmd("DATA").lines, ["354 End data with <CR><LF>.<CR><LF>"])
@@ -443,6 +446,35 @@ class TestIntendedDifferences(ServerTestCase):
             self.assertIn(r.code // 100, (2, 4, 5), f"{raw!r} -> {r.lines!r}")
             self.assertEqual(c.cmd("NOOP").code, 250)
         self.assertTrue(srv.alive())
+
+    def test_replies_never_echo_raw_bytes(self):
+        """RFC 5321 4.2: reply text is printable US-ASCII. Python echoes what the client sent;
+        we write each byte outside 0x20-0x7e (and the backslash) as \\xNN."""
+        srv = self.start_server("sink")
+        c = self.connect(srv)
+        cases = [
+            (b"\x80", '500 5.5.1 Error: command "\\x80" not recognized'),
+            (b"fo\xffo bar", '500 5.5.1 Error: command "FO\\xffO" not recognized'),
+            (b"X\tY", '500 5.5.1 Error: command "X\\x09Y" not recognized'),
+            (b"A\\x80", '500 5.5.1 Error: command "A\\x5cX80" not recognized'),
+            (b"caf\xc3\xa9", '500 5.5.1 Error: command "CAF\\xc3\\xa9" not recognized'),
+            (b'VRFY "" \x80\t!', '502 5.5.1 Could not VRFY "" \\x80\\x09!'),
+            (b"VRFY <\xe9", "502 5.5.1 Could not VRFY <\\xe9"),
+            # cut to fit 512 bytes, never inside an escape
+            (b"VRFY <" + b"\xe9" * 200, None),
+        ]
+        for raw, want in cases:
+            with self.subTest(raw=raw[:20]):
+                c.send(raw + b"\r\n")
+                r = c.reply()
+                for line in r.lines:
+                    self.assertTrue(all(0x20 <= ord(ch) <= 0x7e for ch in line), repr(line))
+                    self.assertLessEqual(len(line) + 2, 512)
+                if want is not None:
+                    self.assertEqual(r.lines, [want])
+                else:
+                    self.assertRegex(r.lines[0], r"^502 5\.5\.1 Could not VRFY <(\\xe9)+\.\.\.$")
+        self.assertEqual(c.cmd("NOOP").code, 250)
 
     def test_non_ascii_address_without_smtputf8(self):
         srv = self.start_server("sink")
@@ -553,8 +585,9 @@ class TestLineLimits(ServerTestCase):
         self.assertEqual(c.cmd(pad("RCPT ", 1013)).lines, ["500 5.5.2 Error: line too long"])
 
     def test_mail_limit_without_size(self):
-        """With -s 0 SIZE is still offered (bare), so MAIL keeps its 26 extra bytes."""
-        srv = self.start_server("sink", args=["-s", "0"])
+        """With -s 0 SIZE is still offered (bare), so MAIL keeps its 26 extra bytes (and
+        without SMTPUTF8 no more)."""
+        srv = self.start_server("sink", args=["-s", "0", "--no-smtputf8"])
         c = self.connect(srv)
         c.cmd(EHLO)
         self.assertEqual(c.cmd(pad("MAIL ", 638)).code, 501)

@@ -202,9 +202,9 @@ class TestDelivery(ProxyTestCase):
         self.assertEqual(rec.rcpttos, ["ü@d.example"])
         self.assertIn("SMTPUTF8", rec.mail_options)
         self.assertIn("BODY=8BITMIME", rec.mail_options)
-        # Upstream without -u: SMTPUTF8 is not passed, so the upstream refuses the address, and
-        # the client hears the upstream's own refusal at MAIL.
-        up2, d2 = self.start_recording()
+        # Upstream with --no-smtputf8: SMTPUTF8 is not passed, so the upstream refuses the
+        # address, and the client hears the upstream's own refusal at MAIL.
+        up2, d2 = self.start_recording(args=["--no-smtputf8"])
         proxy2 = self.start_proxy(up2.port, args=["-u"])
         c2 = self.connect(proxy2)
         c2.cmd(EHLO)

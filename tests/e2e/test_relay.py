@@ -266,7 +266,7 @@ class TestConnect(RelayTestCase):
         self.assertNoErrors(relay)
 
     def test_mail_params_and_helo(self):
-        up, d = self.start_hooks_upstream()
+        up, d = self.start_hooks_upstream(args=["--no-smtputf8"])
         relay = self.start_relay("relay_connect", up.port,
                                  sets={"mail_params": "BODY=8BITMIME SIZE=100",
                                        "helo": "step.example"})
@@ -275,7 +275,7 @@ class TestConnect(RelayTestCase):
         rec = wait_records(d, 1)[0]
         self.assertEqual(sorted(rec.mail_options), ["BODY=8BITMIME", "SIZE=100"])
         self.assertEqual(rec.helo, "step.example")
-        self.assertNotIn("SMTPUTF8", step_lines(r)[0])  # the upstream runs without -u
+        self.assertNotIn("SMTPUTF8", step_lines(r)[0])  # the upstream runs --no-smtputf8
 
     def test_lmtp_data_gives_one_reply_per_recipient(self):
         up = self.start_aio(lmtp=True,

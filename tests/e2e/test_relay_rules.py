@@ -469,6 +469,16 @@ class TestReceived(RulesTestCase):
         self.assertTrue(line)
         return rest
 
+    def test_second_greeting_names_the_client(self):
+        """RFC 5321 4.1.4: after a second EHLO, Received: names the client by it."""
+        up = self.start_aio()
+        srv = self.start_proxy(up)
+        c = self.session(srv, helo="EHLO first.example")
+        self.assertEqual(c.cmd("HELO second.example").code, 250)
+        self.assertEqual(self.send(c, ["c@d.example"])[-1].code, 250)
+        (one,) = up.wait_messages(1)
+        self.check_received(one["data"], srv, "c@d.example", helo="second.example", proto="SMTP")
+
     def test_pureproxy(self):
         up = self.start_aio()
         srv = self.start_proxy(up)

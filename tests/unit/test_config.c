@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,7 +97,7 @@ test_defaults(void **state)
     assert_null(r.cfg.script_path);
     assert_int_equal(r.cfg.size_limit, 33554432);
     assert_false(r.cfg.debug);
-    assert_false(r.cfg.smtputf8);
+    assert_true(r.cfg.smtputf8); /* offered unless --no-smtputf8 */
     assert_false(r.cfg.nosetuid);
     assert_null(r.cfg.hostname);
     assert_int_equal(r.cfg.max_recipients, 1000);
@@ -148,6 +149,16 @@ test_short_options(void **state)
     assert_true(r.cfg.smtputf8);
     assert_string_equal(r.cfg.handler, "SinkServer");
     assert_int_equal(r.cfg.size_limit, 0);
+    run_free(&r);
+
+    /* -u is the default kept for Python's flag; --no-smtputf8 wins over it only when later */
+    const char *off[] = {"luasmtpd", "-u", "--no-smtputf8", NULL};
+    assert_int_equal(run_parse(&r, off), CONFIG_RUN);
+    assert_false(r.cfg.smtputf8);
+    run_free(&r);
+    const char *on_again[] = {"luasmtpd", "--no-smtputf8", "-u", NULL};
+    assert_int_equal(run_parse(&r, on_again), CONFIG_RUN);
+    assert_true(r.cfg.smtputf8);
     run_free(&r);
 
     /* a repeated -c replaces the first (and frees it: ASan would see the leak) */
@@ -232,6 +243,70 @@ test_data_memory(void **state)
     run_free(&r);
     const char *big[] = {"luasmtpd", "--data-memory", "1048577", NULL};
     expect_usage(big, "invalid number for --data-memory: 1048577 (0 to 1048576)");
+}
+
+/* 0 is none for every limit that can have none: read as 0 where the code says what 0 does,
+ * stored as UINT_MAX (no count reaches it) where it compares. */
+static void
+test_zero_is_none(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *zeros[] = {"luasmtpd",
+                           "--max-recipients=0",
+                           "--max-connections=0",
+                           "--max-per-client=0",
+                           "--max-errors=0",
+                           "--max-messages=0",
+                           "--max-junk=0",
+                           "--min-data-rate=0",
+                           "--lua-instructions=0",
+                           "--lua-memory=0",
+                           "--watchdog=0",
+                           "--greet-delay=0",
+                           "--shutdown-timeout=0",
+                           "-s0",
+                           NULL};
+    assert_int_equal(run_parse(&r, zeros), CONFIG_RUN);
+    assert_true(r.cfg.max_recipients == UINT_MAX);
+    assert_true(r.cfg.max_connections == UINT_MAX);
+    assert_true(r.cfg.max_per_client == UINT_MAX);
+    assert_true(r.cfg.max_errors == UINT_MAX);
+    assert_int_equal(r.cfg.max_messages, 0);
+    assert_int_equal(r.cfg.max_junk, 0);
+    assert_int_equal(r.cfg.min_data_rate, 0);
+    assert_int_equal(r.cfg.lua_instructions, 0);
+    assert_int_equal(r.cfg.lua_memory_mb, 0);
+    assert_int_equal(r.cfg.watchdog, 0);
+    assert_int_equal(r.cfg.size_limit, 0);
+    run_free(&r);
+}
+
+/* --trusted-networks: loopback by default, replaced (not added to) when given, "" for none. */
+static void
+test_trusted_networks(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *none[] = {"luasmtpd", NULL};
+    assert_int_equal(run_parse(&r, none), CONFIG_RUN);
+    assert_true(networks_contains(&r.cfg.trusted, "127.0.0.1"));
+    assert_true(networks_contains(&r.cfg.trusted, "127.1.2.3"));
+    assert_true(networks_contains(&r.cfg.trusted, "::1"));
+    assert_true(networks_contains(&r.cfg.trusted, "::ffff:127.0.0.1"));
+    assert_false(networks_contains(&r.cfg.trusted, "10.0.0.1"));
+    run_free(&r);
+    const char *given[] = {"luasmtpd", "--trusted-networks", "127.0.0.1/32",
+                           "--trusted-networks=10.0.0.0/8, 2001:db8::/32", NULL};
+    assert_int_equal(run_parse(&r, given), CONFIG_RUN);
+    assert_false(networks_contains(&r.cfg.trusted, "127.0.0.1"));
+    assert_true(networks_contains(&r.cfg.trusted, "10.9.8.7"));
+    assert_true(networks_contains(&r.cfg.trusted, "2001:db8::7"));
+    run_free(&r);
+    const char *empty[] = {"luasmtpd", "--trusted-networks", "", NULL};
+    assert_int_equal(run_parse(&r, empty), CONFIG_RUN);
+    assert_int_equal(r.cfg.trusted.n, 0);
+    run_free(&r);
 }
 
 static void
@@ -370,10 +445,17 @@ test_usage_errors(void **state)
     expect_usage(host_empty, "invalid hostname");
     const char *host_crlf[] = {"luasmtpd", "--hostname", "a\r\nb", NULL};
     expect_usage(host_crlf, "invalid hostname");
-    const char *rcpt_zero[] = {"luasmtpd", "--max-recipients", "0", NULL};
-    expect_usage(rcpt_zero, "invalid number for --max-recipients: 0");
+    /* The options that take no 0 (see the table in config.c). */
     const char *timeout_zero[] = {"luasmtpd", "--timeout", "0", NULL};
-    expect_usage(timeout_zero, "invalid number for --timeout: 0");
+    expect_usage(timeout_zero, "invalid number for --timeout: 0 (1 to 86400)");
+    const char *data_timeout_zero[] = {"luasmtpd", "--data-timeout", "0", NULL};
+    expect_usage(data_timeout_zero, "invalid number for --data-timeout: 0");
+    const char *workers_zero[] = {"luasmtpd", "--workers", "0", NULL};
+    expect_usage(workers_zero, "invalid number for --workers: 0");
+    const char *children_zero[] = {"luasmtpd", "--max-children", "0", NULL};
+    expect_usage(children_zero, "invalid number for --max-children: 0");
+    const char *trusted_bad[] = {"luasmtpd", "--trusted-networks", "10.0.0.0/8,10.0.0.1/8", NULL};
+    expect_usage(trusted_bad, "--trusted-networks: bad network '10.0.0.1/8': bits set past");
     const char *timeout_big[] = {"luasmtpd", "--timeout", "4294967296", NULL};
     expect_usage(timeout_big, "invalid number for --timeout: 4294967296");
     const char *shutdown_neg[] = {"luasmtpd", "--shutdown-timeout", "-1", NULL};
@@ -429,12 +511,12 @@ test_parse_twice(void **state)
     assert_false(r.cfg.debug);
     run_free(&r);
 
-    const char *error_mid_group[] = {"luasmtpd", "-xu", NULL};
+    const char *error_mid_group[] = {"luasmtpd", "-xd", NULL};
     assert_int_equal(run_parse(&r, error_mid_group), CONFIG_EXIT_USAGE);
     run_free(&r);
     const char *after[] = {"luasmtpd", "-s", "7", NULL};
     assert_int_equal(run_parse(&r, after), CONFIG_RUN);
-    assert_false(r.cfg.smtputf8);
+    assert_false(r.cfg.debug);
     assert_int_equal(r.cfg.size_limit, 7);
     run_free(&r);
 }
@@ -656,6 +738,8 @@ main(void)
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_version_and_help),
         cmocka_unit_test(test_parse_twice),
+        cmocka_unit_test(test_zero_is_none),
+        cmocka_unit_test(test_trusted_networks),
         cmocka_unit_test(test_tls_options),
         cmocka_unit_test_setup_teardown(test_resolve_bundled, setup_lua_dir, teardown_lua_dir),
         cmocka_unit_test_setup_teardown(test_resolve_path, setup_lua_dir, teardown_lua_dir),

@@ -195,14 +195,74 @@ test_reply_uses_len(void **state)
     buf_free(&out);
 }
 
+/* Client bytes quoted in our replies: one case a line, input (with its length, NULs
+ * included), the buffer's size, what comes out. */
+static void
+test_quote_table(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        size_t len, size;
+        const char *want;
+    } cases[] = {
+        {"FOO", 3, 64, "FOO"},
+        {"FOO bar \"baz\" ~!", 16, 64, "FOO bar \"baz\" ~!"},
+        {"\x80", 1, 64, "\\x80"},
+        {"caf\xc3\xa9", 5, 64, "caf\\xc3\\xa9"},
+        {"a\rb\nc\td\x7f", 8, 64, "a\\x0db\\x0ac\\x09d\\x7f"},
+        {"a\0b", 3, 64, "a\\x00b"},
+        {"back\\slash", 10, 64, "back\\x5cslash"}, /* the escape's own mark, unambiguous */
+        {"\xff\x01", 2, 64, "\\xff\\x01"},
+        {"", 0, 64, ""},
+        /* exactly fits: no "..." */
+        {"abcd", 4, 5, "abcd"},
+        {"\x80", 1, 5, "\\x80"},
+        /* one over: cut, "..." after whole pieces */
+        {"abcde", 5, 5, "a..."},
+        {"\x80\x80", 2, 8, "\\x80..."},
+        {"a\x80", 2, 5, "a..."},
+        {"abcdefgh", 8, 8, "abcd..."},
+        /* too small even for "..." */
+        {"abcde", 5, 3, ""},
+        {"abcde", 5, 1, ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char out[64];
+        memset(out, '#', sizeof(out));
+        size_t n = smtp_reply_quote(cases[i].in, cases[i].len, out, cases[i].size);
+        if (strcmp(out, cases[i].want) != 0 || n != strlen(cases[i].want))
+            fail_msg("case %zu: got \"%s\" (%zu), want \"%s\"", i, out, n, cases[i].want);
+        assert_true(n < cases[i].size);
+        for (size_t j = 0; j < n; j++)
+            assert_true(out[j] >= 0x20 && out[j] <= 0x7e);
+    }
+}
+
+/* Every byte value comes out printable, and a long line of them stays within the buffer. */
+static void
+test_quote_every_byte(void **state)
+{
+    (void)state;
+    char in[256], out[1025];
+    for (int i = 0; i < 256; i++)
+        in[i] = (char)i;
+    assert_int_equal(smtp_reply_quote(in, sizeof(in), out, sizeof(out)), 94 + 4 * 162);
+    for (size_t j = 0; out[j] != '\0'; j++)
+        assert_true(out[j] >= 0x20 && out[j] <= 0x7e);
+    char small[100];
+    size_t n = smtp_reply_quote(in, sizeof(in), small, sizeof(small));
+    assert_true(n <= sizeof(small) - 1);
+    assert_string_equal(small + n - 3, "...");
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reply_table),
-        cmocka_unit_test(test_reply_line_length),
-        cmocka_unit_test(test_reply_many_lines),
-        cmocka_unit_test(test_reply_uses_len),
+        cmocka_unit_test(test_reply_table),      cmocka_unit_test(test_reply_line_length),
+        cmocka_unit_test(test_reply_many_lines), cmocka_unit_test(test_reply_uses_len),
+        cmocka_unit_test(test_quote_table),      cmocka_unit_test(test_quote_every_byte),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

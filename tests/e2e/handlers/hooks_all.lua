@@ -27,7 +27,8 @@ function on_connect(session)
 end
 
 function on_helo(session, name)
-  note(session, "helo " .. name)
+  -- A second greeting is noted with the name the session still carries while the hook runs.
+  note(session, "helo " .. name .. (session.helo and (" (was " .. session.helo .. ")") or ""))
   if name == "refused.example" then
     return "550 5.7.1 not you, " .. name
   elseif name == "raise.example" then
