@@ -11,10 +11,11 @@ commands); nothing is delivered from a transfer that did not end with its LAST c
 """
 
 import socket
+import threading
 import time
 import unittest
 
-from harness import ServerTestCase, proc_status, read_records, wait_records
+from harness import ServerTestCase, bound, proc_status, read_records, wait_records
 
 EHLO = "EHLO client.example"
 MAIL = "MAIL FROM:<a@b.example>"
@@ -268,6 +269,27 @@ class TestBdat(ServerTestCase):
         r = c.reply(timeout=15)
         self.assertRegex(r.lines[-1], r"^421 4\.4\.2 .*timeout exceeded$")
         self.assertLess(time.monotonic() - t0, 15)
+        self.assertTrue(c.wait_closed(5))
+        self.assertEqual(read_records(d), [])
+
+    def test_min_data_rate_across_chunks(self):
+        """Chunks of 10 bytes a second, each quick: --min-data-rate 1000 measures the transfer
+        from its first chunk, so once the 30 s grace period is over the next BDAT gets 421
+        (a rate per chunk would never see the drip). Nothing is delivered."""
+        srv, d = self.start_recording(args=["--min-data-rate", "1000"])
+        c = self.envelope(srv)
+        pace = threading.Event()  # never set: its wait paces the drip, one chunk a second
+        t0 = time.monotonic()
+        for _ in range(int(bound(60))):
+            c.send(chunk(b"x" * 8 + b"\r\n"))
+            r = c.reply()
+            if r.code != 250:
+                break
+            pace.wait(1.0)
+        elapsed = time.monotonic() - t0
+        self.assertRegex(r.lines[-1], r"^421 4\.4\.2 .*timeout exceeded$")
+        self.assertGreaterEqual(elapsed, 29)  # the grace period is the DATA's (1 s for clocks)
+        srv.wait_log(r"data rate too low across BDAT chunks")
         self.assertTrue(c.wait_closed(5))
         self.assertEqual(read_records(d), [])
 
