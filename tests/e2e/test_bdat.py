@@ -15,7 +15,8 @@ import threading
 import time
 import unittest
 
-from harness import SANITIZED, ServerTestCase, bound, proc_status, read_records, wait_records
+from harness import SANITIZED, ServerTestCase, bound, proc_status, read_records, wait_records, \
+    without_received
 
 EHLO = "EHLO client.example"
 MAIL = "MAIL FROM:<a@b.example>"
@@ -109,6 +110,33 @@ class TestBdat(ServerTestCase):
         self.assertEqual(b.data, a.data)
         self.assertEqual(b.mail_options, a.mail_options)
         self.assertEqual(b.mail_options, ["BODY=8BITMIME", "SIZE=100"])
+
+    def test_relayed_as_after_data(self):
+        """pureproxy in front, luasmtpd recording behind: a message taken by BDAT is relayed as
+        the same message taken by DATA is (by DATA: the relay client sends no BDAT), with its
+        Received: line on top and its BODY= passed on."""
+        proxy = self.start_server("pureproxy", remote=f"127.0.0.1:{self.srv.port}",
+                                  expect_errors=[r"^\S+ luasmtpd\[\d+\] warn: "])
+        stuffed = b"".join(b"." + l if l.startswith(b".") else l
+                           for l in MESSAGE.splitlines(keepends=True))
+        c = self.connect(proxy)
+        c.cmd(EHLO)
+        for by_data in (True, False):
+            self.assertEqual(c.cmd(MAIL + " BODY=8BITMIME").code, 250)
+            self.assertEqual(c.cmd(RCPT).code, 250)
+            if by_data:
+                self.assertEqual(c.cmd("DATA").code, 354)
+                c.send(stuffed + b".\r\n")
+            else:
+                c.send(chunk(MESSAGE[:30]) + chunk(MESSAGE[30:]) + b"BDAT 0 LAST\r\n")
+                self.assertEqual([r.code for r in c.replies(2)], [250, 250])
+            self.assertEqual(c.reply().code, 250)
+        a, b = wait_records(self.dir, 2)
+        self.assertEqual(without_received(b.data), without_received(a.data))
+        self.assertIn(b"X-Peer: 127.0.0.1", b.data)
+        self.assertEqual(b.mail_options, a.mail_options)
+        self.assertIn("BODY=8BITMIME", b.mail_options)
+        self.assertEqual(b.rcpttos, ["c@d.example"])
 
     def test_line_ends_made_crlf(self):
         """Bytes are stored as they come but for line ends: a bare LF or CR is stored as CRLF,
