@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "luasmtpd/auth.h"
+#include "luasmtpd/bdat.h"
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
 #include "luasmtpd/data_budget.h"
@@ -186,7 +187,7 @@ greeting_accept(struct session *s, bool extended)
         buf_printf(&b, "250-SIZE %zu\r\n", cfg->size_limit);
     else
         buf_append_str(&b, "250-SIZE\r\n");
-    buf_append_str(&b, "250-8BITMIME\r\n250-DSN\r\n");
+    buf_append_str(&b, "250-8BITMIME\r\n250-DSN\r\n250-CHUNKING\r\n");
     if (cfg->smtputf8)
         buf_append_str(&b, "250-SMTPUTF8\r\n");
     /* Extensions that depend on the connection's security. */
@@ -499,6 +500,8 @@ rcpt_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: need MAIL command");
         return false;
     }
+    if (bdat_refused(s, "RCPT"))
+        return false;
     struct smtp_path path;
     struct smtp_param params[SMTP_PARAMS_MAX];
     if (!path_argument(s, arg, "TO:", usage, &path))
@@ -576,6 +579,8 @@ data_check(struct session *s, char *arg)
         conn_reply_const(s, "503 5.5.1 Error: need RCPT command");
         return false;
     }
+    if (bdat_refused(s, "DATA"))
+        return false;
     if (*arg) {
         conn_reply_const(s, "501 5.5.4 Syntax: DATA");
         return false;
@@ -607,6 +612,7 @@ static const struct command commands[SMTP_VERB_COUNT] = {
     [SMTP_VERB_MAIL] = {mail_check, LRT_HOOK_MAIL, mail_proceed, mail_refused, NULL},
     [SMTP_VERB_RCPT] = {rcpt_check, LRT_HOOK_RCPT, rcpt_proceed, NULL, NULL},
     [SMTP_VERB_DATA] = {data_check, NO_HOOK, data_proceed, NULL, NULL},
+    [SMTP_VERB_BDAT] = {bdat_check, NO_HOOK, bdat_proceed, NULL, NULL},
     [SMTP_VERB_RSET] = {rset_check, NO_HOOK, rset_proceed, NULL, NULL},
     /* NOOP's argument is ignored (RFC 5321 4.1.1.9), where Python's smtpd answers 501. */
     [SMTP_VERB_NOOP] = {NULL, NO_HOOK, ok_proceed, NULL, NULL},
@@ -708,11 +714,12 @@ is_junk(enum smtp_verb verb)
     }
 }
 
-/* What --require-starttls lets through in plaintext (RFC 3207 4). */
+/* What --require-starttls lets through in plaintext (RFC 3207 4). BDAT too: its bytes must be
+ * read even when it is refused, and without MAIL it is (bdat_check). */
 static const bool allowed_before_tls[SMTP_VERB_COUNT] = {
     [SMTP_VERB_EHLO] = true, [SMTP_VERB_HELO] = true, [SMTP_VERB_STARTTLS] = true,
     [SMTP_VERB_NOOP] = true, [SMTP_VERB_RSET] = true, [SMTP_VERB_QUIT] = true,
-    [SMTP_VERB_LHLO] = true,
+    [SMTP_VERB_LHLO] = true, [SMTP_VERB_BDAT] = true,
 };
 
 void

@@ -100,7 +100,9 @@ conn_enter(struct session *s, enum session_state state)
         struct timeval next = {.tv_sec = cfg->data_timeout};
         if (cfg->min_data_rate > 0 && next.tv_sec > 5)
             next.tv_sec = 5;
-        tx_rate_start(&s->tx, &s->last_activity);
+        /* A BDAT transfer is measured from its first chunk, not each one. */
+        if (s->tx.bdat.chunks <= 1)
+            tx_rate_start(&s->tx, &s->last_activity);
         evtimer_add(s->timer, &next);
     }
 }

@@ -130,7 +130,7 @@ data_budget_make_room(struct session *s, struct evbuffer *in, size_t piece)
     struct transaction *tx = &s->tx;
     struct buf *m = &tx->message;
     size_t limit = tx->decoder.limit;
-    if (tx->decoder.overflow || tx->decoder.failed)
+    if (tx->decoder.overflow || tx->decoder.failed || tx->bdat.discard)
         return true; /* nothing more is stored */
     size_t need = m->len + SMTP_DATA_DECODED_MAX(piece);
     if (limit != 0 && need > limit)

@@ -1,11 +1,12 @@
 /* HELP (see help.h). The general answer and the 501 for an unknown topic list the same
- * commands: Python's nine (LHLO for EHLO and HELO on an LMTP listener), then STARTTLS and AUTH
- * when EHLO would offer them now, so a client reading HELP learns no more and no less than it
- * could use. */
+ * commands: Python's nine (LHLO for EHLO and HELO on an LMTP listener), then BDAT,
+ * STARTTLS and AUTH when EHLO would offer them now, so a client reading HELP learns no more
+ * and no less than it could use. */
 #include "luasmtpd/help.h"
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <strings.h>
 
 #include "luasmtpd/auth.h"
@@ -32,6 +33,8 @@ static const struct topic python_topics[] = {
 };
 /* An LMTP listener's greeting in place of the first two (RFC 2033 4.1). */
 static const struct topic lhlo_topic = {"LHLO", "LHLO hostname", false};
+/* RFC 3030 3's form; CHUNKING is offered after EHLO. */
+static const struct topic bdat_topic = {"BDAT", "BDAT chunk-size [LAST]", false};
 static const struct topic starttls_topic = {"STARTTLS", "STARTTLS", false};
 /* RFC 4954 4's form of the command. */
 static const struct topic auth_topic = {"AUTH", "AUTH mechanism [initial-response]", false};
@@ -39,12 +42,12 @@ static const struct topic auth_topic = {"AUTH", "AUTH mechanism [initial-respons
 void
 help_answer(struct session *s, const char *arg)
 {
+    bool bdat = s->esmtp;
     bool starttls = !s->in_tls && tls_server_offers(s->g->tls, TLS_STARTTLS);
     bool auth = auth_offered(s);
-    const char *more = starttls && auth ? " STARTTLS AUTH"
-                       : starttls       ? " STARTTLS"
-                       : auth           ? " AUTH"
-                                        : "";
+    char more[32];
+    snprintf(more, sizeof(more), "%s%s%s", bdat ? " BDAT" : "", starttls ? " STARTTLS" : "",
+             auth ? " AUTH" : "");
     bool lmtp = s->g->cfg->lmtp;
     const char *commands = lmtp
                                ? "Supported commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY"
@@ -59,6 +62,8 @@ help_answer(struct session *s, const char *arg)
             found = &python_topics[i];
     if (lmtp && strcasecmp(arg, lhlo_topic.verb) == 0)
         found = &lhlo_topic;
+    if (bdat && strcasecmp(arg, bdat_topic.verb) == 0)
+        found = &bdat_topic;
     if (starttls && strcasecmp(arg, starttls_topic.verb) == 0)
         found = &starttls_topic;
     if (auth && strcasecmp(arg, auth_topic.verb) == 0)

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "luasmtpd/auth.h"
+#include "luasmtpd/bdat.h"
 #include "luasmtpd/commands.h"
 #include "luasmtpd/config.h"
 #include "luasmtpd/conn.h"
@@ -191,12 +192,13 @@ session_finish_data(struct session *s)
         s->call = call;
 }
 
-/* Feeds buffered DATA bytes to the decoder. Returns false when it needs more input. */
+/* Feeds buffered DATA bytes (or a BDAT chunk's) to the decoder. Returns false when it needs
+ * more input. */
 static bool
 session_read_data(struct session *s, struct evbuffer *in)
 {
     struct evbuffer_iovec vec[16];
-    while (!smtp_data_done(&s->tx.decoder)) {
+    while (!tx_piece_read(&s->tx)) {
         /* Not a peek count of 0: an empty buffer may still hold an empty chain. */
         if (evbuffer_get_length(in) == 0)
             return false;
@@ -206,9 +208,9 @@ session_read_data(struct session *s, struct evbuffer *in)
         if (n > 16)
             n = 16;
         size_t used = 0;
-        for (int i = 0; i < n && !smtp_data_done(&s->tx.decoder); i++) {
+        for (int i = 0; i < n && !tx_piece_read(&s->tx); i++) {
             const char *p = vec[i].iov_base;
-            for (size_t off = 0; off < vec[i].iov_len && !smtp_data_done(&s->tx.decoder);) {
+            for (size_t off = 0; off < vec[i].iov_len && !tx_piece_read(&s->tx);) {
                 size_t piece =
                     vec[i].iov_len - off < DATA_SLICE ? vec[i].iov_len - off : DATA_SLICE;
                 if (!data_budget_make_room(s, in, piece))
@@ -220,7 +222,8 @@ session_read_data(struct session *s, struct evbuffer *in)
         }
         evbuffer_drain(in, used);
     }
-    session_finish_data(s);
+    if (bdat_chunk_done(s, in))
+        session_finish_data(s);
     return true;
 }
 

@@ -70,7 +70,7 @@ smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct
         switch (d->state) {
         case SMTP_DATA_BOL_CRLF:
         case SMTP_DATA_BOL_BARE:
-            if (c == '.') {
+            if (c == '.' && !d->chunked) {
                 d->state = d->state == SMTP_DATA_BOL_CRLF ? SMTP_DATA_DOT_CRLF : SMTP_DATA_DOT_BARE;
                 p++;
             } else {
@@ -157,6 +157,15 @@ smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct
         }
     }
     return (size_t)(p - in);
+}
+
+void
+smtp_data_end(struct smtp_data_decoder *d, struct buf *out)
+{
+    /* Only LINE and CR can be pending: a chunked decoder never enters the dot states. */
+    if (d->state == SMTP_DATA_LINE || d->state == SMTP_DATA_CR)
+        emit(d, out, crlf, 2);
+    d->state = SMTP_DATA_DONE;
 }
 
 void

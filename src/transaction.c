@@ -4,6 +4,7 @@
 #include "luasmtpd/transaction.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +37,7 @@ tx_reset(struct transaction *tx)
     envelope_reset(&tx->env);
     strv_clear(&tx->replies);
     buf_free(&tx->message);
+    memset(&tx->bdat, 0, sizeof(tx->bdat));
     tx_hold(tx, 0);
 }
 
@@ -62,9 +64,23 @@ tx_rate_start(struct transaction *tx, const struct timeval *now)
     tx->data_started = *now;
 }
 
+void
+tx_begin_discard(struct transaction *tx, uint64_t size, const char *reply)
+{
+    smtp_data_init(&tx->decoder, 0);
+    smtp_bdat_begin_discard(&tx->bdat, size, reply);
+}
+
 size_t
 tx_feed(struct transaction *tx, const char *p, size_t n)
 {
+    if (tx->bdat.in_chunk) {
+        n = smtp_bdat_take(&tx->bdat, n);
+        if (tx->bdat.discard) {
+            tx->decoder.size += n; /* seen, never stored: the rate still sees it come */
+            return n;
+        }
+    }
     size_t took = smtp_data_decode(&tx->decoder, p, n, &tx->message);
     if (tx->decoder.overflow && tx->message.data != NULL) {
         /* Over the size limit: the rest is read and dropped and the message refused at its

@@ -28,6 +28,9 @@ struct smtp_data_decoder {
     size_t size;   /* decoded bytes seen, stored or not */
     bool overflow; /* over the limit: the rest is read and dropped, the answer is 552 */
     bool failed;   /* out of memory while storing: the answer is 451 */
+    /* BDAT's chunks (RFC 3030): no dot is special and nothing in the bytes ends the message;
+     * smtp_data_end does, after the last chunk. Line ends are still made CRLF. */
+    bool chunked;
 };
 
 void smtp_data_init(struct smtp_data_decoder *d, size_t limit);
@@ -41,6 +44,10 @@ void smtp_data_init(struct smtp_data_decoder *d, size_t limit);
  * end of the data was among them, in which case the bytes after the final CRLF are left for the
  * command reader and smtp_data_done() turns true. */
 size_t smtp_data_decode(struct smtp_data_decoder *d, const char *in, size_t len, struct buf *out);
+
+/* A chunked message is complete: a line left open (or a CR left pending) gets its CRLF, so
+ * every line ends CRLF as after DATA; stores at most 2 bytes. The decoder is done. */
+void smtp_data_end(struct smtp_data_decoder *d, struct buf *out);
 
 static inline bool
 smtp_data_done(const struct smtp_data_decoder *d)

@@ -33,6 +33,7 @@ enum smtp_verb {
     SMTP_VERB_STARTTLS, /* RFC 3207 */
     SMTP_VERB_AUTH,     /* RFC 4954 */
     SMTP_VERB_LHLO,     /* RFC 2033: taken only by an LMTP listener */
+    SMTP_VERB_BDAT,     /* RFC 3030 */
     SMTP_VERB_COUNT     /* not a verb: the size of every table indexed by verb */
 };
 

@@ -10,6 +10,7 @@
 
 #include "luasmtpd/buf.h"
 #include "luasmtpd/envelope.h"
+#include "luasmtpd/smtp_bdat.h"
 #include "luasmtpd/smtp_data.h"
 
 /* A transaction id: 8 + 6 hex digits of prefix and a counter of at most 16. */
@@ -34,6 +35,7 @@ struct transaction {
     /* process_message's table of replies: one per recipient, in RCPT order ("": not named). */
     struct strv replies;
     struct smtp_data_decoder decoder;
+    struct smtp_bdat bdat; /* its BDAT chunks, or a refused chunk being dropped */
     struct buf message;
     /* The bytes this message holds against the DATA budget (only tx_hold writes it), and the
      * count of all transactions' held bytes that it keeps in step. */
@@ -60,8 +62,26 @@ void tx_hold(struct transaction *tx, size_t bytes);
 void tx_begin_data(struct transaction *tx, size_t size_limit);
 /* The DATA's transfer starts now: its rate is measured from here. */
 void tx_rate_start(struct transaction *tx, const struct timeval *now);
-/* Decodes up to n bytes into the message; returns how many it took. */
+/* A refused BDAT chunk: its bytes are dropped as they come (counted for the rate), then
+ * `reply` is due. */
+void tx_begin_discard(struct transaction *tx, uint64_t size, const char *reply);
+/* Decodes up to n bytes into the message; returns how many it took: inside a BDAT chunk, no
+ * more than the chunk has left. */
 size_t tx_feed(struct transaction *tx, const char *p, size_t n);
+
+/* Whatever is being read is all in: the DATA to its final dot, or the BDAT chunk's bytes. */
+static inline bool
+tx_piece_read(const struct transaction *tx)
+{
+    return tx->bdat.in_chunk ? tx->bdat.left == 0 : smtp_data_done(&tx->decoder);
+}
+
+/* The message comes in BDAT chunks: one was taken (between two, the client owes the next). */
+static inline bool
+tx_chunked(const struct transaction *tx)
+{
+    return tx->bdat.chunks > 0;
+}
 /* Whether the DATA fell below `rate` bytes a second (see transaction.c); samples as it looks. */
 bool tx_too_slow(struct transaction *tx, const struct timeval *now, unsigned rate);
 

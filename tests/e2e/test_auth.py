@@ -312,7 +312,8 @@ class TestStartTlsForgets(AuthCase):
 
 
 class TestHelp(AuthCase):
-    """HELP lists STARTTLS and AUTH where this connection offers them, after Python's nine."""
+    """HELP lists BDAT (after EHLO), STARTTLS and AUTH where this connection offers them, after
+    Python's nine."""
 
     PYTHON = "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
 
@@ -325,10 +326,10 @@ class TestHelp(AuthCase):
         self.assertReply(c.cmd("HELP AUTH"), 501, f"501 5.5.4 {self.PYTHON} STARTTLS")
         c.close()
         c = self.tls_client(srv)
-        self.assertReply(c.cmd("HELP"), 250, f"250 2.0.0 {self.PYTHON} AUTH")
+        self.assertReply(c.cmd("HELP"), 250, f"250 2.0.0 {self.PYTHON} BDAT AUTH")
         self.assertReply(c.cmd("HELP auth"), 250,
                          "250 2.0.0 Syntax: AUTH mechanism [initial-response]")
-        self.assertReply(c.cmd("HELP STARTTLS"), 501, f"501 5.5.4 {self.PYTHON} AUTH")
+        self.assertReply(c.cmd("HELP STARTTLS"), 501, f"501 5.5.4 {self.PYTHON} BDAT AUTH")
         self.assertReply(c.cmd("HELP MAIL"), 250,
                          "250 2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
         # Both in plaintext with --no-requiretls; neither without TLS files and authenticate.
